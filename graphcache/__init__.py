@@ -1,0 +1,1 @@
+"""graphcache: feature caching for diffusion denoisers as compiler passes."""

@@ -1,0 +1,27 @@
+"""graphcache's error hierarchy: every message says what was required, what was found, and the fix."""
+
+from __future__ import annotations
+
+
+class GraphcacheError(Exception):
+    """Base class of every error graphcache raises on purpose."""
+
+
+class UnsupportedGraphError(GraphcacheError):
+    """The captured graph lacks the structure a pass requires (e.g. no stack of repeated blocks)."""
+
+
+class PolicyConfigError(GraphcacheError, ValueError):
+    """An unknown policy, an unknown option, or an option value out of range."""
+
+
+class PassError(GraphcacheError):
+    """A pass failed or broke an invariant; the message names the pass and those before it."""
+
+
+class ModelFileError(GraphcacheError):
+    """A model.py for the CLI does not follow the ``build() -> (model, inputs)`` contract."""
+
+
+class ExportError(GraphcacheError):
+    """A lowering (ONNX, ONNX Runtime, TensorRT, AOTInductor) failed or lacks its optional extra."""

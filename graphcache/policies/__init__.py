@@ -1,0 +1,57 @@
+"""The policy registry: names map to ``module:Class`` and are imported on first use."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from graphcache.errors import PolicyConfigError
+from graphcache.policies.base import PolicyConfig
+
+REGISTRY: dict[str, str] = {
+    "fora": "graphcache.policies.fora:FORA",
+}
+
+
+def policy_class(name: str) -> type[PolicyConfig]:
+    key = name.strip().lower()
+    if key not in REGISTRY:
+        raise PolicyConfigError(f"unknown policy '{name}'; available: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[key].split(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``'fora{interval=4,warmup=2}'`` -> ``('fora', {'interval': '4', 'warmup': '2'})``."""
+    spec = spec.strip()
+    if "{" not in spec:
+        return spec, {}
+    if not spec.endswith("}"):
+        raise PolicyConfigError(f"policy spec '{spec}' must look like name{{key=value,...}}")
+    name, body = spec[:-1].split("{", 1)
+    options = {}
+    for item in filter(None, (p.strip() for p in body.split(","))):
+        if "=" not in item:
+            raise PolicyConfigError(f"option '{item}' in '{spec}' must be key=value")
+        key, value = item.split("=", 1)
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def make_policy(policy: str | PolicyConfig, **options: Any) -> PolicyConfig:
+    """A policy config from a name or spec string plus options (or a config passed through)."""
+    if isinstance(policy, PolicyConfig):
+        if options:
+            import dataclasses
+
+            return dataclasses.replace(policy, **options)
+        return policy
+    name, spec_options = parse_spec(policy)
+    return policy_class(name).from_options({**spec_options, **options})
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+__all__ = ["REGISTRY", "PolicyConfig", "available", "make_policy", "parse_spec", "policy_class"]

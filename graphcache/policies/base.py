@@ -1,0 +1,88 @@
+"""Policies are data: a frozen config (fields = the method's published parameters) + the passes it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from graphcache.errors import PolicyConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Base of every policy config. Subclasses set ``name``, ``summary``, ``paper`` and implement ``passes``."""
+
+    name: ClassVar[str] = "policy"
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`PolicyConfigError` naming the field, the value and the accepted range."""
+
+    def passes(self) -> list[Any]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{self.name}({fields})"
+
+    @classmethod
+    def field_docs(cls) -> list[tuple[str, str, Any, str]]:
+        """``(name, type, default, help)`` per field, for ``graphcache policies`` and the docs."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+        return rows
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PolicyConfig:
+        """Build from keyword options or ``--set key=value`` strings, converting strings to the field types."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise PolicyConfigError(
+                f"policy '{cls.name}' has no option {unknown}; its options are {sorted(known)}"
+            )
+        values = {k: _convert(cls.name, k, v, hints[k]) for k, v in options.items()}
+        return cls(**values)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(policy: str, key: str, value: Any, tp: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    args = typing.get_args(tp)
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if value.lower() in ("none", "null") and type(None) in args:
+        return None
+    try:
+        if base is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base in (int, float):
+            return base(value)
+    except ValueError:
+        raise PolicyConfigError(
+            f"option {policy}.{key} expects {_type_name(base)}, got {value!r}; e.g. --set {key}=3"
+        ) from None
+    return value
+
+
+def require(condition: bool, policy: str, key: str, value: Any, rule: str) -> None:
+    """Raise a :class:`PolicyConfigError` unless ``condition``: ``fora.interval=0: must be >= 1``."""
+    if not condition:
+        raise PolicyConfigError(f"option {policy}.{key}={value!r} is invalid: {rule}")

@@ -1,0 +1,36 @@
+"""graphcache's graph passes, one per file; passes/README.md lists their order and invariants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .add_cache_state import AddCacheState
+from .base import Pass, PassManager, PassResult
+from .find_block_stack import FindBlockStack
+from .insert_cache_branch import InsertCacheBranch
+from .insert_decision import InsertDecision
+from .plan_cache_units import PlanCacheUnits
+
+
+def default_pipeline(granularity: str, predictor: Any, rule: Any) -> list[Pass]:
+    """The pass order every caching policy uses; policies choose granularity, predictor and decision rule."""
+    return [
+        FindBlockStack(),
+        PlanCacheUnits(granularity=granularity),
+        AddCacheState(predictor=predictor),
+        InsertDecision(rule=rule),
+        InsertCacheBranch(predictor=predictor),
+    ]
+
+
+__all__ = [
+    "AddCacheState",
+    "FindBlockStack",
+    "InsertCacheBranch",
+    "InsertDecision",
+    "Pass",
+    "PassManager",
+    "PassResult",
+    "PlanCacheUnits",
+    "default_pipeline",
+]

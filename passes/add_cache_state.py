@@ -1,0 +1,81 @@
+"""Transform pass: add the persistent cache state as buffers of the GraphModule.
+
+Precondition: ``cache_plan``. Postcondition: ``state`` recorded (a :class:`StateSpec`); new buffers
+``_gc_step`` (int64, index of the current step in its generation), ``_gc_last_t`` (float32, last
+timestep; -inf = no generation yet), ``_gc_log`` (int8 ring of decisions: 1 computed, 0 cached, -1 unset)
+and, per cached unit, the predictor's state tensors, each read by one ``get_attr`` node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.fx as fx
+
+from graphcache.predictors import Predictor, Reuse
+
+from .base import Pass, PassResult, analysis, mark
+from .graph_utils import tensor_val
+
+LOG_CAPACITY = 1024
+
+
+@dataclasses.dataclass
+class StateSpec:
+    step: fx.Node
+    last_t: fx.Node
+    log: fx.Node
+    caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
+    buffers: list[str]
+
+    def cache_nodes(self) -> list[fx.Node]:
+        return [n for nodes in self.caches.values() for n in nodes]
+
+
+def _add_buffer(gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str) -> fx.Node:
+    gm.register_buffer(name, value)
+    with gm.graph.inserting_before(anchor):
+        node = gm.graph.get_attr(name)
+    node.meta["val"] = None
+    return mark(node, pass_name, "state")
+
+
+@dataclasses.dataclass(frozen=True)
+class AddCacheState(Pass):
+    predictor: Predictor = Reuse()
+    name = "add_cache_state"
+    requires = ("cache_plan", "block_stack")
+    provides = ("state",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        plan = analysis(gm)["cache_plan"]
+        anchor = analysis(gm)["block_stack"].region[0]
+        device = _device_of(gm)
+        names: list[str] = []
+
+        def add(name: str, value: torch.Tensor) -> fx.Node:
+            names.append(name)
+            return _add_buffer(gm, name, value.to(device), anchor, self.name)
+
+        step = add("_gc_step", torch.zeros((), dtype=torch.int64))
+        last_t = add("_gc_last_t", torch.full((), float("-inf"), dtype=torch.float32))
+        log = add("_gc_log", torch.full((LOG_CAPACITY,), -1, dtype=torch.int8))
+        caches = {}
+        for unit in plan.units:
+            val = tensor_val(unit.node)
+            assert val is not None, f"cache unit {unit.name} has no meta['val']"
+            caches[unit.name] = [
+                add(f"_gc_{unit.name}_{j}", torch.zeros(val.shape, dtype=val.dtype))
+                for j in range(self.predictor.num_state())
+            ]
+        analysis(gm)["state"] = StateSpec(step, last_t, log, caches, names)
+        return PassResult(gm, modified=True)
+
+
+def _device_of(gm: fx.GraphModule) -> torch.device:
+    for node in gm.graph.nodes:
+        val = tensor_val(node)
+        if val is not None and node.op in ("placeholder", "get_attr"):
+            return val.device
+    return torch.device("cpu")

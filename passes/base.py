@@ -1,0 +1,142 @@
+"""Pass contract: frozen dataclass passes, checked pre/postconditions, and a pass manager.
+
+A pass is called on a ``torch.fx.GraphModule`` and returns ``PassResult(gm, modified)``. Analysis passes
+leave the graph as it is and record their result in ``gm.meta["graphcache"]`` under their ``provides``
+key; transform passes read those results (``requires``) and edit the graph. The manager lints the graph
+after every pass, gives every new node a ``meta["val"]`` (fake tensor propagation), and names the failing
+pass and the passes before it in any error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.fx as fx
+
+from graphcache.errors import GraphcacheError, PassError
+
+META_KEY = "graphcache"
+
+
+@dataclasses.dataclass
+class PassResult:
+    gm: fx.GraphModule
+    modified: bool
+
+
+def analysis(gm: fx.GraphModule) -> dict[str, Any]:
+    """The analysis results recorded on ``gm`` by earlier passes (created on first use)."""
+    return gm.meta.setdefault(META_KEY, {})
+
+
+def mark(node: fx.Node, pass_name: str, role: str) -> fx.Node:
+    """Record provenance on a node a pass created: which pass, and its role (state / decision / ...)."""
+    node.meta[META_KEY] = {"pass": pass_name, "role": role}
+    return node
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """Base of every graphcache pass: subclasses set ``name`` and implement ``call``."""
+
+    name: ClassVar[str] = "pass"
+    requires: ClassVar[tuple[str, ...]] = ()  # analysis keys that must exist before the pass
+    provides: ClassVar[tuple[str, ...]] = ()  # analysis keys the pass records
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        raise NotImplementedError
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        found = analysis(gm)
+        missing = [key for key in self.requires if key not in found]
+        if missing:
+            raise PassError(
+                f"pass '{self.name}' requires {missing} from an earlier pass, found only {sorted(found)}; "
+                "run the passes that provide them first (see passes/README.md for the order)"
+            )
+        result = self.call(gm)
+        absent = [key for key in self.provides if key not in analysis(result.gm)]
+        if absent:
+            raise PassError(f"pass '{self.name}' did not record {absent} it promises")
+        return result
+
+
+def propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Fill ``meta["val"]`` of every node with fake tensors by running the graph under a FakeTensorMode."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    class _Prop(FakeTensorProp):
+        def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+            value = super().get_attr(target, args, kwargs)
+            return self._mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    with torch.no_grad():
+        _Prop(gm, mode).propagate_dont_convert_inputs(*fake_inputs)
+
+
+def _dump_requested(pass_name: str) -> bool:
+    wanted = os.environ.get("GRAPHCACHE_DUMP", "")
+    return wanted == "all" or pass_name in {w.strip() for w in wanted.split(",")}
+
+
+@dataclasses.dataclass
+class PassManager:
+    """Runs passes in order; lints after each, propagates meta, dumps graphs on request.
+
+    ``GRAPHCACHE_DUMP=insert_cache_branch`` (or ``all``) writes the graph before and after that pass to
+    ``GRAPHCACHE_DUMP_DIR`` (default ``./graphcache_dump``).
+    """
+
+    passes: Sequence[Pass]
+    example_inputs: Sequence[Any] = ()
+    on_pass: Callable[[Pass, PassResult], None] | None = None
+
+    def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
+        done: list[str] = []
+        for p in self.passes:
+            if _dump_requested(p.name):
+                self._dump(gm, f"{len(done):02d}-{p.name}-before")
+            try:
+                result = p(gm)
+                if result.modified:
+                    result.gm.graph.lint()
+                    result.gm.recompile()
+                    propagate_meta(result.gm, self.example_inputs)
+                    _check_meta(result.gm, p.name)
+            except GraphcacheError as err:
+                if isinstance(err, PassError) or done == []:
+                    raise
+                raise type(err)(f"{err} [in pass '{p.name}', after {done}]") from err
+            except Exception as err:
+                raise PassError(f"pass '{p.name}' failed (passes before it: {done}): {err}") from err
+            gm = result.gm
+            done.append(p.name)
+            if _dump_requested(p.name):
+                self._dump(gm, f"{len(done) - 1:02d}-{p.name}-after")
+            if self.on_pass is not None:
+                self.on_pass(p, result)
+        return gm
+
+    @staticmethod
+    def _dump(gm: fx.GraphModule, stem: str) -> None:
+        folder = Path(os.environ.get("GRAPHCACHE_DUMP_DIR", "graphcache_dump"))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.txt").write_text(gm.print_readable(print_output=False))
+
+
+def _check_meta(gm: fx.GraphModule, pass_name: str) -> None:
+    for node in gm.graph.nodes:
+        if node.op in ("output",) or node.meta.get("val") is not None:
+            continue
+        if node.op == "get_attr" and isinstance(getattr(gm, str(node.target), None), fx.GraphModule):
+            continue
+        if META_KEY in node.meta:
+            raise PassError(f"pass '{pass_name}' left node '{node.name}' without meta['val']")

@@ -1,0 +1,279 @@
+"""Analysis pass: find the stack(s) of repeated blocks by graph structure.
+
+Preconditions: nodes carry ``meta["nn_module_stack"]`` (export or dynamo capture) and ``meta["val"]``;
+``gm.meta["graphcache"]["user_inputs"]`` names the placeholders that are user inputs (not parameters).
+Postcondition: ``gm.meta["graphcache"]["block_stack"]`` is a :class:`BlockStack`; the graph is unchanged.
+
+A block is one contiguous run of nodes executed inside one submodule call. Candidate blocks are grouped by
+(parent call, class); a *chain* is a sequence of such runs whose node sequences are identical up to
+renaming (same ops, same internal wiring, same input shapes) and where each run reads a value computed by
+the one before it. Module names never decide anything: they only label the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import torch.fx as fx
+
+from graphcache.blockstack import Block, BlockStack, Stack
+from graphcache.errors import UnsupportedGraphError
+
+from .base import Pass, PassResult, analysis
+from .graph_utils import clean_path, descendants, is_compute, module_stack, op_name, tensor_val
+
+TIMESTEP_NAME_HINTS = ("timestep", "time", "sigma", "t")
+
+
+@dataclasses.dataclass
+class _Run:
+    instance: tuple[str, ...]
+    path: str
+    class_name: str
+    start: int  # position in the graph's node list
+    end: int
+    _signature: Any = None
+    _block: Block | None = None
+
+
+def _collect_runs(nodes: list[fx.Node]) -> list[_Run]:
+    """Maximal runs of nodes per submodule call; a call re-entered later (shared module) gives a new run."""
+    open_runs: dict[int, _Run] = {}
+    runs: list[_Run] = []
+    for pos, node in enumerate(nodes):
+        if not is_compute(node):
+            continue
+        stack = module_stack(node)
+        keys = tuple(key for key, _, _ in stack)
+        for depth, (_, path, cls) in enumerate(stack):
+            instance = keys[: depth + 1]
+            current = open_runs.get(depth)
+            if current is not None and current.instance == instance:
+                current.end = pos
+                continue
+            run = _Run(instance, clean_path(path), cls, pos, pos)
+            open_runs[depth] = run
+            runs.append(run)
+        # shallower glue nodes (no entry at a depth) leave the runs open at that depth
+    return runs
+
+
+def _block_of(run: _Run, nodes: list[fx.Node]) -> Block:
+    if run._block is None:
+        members = [n for n in nodes[run.start : run.end + 1] if is_compute(n)]
+        member_set = set(members)
+        inputs: list[fx.Node] = []
+        for n in members:
+            for inp in n.all_input_nodes:
+                if inp not in member_set and inp not in inputs:
+                    inputs.append(inp)
+        outputs = [n for n in members if any(u not in member_set for u in n.users)]
+        run._block = Block(members, inputs, outputs, run.path)
+    return run._block
+
+
+def _signature(run: _Run, nodes: list[fx.Node]) -> Any:
+    """The block's node sequence with nodes renamed to positions: equal signatures = identical blocks."""
+    if run._signature is None:
+        block = _block_of(run, nodes)
+        local = {n: i for i, n in enumerate(block.nodes)}
+        slot = {n: i for i, n in enumerate(block.inputs)}
+
+        def enc(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                return ("n", local[a]) if a in local else ("x", slot[a])
+            return a
+
+        body = tuple(
+            (n.op, op_name(n), repr(fx.node.map_aggregate(n.args, enc)), repr(fx.node.map_aggregate(n.kwargs, enc)))
+            for n in block.nodes
+        )
+        shapes = []
+        for inp in block.inputs:
+            val = tensor_val(inp)
+            shapes.append((tuple(val.shape), str(val.dtype)) if val is not None else type(inp.meta.get("val")))
+        run._signature = (body, tuple(shapes))
+    return run._signature
+
+
+def _derived_from(prev: Block, gap: list[fx.Node]) -> set[fx.Node]:
+    """Nodes of ``prev`` and the glue after it that depend on ``prev``'s results."""
+    return descendants(prev.nodes, within=set(prev.nodes) | set(gap))
+
+
+def _find_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[list[_Run]]:
+    groups: dict[tuple[Any, ...], list[_Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.instance[:-1], run.class_name)].append(run)
+    chains: list[list[_Run]] = []
+    for members in groups.values():
+        members.sort(key=lambda r: r.start)
+        chain = [members[0]]
+        for run in members[1:]:
+            prev = chain[-1]
+            if _follows(prev, run, nodes):
+                chain.append(run)
+                continue
+            if len(chain) > 1:
+                chains.append(chain)
+            chain = [run]
+        if len(chain) > 1:
+            chains.append(chain)
+    return chains
+
+
+def _follows(prev: _Run, run: _Run, nodes: list[fx.Node]) -> bool:
+    if prev.end >= run.start or _signature(prev, nodes) != _signature(run, nodes):
+        return False
+    gap = [n for n in nodes[prev.end + 1 : run.start] if is_compute(n)]
+    feeding = _derived_from(_block_of(prev, nodes), gap)
+    return any(inp in feeding for inp in _block_of(run, nodes).inputs)
+
+
+def _top_level(chains: list[list[_Run]]) -> list[list[_Run]]:
+    def inside(chain: list[_Run], other: list[_Run]) -> bool:
+        return chain is not other and any(r.start <= chain[0].start and chain[-1].end <= r.end for r in other)
+
+    return [c for c in chains if not any(inside(c, o) for o in chains)]
+
+
+def _make_stack(chain: list[_Run], nodes: list[fx.Node]) -> Stack:
+    blocks = [_block_of(r, nodes) for r in chain]
+    n_slots = len(blocks[0].inputs)
+    stream_slots = []
+    for k in range(n_slots):
+        fed = True
+        for prev, run, block in zip(chain, chain[1:], blocks[1:], strict=False):
+            gap = [n for n in nodes[prev.end + 1 : run.start] if is_compute(n)]
+            if block.inputs[k] not in _derived_from(_block_of(prev, nodes), gap):
+                fed = False
+                break
+        if fed:
+            stream_slots.append(k)
+    shared = [k for k in range(n_slots) if len({b.inputs[k] for b in blocks}) == 1]
+    return Stack(blocks, chain[0].class_name.rsplit(".", 1)[-1], stream_slots, shared)
+
+
+def _select(chains: list[list[_Run]], nodes: list[fx.Node]) -> list[list[_Run]]:
+    """The largest chain plus the chains directly before/after it in the dataflow (e.g. Flux's two stacks)."""
+    ordered = sorted(chains, key=lambda c: c[0].start)
+    sizes = [sum(len(_block_of(r, nodes).nodes) for r in c) for c in ordered]
+    best = max(range(len(ordered)), key=lambda i: sizes[i])
+    lo = hi = best
+    while hi + 1 < len(ordered) and _follows_chain(ordered[hi], ordered[hi + 1], nodes):
+        hi += 1
+    while lo > 0 and _follows_chain(ordered[lo - 1], ordered[lo], nodes):
+        lo -= 1
+    return ordered[lo : hi + 1]
+
+
+def _follows_chain(a: list[_Run], b: list[_Run], nodes: list[fx.Node]) -> bool:
+    if a[-1].end >= b[0].start:
+        return False
+    gap = [n for n in nodes[a[-1].end + 1 : b[0].start] if is_compute(n)]
+    feeding = _derived_from(_block_of(a[-1], nodes), gap)
+    return any(inp in feeding for inp in _block_of(b[0], nodes).inputs)
+
+
+def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
+    """The user input that feeds a sinusoidal embedding (sin/cos); names only break ties."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    candidates = []
+    for ph in placeholders:
+        val = tensor_val(ph)
+        if val is None or val.dim() > 1:
+            continue
+        if any(op_name(n) in ("sin", "cos") for n in descendants([ph]) if is_compute(n)):
+            candidates.append(ph)
+    if not candidates:
+        names = [p.name for p in placeholders]
+        raise UnsupportedGraphError(
+            f"no timestep input found among the user inputs {names}: graphcache needs a scalar or per-sample "
+            "(batch,) timestep input that feeds a sinusoidal embedding (sin/cos); pass the timestep as a tensor"
+        )
+
+    def rank(node: fx.Node) -> tuple[int, int]:
+        name = node.name.lower().strip("_").removeprefix("l_")
+        hint = next((i for i, h in enumerate(TIMESTEP_NAME_HINTS) if h in name), len(TIMESTEP_NAME_HINTS))
+        return hint, placeholders.index(node)
+
+    return min(candidates, key=rank)
+
+
+def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:
+    nodes = list(gm.graph.nodes)
+    runs = _collect_runs(nodes)
+    chains = _top_level(_find_chains(nodes, runs))
+    if not chains:
+        raise UnsupportedGraphError(_no_stack_message(nodes, runs))
+    selected = _select(chains, nodes)
+    stacks = [_make_stack(c, nodes) for c in selected]
+    start, end = selected[0][0].start, selected[-1][-1].end
+    position = {n: i for i, n in enumerate(nodes)}
+    region = [n for n in nodes[start : end + 1] if is_compute(n)]
+    region_set = set(region)
+    region_inputs: list[fx.Node] = []
+    for n in region:
+        for inp in n.all_input_nodes:
+            if inp not in region_set and inp not in region_inputs:
+                region_inputs.append(inp)
+    region_outputs = [n for n in region if any(u not in region_set for u in n.users)]
+    first = stacks[0]
+    stream_inputs = [first.blocks[0].inputs[k] for k in first.stream_slots]
+    if not region_outputs or not stream_inputs:
+        raise UnsupportedGraphError(
+            f"found {first.describe()} but it has no hidden stream in and out; graphcache needs blocks that "
+            "read the previous block's output and a stack output used after the stack"
+        )
+    timestep = find_timestep(gm, user_inputs)
+    shared = [first.blocks[0].inputs[k] for k in first.shared_slots]
+    modulation = [n for n in shared if n is not timestep and _depends_on(n, timestep)]
+    prologue = [n for n in nodes if is_compute(n) and position[n] < start]
+    epilogue = [n for n in nodes if is_compute(n) and position[n] > end]
+    return BlockStack(
+        stacks, region, region_inputs, region_outputs, stream_inputs, prologue, epilogue, timestep, modulation
+    )
+
+
+def _depends_on(node: fx.Node, source: fx.Node) -> bool:
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is source:
+            return True
+        for inp in n.all_input_nodes:
+            if inp not in seen:
+                seen.add(inp)
+                todo.append(inp)
+    return False
+
+
+def _no_stack_message(nodes: list[fx.Node], runs: list[_Run]) -> str:
+    n_compute = sum(1 for n in nodes if is_compute(n))
+    counts: dict[str, int] = defaultdict(int)
+    for run in runs:
+        counts[run.class_name.rsplit(".", 1)[-1]] += 1
+    repeated = sorted(((c, k) for k, c in counts.items() if c > 1), reverse=True)[:5]
+    seen = ", ".join(f"{c} x {k}" for c, k in repeated) or "no submodule called twice"
+    return (
+        f"no stack of repeated blocks found in a graph of {n_compute} compute nodes (repeated submodule calls: "
+        f"{seen}). graphcache requires at least 2 consecutive calls of structurally identical submodules "
+        "(same ops, same parameter shapes), each reading the previous one's output, as in DiT / MMDiT / Flux "
+        "transformer blocks; capture the denoiser itself with module metadata (torch.export or torch.compile)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FindBlockStack(Pass):
+    """Record the :class:`BlockStack` of the graph under ``gm.meta['graphcache']['block_stack']``."""
+
+    name = "find_block_stack"
+    requires = ("user_inputs",)
+    provides = ("block_stack",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        found = analysis(gm)
+        found["block_stack"] = analyze(gm, found["user_inputs"])
+        return PassResult(gm, modified=False)

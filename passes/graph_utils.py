@@ -1,0 +1,73 @@
+"""Small helpers over FX graphs shared by the passes: module stacks, op names, dataflow sets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.fx as fx
+
+COMPUTE_OPS = ("call_function", "call_method")
+
+
+def is_compute(node: fx.Node) -> bool:
+    return node.op in COMPUTE_OPS
+
+
+def op_name(node: fx.Node) -> str:
+    """A short op name independent of the capture level: 'sin' for aten.sin.default, torch.sin, Tensor.sin."""
+    target = node.target
+    if isinstance(target, str):
+        return target
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name.split("::")[-1]
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[-1]
+    return getattr(target, "__name__", str(target))
+
+
+def module_stack(node: fx.Node) -> list[tuple[str, str, str]]:
+    """``[(key, path, class name), ...]`` outermost first, from export or dynamo metadata alike."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return []
+    entries = []
+    for key, value in stack.items():
+        path, cls = value if isinstance(value, tuple) else (str(value), "")
+        cls_name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        entries.append((str(key), str(path), cls_name))
+    return entries
+
+
+def clean_path(path: str) -> str:
+    """Dynamo paths (``L['self'].__dict__['_modules']['blocks'].1``) to dotted ones (``blocks.1``)."""
+    path = path.replace("L['self']", "").replace(".__dict__['_modules']", "").replace("._modules", "")
+    for a, b in (("['", "."), ("']", ""), ("__dict__", "")):
+        path = path.replace(a, b)
+    return path.strip(".")
+
+
+def node_inputs(node: fx.Node) -> list[fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def descendants(sources: Iterable[fx.Node], within: set[fx.Node] | None = None) -> set[fx.Node]:
+    """Nodes reachable from ``sources`` through users (optionally only inside ``within``); sources included."""
+    seen = set(sources)
+    todo = list(seen)
+    while todo:
+        for user in todo.pop().users:
+            if user not in seen and (within is None or user in within):
+                seen.add(user)
+                todo.append(user)
+    return seen
+
+
+def tensor_val(node: fx.Node) -> torch.Tensor | None:
+    val = node.meta.get("val", node.meta.get("example_value"))
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
+    va, vb = tensor_val(a), tensor_val(b)
+    return va is not None and vb is not None and va.shape == vb.shape and va.dtype == vb.dtype

@@ -1,0 +1,134 @@
+"""Transform pass: replace the block region by ``torch.cond(pred, compute, cached, operands)``.
+
+Preconditions: ``block_stack``, ``cache_plan``, ``state``, ``decision``.
+Postconditions: the region's nodes are gone; one ``higher_order.cond`` node reads the region inputs and
+the cache state; its outputs replace the region outputs for the epilogue; every state buffer is written
+with ``aten.copy_`` *after* the cond (never inside a branch: branches stay functional, as torch.export and
+``run_decompositions`` require); both branch graphs are submodules ``_gc_compute`` / ``_gc_cached``.
+
+- compute branch: the original region nodes, unchanged (so compute steps are bit-exact), plus the new
+  predictor state from each unit's fresh value (``out - in`` for stack residuals).
+- cached branch: the region with each cached unit replaced by the predictor's value, then dead code
+  elimination: what does not feed an output (the blocks' attention and MLP) disappears, what does (gates
+  recomputed from the current timestep, glue the epilogue needs) stays.
+Branch outputs are dense new tensors (cond rejects outputs aliasing operands or with view strides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+import torch.fx as fx
+
+from graphcache.errors import UnsupportedGraphError
+from graphcache.predictors import Predictor, Reuse, clone
+
+from .add_cache_state import StateSpec
+from .base import Pass, PassResult, analysis, mark
+from .graph_utils import tensor_val
+from .insert_decision import Decision
+from .plan_cache_units import CachePlan
+
+
+def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node]) -> fx.Node:
+    """``node`` itself when it is a dense tensor computed in this branch, else a contiguous clone of it."""
+    if node.target is torch.ops.aten.clone.default:
+        return node
+    val = tensor_val(node)
+    if node in placeholders or val is None or val._is_view() or not val.is_contiguous():
+        return clone(g, node)
+    return node
+
+
+def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Node], set[fx.Node]]:
+    g = fx.Graph()
+    env = {op: g.placeholder(op.name) for op in operands}
+    return g, env, set(env.values())
+
+
+def _finish(root: fx.GraphModule, g: fx.Graph, outputs: list[fx.Node]) -> fx.GraphModule:
+    g.output(tuple(outputs))
+    g.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
+    g.lint()
+    return fx.GraphModule(root, g)
+
+
+def build_compute_branch(
+    root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
+    plan: CachePlan, state: StateSpec, predictor: Predictor,
+) -> fx.GraphModule:
+    g, env, phs = _new_branch(operands)
+    for node in region:
+        env[node] = g.node_copy(node, lambda a: env[a])
+    results = [_dense(g, env[o], phs) for o in outputs]
+    for unit in plan.units:
+        value = env[unit.node]
+        if unit.base is not None:
+            value = g.call_function(torch.ops.aten.sub.Tensor, (value, env[unit.base]))
+        new_state = predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]])
+        results.extend(_dense(g, s, phs) for s in new_state)
+    return _finish(root, g, results)
+
+
+def build_cached_branch(
+    root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
+    plan: CachePlan, state: StateSpec, predictor: Predictor,
+) -> fx.GraphModule:
+    g, env, phs = _new_branch(operands)
+    replaced: dict[fx.Node, fx.Node] = {}
+    new_states: list[fx.Node] = []
+    for unit in plan.units:
+        value, new_state = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]])
+        if unit.base is not None:
+            value = g.call_function(torch.ops.aten.add.Tensor, (env[unit.base], value))
+        replaced[unit.node] = value
+        new_states.extend(new_state)
+    for node in region:
+        env[node] = replaced[node] if node in replaced else g.node_copy(node, lambda a: env[a])
+    results = [_dense(g, env[o], phs) for o in outputs] + [_dense(g, s, phs) for s in new_states]
+    return _finish(root, g, results)
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertCacheBranch(Pass):
+    predictor: Predictor = Reuse()
+    name = "insert_cache_branch"
+    requires = ("block_stack", "cache_plan", "state", "decision")
+    provides = ("cache_branch",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        found = analysis(gm)
+        stack, plan = found["block_stack"], found["cache_plan"]
+        state: StateSpec = found["state"]
+        decision: Decision = found["decision"]
+        region, outputs = stack.region, stack.region_outputs
+        region_set = set(region)
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and node in region_set:
+                raise UnsupportedGraphError(f"call_module node '{node.name}' inside the block region")
+        operands = list(stack.region_inputs) + state.cache_nodes()
+        compute = build_compute_branch(gm, region, outputs, operands, plan, state, self.predictor)
+        cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor)
+        gm.add_submodule("_gc_compute", compute)
+        gm.add_submodule("_gc_cached", cached)
+        graph = gm.graph
+        with graph.inserting_before(region[0]):
+            true_fn, false_fn = graph.get_attr("_gc_compute"), graph.get_attr("_gc_cached")
+            cond = graph.call_function(
+                torch.ops.higher_order.cond, (decision.pred, true_fn, false_fn, tuple(operands))
+            )
+            results = [graph.call_function(operator.getitem, (cond, k)) for k in range(len(outputs) + len(
+                state.cache_nodes()))]
+            new_outputs, new_caches = results[: len(outputs)], results[len(outputs) :]
+            writes = list(decision.updates) + list(zip(state.cache_nodes(), new_caches, strict=True))
+            copies = [graph.call_function(torch.ops.aten.copy_.default, (buf, new)) for buf, new in writes]
+        for node in (true_fn, false_fn, cond, *results, *copies):
+            mark(node, self.name, "cache_branch")
+        for old, new in zip(outputs, new_outputs, strict=True):
+            old.replace_all_uses_with(new, delete_user_cb=lambda user: user not in region_set)
+        for node in reversed(region):
+            graph.erase_node(node)
+        found["cache_branch"] = {"compute": "_gc_compute", "cached": "_gc_cached", "num_operands": len(operands)}
+        return PassResult(gm, modified=True)

@@ -1,0 +1,69 @@
+"""Transform pass: compute the cache decision inside the graph, from state buffers and the timestep.
+
+Precondition: ``state`` and ``block_stack``. Postcondition: ``decision`` recorded: ``pred`` (0-d bool,
+True = compute), the new step index, timestep and decision log, all graph nodes placed before the block
+region. A generation starts when the timestep does not decrease (or after ``reset()``, which sets the last
+timestep to -inf): the step index restarts at 0, the log is cleared and the step is computed. The policy
+contributes ``rule(i) -> bool`` (compute at step i), traced into the graph with torch.fx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+
+from .add_cache_state import LOG_CAPACITY, StateSpec
+from .base import Pass, PassResult, analysis, mark
+
+Rule = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class Decision:
+    pred: fx.Node
+    updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
+
+
+def _decision_fn(rule: Rule) -> Callable[..., tuple[torch.Tensor, ...]]:
+    def decide(
+        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        t_now = t.reshape(-1).to(torch.float32).amax()
+        new_generation = t_now >= last_t
+        i = torch.where(new_generation, torch.zeros_like(step), step + 1)
+        compute = new_generation | rule(i)
+        positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on log's device
+        slot = positions == (i % LOG_CAPACITY)
+        cleared = torch.where(new_generation, torch.full_like(log, -1), log)
+        new_log = torch.where(slot, compute.to(torch.int8), cleared)
+        return compute, i, t_now, new_log
+
+    return decide
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertDecision(Pass):
+    rule: Rule = dataclasses.field(default=lambda i: torch.ones_like(i, dtype=torch.bool))
+    name = "insert_decision"
+    requires = ("state", "block_stack")
+    provides = ("decision",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        state: StateSpec = analysis(gm)["state"]
+        stack = analysis(gm)["block_stack"]
+        traced = fx.symbolic_trace(_decision_fn(self.rule))
+        placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+        env = dict(zip(placeholders, [stack.timestep, state.step, state.last_t, state.log], strict=True))
+        before = set(gm.graph.nodes)
+        with gm.graph.inserting_before(stack.region[0]):
+            out = gm.graph.graph_copy(traced.graph, env)
+        for node in gm.graph.nodes:
+            if node not in before:
+                mark(node, self.name, "decision")
+        assert isinstance(out, tuple)
+        pred, step, t_now, log = out
+        analysis(gm)["decision"] = Decision(pred, [(state.step, step), (state.last_t, t_now), (state.log, log)])
+        return PassResult(gm, modified=True)
