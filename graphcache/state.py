@@ -52,21 +52,28 @@ class CacheState:
         return sum(self.buffer(n).numel() * self.buffer(n).element_size() for n in self.cache_buffer_names())
 
 
-_LIVE: list[tuple[weakref.ref[CacheState], frozenset[int]]] = []
+# Keyed by the id of the model's first parameter, checked through a weak reference; an entry goes away
+# with its parameter, so the states live as long as the model does.
+_LIVE: dict[int, tuple[weakref.ref[torch.Tensor], list[CacheState]]] = {}
 
 
 def register(state: CacheState, params: list[torch.Tensor]) -> None:
-    """Remember which model parameters a backend-created state belongs to (for ``graphcache.decisions``)."""
-    _LIVE[:] = [(ref, ids) for ref, ids in _LIVE if ref() is not None]
-    _LIVE.append((weakref.ref(state), frozenset(id(p) for p in params)))
+    """Remember which model a backend-created state belongs to (for ``graphcache.decisions(model)``)."""
+    if not params:
+        return
+    key = id(params[0])
+    entry = _LIVE.get(key)
+    if entry is None or entry[0]() is not params[0]:
+        entry = (weakref.ref(params[0], lambda _: _LIVE.pop(key, None)), [])
+        _LIVE[key] = entry
+    entry[1].append(state)
 
 
 def states_of(model: torch.nn.Module) -> list[CacheState]:
-    """States created by ``torch.compile(model, backend="graphcache")`` for this model."""
-    ids = {id(p) for p in model.parameters()}
-    found = []
-    for ref, owned in _LIVE:
-        state = ref()
-        if state is not None and owned and owned <= ids:
-            found.append(state)
+    """States created by ``torch.compile(model, backend="graphcache")`` for this model, oldest first."""
+    found: list[CacheState] = []
+    for p in model.parameters():
+        entry = _LIVE.get(id(p))
+        if entry is not None and entry[0]() is p:
+            found.extend(entry[1])
     return found

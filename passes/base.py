@@ -116,7 +116,8 @@ class PassManager:
                     raise
                 raise type(err)(f"{err} [in pass '{p.name}', after {done}]") from err
             except Exception as err:
-                raise PassError(f"pass '{p.name}' failed (passes before it: {done}): {err}") from err
+                text = str(err).strip().splitlines()[0][:400] if str(err).strip() else type(err).__name__
+                raise PassError(f"pass '{p.name}' failed (passes before it: {done}): {text}") from err
             gm = result.gm
             done.append(p.name)
             if _dump_requested(p.name):

@@ -32,7 +32,7 @@ class DenseCondOperands(Pass):
             operands = list(node.args[3])
             for k, op in enumerate(operands):
                 val = tensor_val(op)
-                if val is None or (val.is_contiguous() and not val._is_view()) or op.op == "get_attr":
+                if val is None or op.op == "get_attr" or (val.is_contiguous() and val.storage_offset() == 0):
                     continue
                 with gm.graph.inserting_before(node):
                     operands[k] = mark(

@@ -170,11 +170,15 @@ def _select(chains: list[list[_Run]], nodes: list[fx.Node]) -> list[list[_Run]]:
 
 
 def _follows_chain(a: list[_Run], b: list[_Run], nodes: list[fx.Node]) -> bool:
+    """Chain ``b`` continues chain ``a`` when b's hidden streams come from a's last block (not just its
+    conditioning: a small MLP whose output only feeds the blocks' modulation is not part of the stack)."""
     if a[-1].end >= b[0].start:
         return False
     gap = [n for n in nodes[a[-1].end + 1 : b[0].start] if is_compute(n)]
     feeding = _derived_from(_block_of(a[-1], nodes), gap)
-    return any(inp in feeding for inp in _block_of(b[0], nodes).inputs)
+    b_stack = _make_stack(b, nodes)
+    streams = [b_stack.blocks[0].inputs[k] for k in b_stack.stream_slots]
+    return any(inp in feeding for inp in streams)
 
 
 def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:

@@ -37,7 +37,7 @@ def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node]) -> fx.Node:
     if node.target is torch.ops.aten.clone.default:
         return node
     val = tensor_val(node)
-    if node in placeholders or val is None or val._is_view() or not val.is_contiguous():
+    if node in placeholders or val is None or val._is_view() or val.storage_offset() != 0 or not val.is_contiguous():
         return clone(g, node)
     return node
 

@@ -1,0 +1,45 @@
+"""The torch.export route: capture once, rewrite, and keep a callable module with its cache state."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from graphcache.blockstack import BlockStack
+from graphcache.capture import capture_export
+from graphcache.passes.base import analysis
+from graphcache.policies import PolicyConfig, make_policy
+from graphcache.rewrite import rewrite
+from graphcache.state import CacheState
+
+
+@dataclasses.dataclass
+class ExportedCache:
+    """A rewritten exported graph: call ``module(**inputs)`` like the original model."""
+
+    module: fx.GraphModule
+    state: CacheState
+    policy: PolicyConfig
+
+    @property
+    def block_stack(self) -> BlockStack:
+        return analysis(self.module)["block_stack"]  # type: ignore[no-any-return]
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            return self.module(**kwargs)
+
+
+def optimize_exported(
+    model: torch.nn.Module, example_kwargs: Mapping[str, Any], policy: str | PolicyConfig = "fora",
+    lowering: tuple[Any, ...] = (), **options: Any,
+) -> ExportedCache:
+    """Capture ``model`` with torch.export on ``example_kwargs`` and apply ``policy`` to the graph."""
+    config = make_policy(policy, **options)
+    gm, flat_inputs = capture_export(model.eval(), example_kwargs)
+    state = rewrite(gm, flat_inputs, config, lowering)
+    return ExportedCache(gm, state, config)
