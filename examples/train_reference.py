@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from graphcache.reference.data import load_digits_tensors
 from graphcache.reference.model import NULL_CLASS, SCHEDULER_CONFIG, build_denoiser
-from graphcache.reference.pipeline import DEFAULT_WEIGHTS, save_denoiser
+from graphcache.reference.pipeline import DEFAULT_WEIGHTS, load_denoiser, save_denoiser
 
 
 def main() -> None:
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--init", type=Path, default=None, help="continue from these weights (model and EMA)")
     args = parser.parse_args()
 
     from diffusers import DDPMScheduler
@@ -42,6 +43,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     images, labels = load_digits_tensors()
     model = build_denoiser().train()
+    if args.init is not None:
+        model.load_state_dict(load_denoiser(args.init).state_dict())
+        model.train().requires_grad_(True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod

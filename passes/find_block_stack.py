@@ -22,7 +22,7 @@ from graphcache.blockstack import Block, BlockStack, Stack
 from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
-from .graph_utils import clean_path, descendants, is_compute, module_stack, op_name, tensor_val
+from .graph_utils import STRUCTURAL_OPS, clean_path, descendants, is_compute, module_stack, op_name, tensor_val
 
 TIMESTEP_NAME_HINTS = ("timestep", "time", "sigma", "t")
 
@@ -78,17 +78,26 @@ def _signature(run: _Run, nodes: list[fx.Node]) -> Any:
     """The block's node sequence with nodes renamed to positions: equal signatures = identical blocks."""
     if run._signature is None:
         block = _block_of(run, nodes)
-        local = {n: i for i, n in enumerate(block.nodes)}
+        members = set(block.nodes)
+        # A view op whose result only leaves the block (e.g. Flux's last single block splitting off the
+        # text stream) is dropped by dynamo when nobody reads it: such nodes do not count as structure.
+        body_nodes = [
+            n for n in block.nodes
+            if not (op_name(n) in STRUCTURAL_OPS and all(u not in members for u in n.users))
+        ]
+        local = {n: i for i, n in enumerate(body_nodes)}
         slot = {n: i for i, n in enumerate(block.inputs)}
 
         def enc(a: Any) -> Any:
             if isinstance(a, fx.Node):
-                return ("n", local[a]) if a in local else ("x", slot[a])
+                if a in local:
+                    return ("n", local[a])
+                return ("x", slot[a]) if a in slot else ("v", op_name(a))
             return a
 
         body = tuple(
             (n.op, op_name(n), repr(fx.node.map_aggregate(n.args, enc)), repr(fx.node.map_aggregate(n.kwargs, enc)))
-            for n in block.nodes
+            for n in body_nodes
         )
         shapes = []
         for inp in block.inputs:
@@ -170,12 +179,13 @@ def _select(chains: list[list[_Run]], nodes: list[fx.Node]) -> list[list[_Run]]:
 
 
 def _follows_chain(a: list[_Run], b: list[_Run], nodes: list[fx.Node]) -> bool:
-    """Chain ``b`` continues chain ``a`` when b's hidden streams come from a's last block (not just its
-    conditioning: a small MLP whose output only feeds the blocks' modulation is not part of the stack)."""
+    """Chain ``b`` continues chain ``a`` when b's hidden streams come from a's last block through glue only
+    (views, concatenations): not through other computation, and not just through conditioning (a small MLP
+    whose output feeds the blocks' modulation is not part of the stack)."""
     if a[-1].end >= b[0].start:
         return False
-    gap = [n for n in nodes[a[-1].end + 1 : b[0].start] if is_compute(n)]
-    feeding = _derived_from(_block_of(a[-1], nodes), gap)
+    glue = [n for n in nodes[a[-1].end + 1 : b[0].start] if is_compute(n) and op_name(n) in STRUCTURAL_OPS]
+    feeding = descendants(_block_of(a[-1], nodes).outputs, within=set(glue))
     b_stack = _make_stack(b, nodes)
     streams = [b_stack.blocks[0].inputs[k] for k in b_stack.stream_slots]
     return any(inp in feeding for inp in streams)
@@ -260,9 +270,9 @@ def _no_stack_message(nodes: list[fx.Node], runs: list[_Run]) -> str:
     for run in runs:
         counts[run.class_name.rsplit(".", 1)[-1]] += 1
     repeated = sorted(((c, k) for k, c in counts.items() if c > 1), reverse=True)[:5]
-    seen = ", ".join(f"{c} x {k}" for c, k in repeated) or "no submodule called twice"
+    seen = ", ".join(f"{c} x {k}" for c, k in repeated) or "none"
     return (
-        f"no stack of repeated blocks found in a graph of {n_compute} compute nodes (repeated submodule calls: "
+        f"no stack of repeated blocks found in a graph of {n_compute} compute nodes (classes with several submodule calls: "
         f"{seen}). graphcache requires at least 2 consecutive calls of structurally identical submodules "
         "(same ops, same parameter shapes), each reading the previous one's output, as in DiT / MMDiT / Flux "
         "transformer blocks; capture the denoiser itself with module metadata (torch.export or torch.compile)"

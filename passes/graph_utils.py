@@ -9,6 +9,12 @@ import torch.fx as fx
 
 COMPUTE_OPS = ("call_function", "call_method")
 
+# Ops that move or reshape values without computing on them.
+STRUCTURAL_OPS = frozenset(
+    "cat concat view reshape _unsafe_view slice getitem squeeze unsqueeze clone contiguous to _to_copy clip clamp "
+    "split chunk narrow select permute transpose flatten unflatten alias expand".split()
+)
+
 
 def is_compute(node: fx.Node) -> bool:
     return node.op in COMPUTE_OPS

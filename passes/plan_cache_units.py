@@ -21,13 +21,8 @@ from graphcache.blockstack import Block, BlockStack
 from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
-from .graph_utils import descendants, op_name, same_tensor_type
+from .graph_utils import STRUCTURAL_OPS, descendants, op_name, same_tensor_type
 
-# Ops that move or reshape the residual stream without computing on it.
-STRUCTURAL_OPS = frozenset(
-    "cat concat view reshape _unsafe_view slice getitem squeeze unsqueeze clone contiguous to _to_copy clip clamp "
-    "split chunk narrow select permute transpose flatten unflatten alias expand".split()
-)
 ADD_OPS = frozenset({"add", "add_", "iadd"})
 MUL_OPS = frozenset({"mul", "mul_", "imul"})
 

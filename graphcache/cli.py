@@ -1,0 +1,152 @@
+"""``graphcache`` command line: ``optimize``, ``policies``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from graphcache.errors import GraphcacheError, PolicyConfigError
+
+console = Console()
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for item in values:
+        if "=" not in item:
+            raise PolicyConfigError(f"--set {item!r} must be key=value, e.g. --set interval=3")
+        key, value = item.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _progress(label: str) -> Any:
+    def wrap(items: Iterable[float]) -> Iterable[float]:
+        items = list(items)
+        columns = (TextColumn(f"{label:>20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(label, total=len(items))
+            for item in items:
+                yield item
+                bar.advance(task)
+
+    return wrap
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GraphcacheError as err:
+            console.print(f"[bold red]error[/]: {type(err).__name__}: {err}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="graphcache")
+def main() -> None:
+    """graphcache: feature caching for diffusion denoisers, inside the compiled graph."""
+
+
+@main.command()
+def policies() -> None:
+    """List the caching policies and their options."""
+    from graphcache.policies import available, policy_class
+
+    for name in available():
+        cls = policy_class(name)
+        table = Table(title=f"[bold]{name}[/]: {cls.summary}\n{cls.paper}", title_justify="left")
+        for column in ("option", "type", "default", "meaning"):
+            table.add_column(column)
+        for field, tp, default, help_text in cls.field_docs():
+            table.add_row(field, tp, repr(default), help_text)
+        console.print(table)
+
+
+@main.command()
+@click.argument("model_file", type=click.Path(path_type=Path))
+@click.option("--policy", default="fora", show_default=True, help="policy name or spec, e.g. 'fora{interval=4}'")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
+@click.option("--steps", default=50, show_default=True, help="denoising steps of the generation")
+@click.option("--backend", type=click.Choice(["eager", "inductor"]), default="eager", show_default=True,
+              help="run both models op by op, or both compiled with torch.compile(fullgraph=True)")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="also write the report as JSON")
+def optimize(model_file: Path, policy: str, sets: tuple[str, ...], steps: int, backend: str,
+             json_path: Path | None) -> None:
+    """Optimize the denoiser of MODEL_FILE and report blocks, schedule, speed, error and cache memory.
+
+    MODEL_FILE defines build() -> (model, inputs), inputs(t) -> dict of the denoiser's keyword arguments.
+    """
+    from graphcache.modelfile import load_model_file
+    from graphcache.policies import make_policy
+    from graphcache.runner import compare
+
+    config = make_policy(policy, **_parse_sets(sets))
+    model, inputs = load_model_file(model_file)
+    console.print(f"[bold]graphcache[/] {config.describe()} on {model_file} ({backend}, {steps} steps)")
+    result = compare(model, inputs, config, steps, backend, progress=_progress)
+    report = build_report(result)
+    print_report(report)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        console.print(f"report written to {json_path}")
+
+
+def build_report(result: Any) -> dict[str, Any]:
+    stack = result.cached.block_stack
+    errors = result.errors()
+    computed_err = max((e for e, d in zip(errors, result.decisions, strict=True) if d == "computed"), default=0.0)
+    return {
+        "policy": result.policy.describe(),
+        "backend": result.backend,
+        "blocks": stack.describe().splitlines(),
+        "num_blocks": stack.num_blocks,
+        "decisions": "".join("C" if d == "computed" else "." for d in result.decisions),
+        "steps": len(result.decisions),
+        "computed_steps": result.computed,
+        "uncached_seconds": result.uncached_run.seconds,
+        "graphcache_seconds": result.cached_run.seconds,
+        "speedup": result.speedup,
+        "schedule_limit": result.limit,
+        "percent_of_limit": 100 * result.speedup / result.limit,
+        "computed_step_ms": 1e3 * result.mean_step("computed"),
+        "cached_step_ms": 1e3 * result.mean_step("cached"),
+        "max_abs_error": max(errors),
+        "max_abs_error_computed_steps": computed_err,
+        "cache_bytes": result.cached.state.cache_bytes(),
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    console.print("[bold]blocks found[/]")
+    for line in r["blocks"]:
+        console.print(f"  {line}", highlight=False)
+    console.print(f"[bold]schedule[/] ({r['computed_steps']}/{r['steps']} computed, C = computed, . = cached)")
+    console.print(f"  {r['decisions']}", highlight=False)
+    table = Table(show_header=False)
+    rows = [
+        ("uncached", f"{r['uncached_seconds']:.3f} s"),
+        ("graphcache", f"{r['graphcache_seconds']:.3f} s"),
+        ("speedup", f"{r['speedup']:.2f}x (schedule limit {r['schedule_limit']:.2f}x: "
+                    f"{r['percent_of_limit']:.0f}% of it)"),
+        ("step time", f"computed {r['computed_step_ms']:.2f} ms, cached {r['cached_step_ms']:.2f} ms"),
+        ("max |error| vs uncached", f"{r['max_abs_error']:.3e} (computed steps: "
+                                    f"{r['max_abs_error_computed_steps']:.3e})"),
+        ("cache memory", f"{r['cache_bytes']:,} bytes"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Small denoisers for the tests: diffusers classes with random configs and a hand-written DiT."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def tiny_dit(num_layers: int = 3, batch: int = 2, seed: int = 0) -> tuple[nn.Module, Any]:
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = DiTTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers, num_attention_heads=2,
+        attention_head_dim=16, num_embeds_ada_norm=10, norm_num_groups=1,
+    ).eval()
+    x = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
+    labels = torch.arange(batch) % 10
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"hidden_states": x, "timestep": torch.full((batch,), int(t), dtype=torch.long), "class_labels": labels}
+
+    return model, inputs
+
+
+def tiny_flux(dual: int = 2, single: int = 3) -> tuple[nn.Module, Any]:
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=dual, num_single_layers=single, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6],
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    x, text, pooled = torch.randn(1, 16, 16, generator=g), torch.randn(1, 8, 32, generator=g), torch.randn(1, 32,
+                                                                                                          generator=g)
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"hidden_states": x, "encoder_hidden_states": text, "pooled_projections": pooled,
+                "timestep": torch.tensor([t / 1000.0]), "img_ids": torch.zeros(16, 3), "txt_ids": torch.zeros(8, 3)}
+
+    return model, inputs
+
+
+def tiny_sd3(num_layers: int = 3) -> tuple[nn.Module, Any]:
+    """SD3's MMDiT: its last joint block is built differently (context_pre_only), so the stack is n-1."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=num_layers, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=16,
+        out_channels=4, pos_embed_max_size=16,
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    x, text, pooled = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 6, 32, generator=g), torch.randn(1, 16,
+                                                                                                          generator=g)
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"hidden_states": x, "encoder_hidden_states": text, "pooled_projections": pooled,
+                "timestep": torch.tensor([t])}
+
+    return model, inputs
+
+
+def tiny_pixart(num_layers: int = 3) -> tuple[nn.Module, Any]:
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    model = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, num_layers=num_layers,
+        norm_num_groups=1, cross_attention_dim=32, sample_size=8, caption_channels=24,
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    x, text = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 5, 24, generator=g)
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"hidden_states": x, "encoder_hidden_states": text, "timestep": torch.tensor([int(t)]),
+                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+    return model, inputs
+
+
+class _Layer(nn.Module):
+    """adaLN-zero transformer layer written from scratch (no diffusers, unusual names)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.mod = nn.Linear(width, 6 * width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.mod(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + s1) + b1
+        q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + g1 * self.proj(a)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + s2) + b2
+        return x + g2 * self.down(F.gelu(self.up(h)))
+
+
+class HandWrittenDiT(nn.Module):
+    def __init__(self, width: int = 32, depth: int = 4, heads: int = 2, channels: int = 4) -> None:
+        super().__init__()
+        self.width = width
+        self.embed_in = nn.Linear(channels, width)
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.trunk = nn.ModuleList([_Layer(width, heads) for _ in range(depth)])
+        self.head = nn.Linear(width, channels)
+
+    def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        half = self.width // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        angles = noise_level.float()[:, None] * freqs[None]
+        c = self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        x = self.embed_in(latent)
+        for layer in self.trunk:
+            x = layer(x, c)
+        return self.head(F.layer_norm(x, x.shape[-1:]))
+
+
+def hand_written_dit(batch: int = 2) -> tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    model = HandWrittenDiT().eval()
+    x = torch.randn(batch, 10, 4, generator=torch.Generator().manual_seed(1))
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"latent": x, "noise_level": torch.full((batch,), t)}
+
+    return model, inputs
+
+
+class ConvNet(nn.Module):
+    """No stack of repeated blocks: each layer has a different shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 4, 3, padding=1)
+        self.t = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        emb = self.t(torch.cat([timestep.float()[:, None].sin().expand(-1, 8), timestep.float()[:, None].cos()
+                                .expand(-1, 8)], -1))
+        return self.c(F.relu(self.b(F.relu(self.a(x))) + emb[:, :, None, None]))
+
+
+def conv_net() -> tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    return ConvNet().eval(), lambda t: {"x": x, "timestep": torch.full((2,), t)}

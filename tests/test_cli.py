@@ -1,0 +1,85 @@
+"""The graphcache CLI: optimize a model.py, list policies, clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from graphcache.cli import main
+
+
+def test_policies_lists_fields():
+    result = CliRunner().invoke(main, ["policies"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for word in ("fora", "interval", "granularity", "arxiv.org/abs/2407.01425"):
+        assert word in result.output
+
+
+def test_optimize_example_dit(root, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        main, ["optimize", str(root / "examples" / "dit.py"), "--steps", "7", "--set", "interval=3",
+               "--json", str(report_path)], terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "6 x BasicTransformerBlock" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["decisions"] == "C..C..C"
+    assert report["computed_steps"] == 3
+    assert report["max_abs_error_computed_steps"] == 0.0
+    assert report["max_abs_error"] > 0.0
+    assert report["cache_bytes"] == 2 * 64 * 128 * 4
+    assert report["schedule_limit"] == 7 / 3
+
+
+def test_optimize_example_flux_block_granularity(root, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        main, ["optimize", str(root / "examples" / "flux.py"), "--steps", "4", "--set", "granularity=block",
+               "--json", str(report_path)], terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["num_blocks"] == 6
+    assert report["decisions"] == "C..C"
+    assert report["max_abs_error_computed_steps"] == 0.0
+
+
+def test_bad_model_file(tmp_path):
+    bad = tmp_path / "model.py"
+    bad.write_text("def build():\n    return 3\n")
+    result = CliRunner().invoke(main, ["optimize", str(bad)], terminal_width=200)
+    assert result.exit_code == 2
+    assert "ModelFileError" in result.output and "expected (model, inputs)" in result.output
+
+
+def test_missing_model_file(tmp_path):
+    result = CliRunner().invoke(main, ["optimize", str(tmp_path / "nope.py")], terminal_width=200)
+    assert result.exit_code == 2
+    assert "not found" in result.output and "build()" in result.output
+
+
+def test_bad_option_value(root):
+    result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--set", "interval=0"],
+                                terminal_width=200)
+    assert result.exit_code == 2
+    assert "fora.interval=0 is invalid" in result.output
+
+
+def test_unknown_policy(root):
+    result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--policy", "nope"],
+                                terminal_width=200)
+    assert result.exit_code == 2
+    assert "unknown policy 'nope'" in result.output
+
+
+def test_model_without_stack(tmp_path):
+    model_file = tmp_path / "conv.py"
+    model_file.write_text(
+        "import sys; sys.path.insert(0, %r)\nfrom models import conv_net\n\ndef build():\n    return conv_net()\n"
+        % str(__import__("pathlib").Path(__file__).parent)
+    )
+    result = CliRunner().invoke(main, ["optimize", str(model_file), "--steps", "2"], terminal_width=200)
+    assert result.exit_code == 2
+    assert "UnsupportedGraphError" in result.output and "no stack of repeated blocks" in result.output

@@ -1,0 +1,123 @@
+"""The block stack is found by structure on diffusers and hand-written denoisers, from both captures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import conv_net, hand_written_dit, tiny_dit, tiny_flux, tiny_pixart, tiny_sd3
+
+from graphcache.capture import capture_export, prepare_dynamo_graph
+from graphcache.errors import UnsupportedGraphError
+from graphcache.passes import FindBlockStack
+from graphcache.passes.base import analysis
+
+
+def export_stack(factory, **kw):
+    model, inputs = factory(**kw)
+    gm, _ = capture_export(model, inputs(500.0))
+    FindBlockStack()(gm)
+    return analysis(gm)["block_stack"]
+
+
+def dynamo_stack(model, inputs):
+    found = {}
+
+    def backend(gm, example_inputs):
+        new = prepare_dynamo_graph(gm, example_inputs)
+        FindBlockStack()(new)
+        found["stack"] = analysis(new)["block_stack"]
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(model, backend=backend, fullgraph=True)(**inputs(500.0))
+    return found["stack"]
+
+
+@pytest.mark.parametrize("layers", [2, 5])
+def test_dit_stack_has_one_block_per_layer(layers):
+    stack = export_stack(tiny_dit, num_layers=layers)
+    assert [len(s.blocks) for s in stack.stacks] == [layers]
+    assert stack.stacks[0].class_name == "BasicTransformerBlock"
+    assert len(stack.stacks[0].stream_slots) == 1
+    assert stack.timestep.name == "timestep"
+    # the epilogue re-enters block 0's label embedding: those nodes must not join block 0
+    block0 = stack.stacks[0].blocks[0]
+    assert all(n not in stack.epilogue for n in block0.nodes)
+    assert len({len(b.nodes) for b in stack.stacks[0].blocks}) == 1
+
+
+def test_flux_two_stacks_with_two_streams():
+    stack = export_stack(tiny_flux, dual=2, single=3)
+    assert [(s.class_name, len(s.blocks)) for s in stack.stacks] == [
+        ("FluxTransformerBlock", 2), ("FluxSingleTransformerBlock", 3)]
+    assert [len(s.stream_slots) for s in stack.stacks] == [2, 2]
+    assert len(stack.stream_inputs) == 2
+    assert stack.modulation, "temb (from the timestep) is a shared input of every block"
+
+
+@pytest.mark.parametrize("factory,expected", [
+    (tiny_sd3, ("JointTransformerBlock", 2)),  # 3 layers, the last one is built differently
+    (tiny_pixart, ("BasicTransformerBlock", 3)),
+    (hand_written_dit, ("_Layer", 4)),
+])
+def test_unlisted_architectures(factory, expected):
+    stack = export_stack(factory)
+    assert [(s.class_name, len(s.blocks)) for s in stack.stacks] == [expected]
+
+
+def test_names_do_not_matter():
+    """Same hand-written model, blocks renamed: same stack."""
+    model, inputs = hand_written_dit()
+    model.zz_misc = model.trunk
+    del model.trunk
+    model.forward = lambda latent, noise_level: _forward_renamed(model, latent, noise_level)  # type: ignore
+    gm, _ = capture_export(model, inputs(500.0))
+    FindBlockStack()(gm)
+    stack = analysis(gm)["block_stack"]
+    assert len(stack.stacks[0].blocks) == 4
+    assert stack.stacks[0].blocks[0].path == "zz_misc.0"
+
+
+def _forward_renamed(model, latent, noise_level):
+    import math
+
+    half = model.width // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angles = noise_level.float()[:, None] * freqs[None]
+    c = model.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+    x = model.embed_in(latent)
+    for layer in model.zz_misc:
+        x = layer(x, c)
+    return model.head(torch.nn.functional.layer_norm(x, x.shape[-1:]))
+
+
+@pytest.mark.parametrize("factory", [tiny_dit, tiny_flux])
+def test_dynamo_capture_finds_the_same_stack(factory):
+    model, inputs = factory()
+    exported = export_stack(factory)
+    dynamo = dynamo_stack(model, inputs)
+    assert [len(s.blocks) for s in dynamo.stacks] == [len(s.blocks) for s in exported.stacks]
+    assert [len(s.stream_slots) for s in dynamo.stacks] == [len(s.stream_slots) for s in exported.stacks]
+    assert "timestep" in dynamo.timestep.name
+
+
+def test_graph_without_stack_is_rejected_with_what_was_found():
+    with pytest.raises(UnsupportedGraphError, match=r"no stack of repeated blocks found .*3 x Conv2d.*requires at "
+                                                    r"least 2 consecutive calls"):
+        export_stack(conv_net)
+
+
+def test_missing_timestep_is_rejected():
+    class NoTime(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(3)])
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = x + b(x)
+            return x
+
+    gm, _ = capture_export(NoTime().eval(), {"x": torch.randn(2, 8)})
+    with pytest.raises(UnsupportedGraphError, match="no timestep input found among the user inputs"):
+        FindBlockStack()(gm)
