@@ -47,7 +47,7 @@ def make_backend(
             return aot_autograd(fw_compiler=make_boxed_compiler(lambda g, _: g))(new, example_inputs)  # type: ignore[no-any-return]
         from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(new, list(example_inputs))
+        return compile_fx(new, list(example_inputs))  # type: ignore[return-value]
 
     return graphcache_backend
 

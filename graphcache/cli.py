@@ -101,6 +101,40 @@ def optimize(model_file: Path, policy: str, sets: tuple[str, ...], steps: int, b
         console.print(f"report written to {json_path}")
 
 
+@main.command()
+@click.option("--policy", "policies_", multiple=True, default=("fora",), show_default=True,
+              help="policy name or spec, repeatable: --policy fora --policy 'fora{interval=2}'")
+@click.option("--samples", default=100, show_default=True, help="digits generated per run (classes 0-9 in turn)")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--guidance", default=1.5, show_default=True, help="classifier-free guidance scale")
+@click.option("--backend", type=click.Choice(["eager", "inductor"]), default="inductor", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True,
+              help="report folder: report.md, report.json, samples / decisions / step_error / speed_vs_quality.png")
+def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float, backend: str, seed: int,
+          out: Path) -> None:
+    """Uncached vs policies on the shipped reference digits model: speed and quality side by side."""
+    from graphcache.bench import run_bench
+    from graphcache.bench_report import write_report
+    from graphcache.policies import make_policy
+
+    configs = [make_policy(p) for p in policies_]
+    with console.status("bench") as spinner:
+        results = run_bench(configs, samples, steps, guidance, backend, seed,
+                            status=lambda text: spinner.update(f"[bold]bench[/]: {text}"))
+    command = "graphcache bench " + " ".join(sys.argv[2:])
+    write_report(results, out, command)
+    table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}")
+    for column in ("policy", "settings", "wall ratio", "computed", "class acc.", "Frechet", "PSNR dB", "SSIM"):
+        table.add_column(column)
+    for i, r in enumerate(results):
+        table.add_row(r.label, r.settings, f"{r.speedup:.2f}x", f"{r.computed}/{len(r.trajectory)}",
+                      f"{100 * r.accuracy:.1f}%", f"{r.frechet:.2f}", "-" if i == 0 else f"{r.psnr:.1f}",
+                      "-" if i == 0 else f"{r.ssim:.3f}")
+    console.print(table)
+    console.print(f"report: {out}/report.md and plots in {out}/")
+
+
 def build_report(result: Any) -> dict[str, Any]:
     stack = result.cached.block_stack
     errors = result.errors()

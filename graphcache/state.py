@@ -20,7 +20,7 @@ class CacheState:
     policy: str
 
     @property
-    def spec(self):  # noqa: ANN201 - StateSpec, kept loose to avoid an import cycle in type checkers
+    def spec(self):
         return analysis(self.gm)["state"]
 
     def buffer(self, name: str) -> torch.Tensor:
@@ -32,6 +32,8 @@ class CacheState:
             self.buffer("_gc_last_t").fill_(float("-inf"))
             self.buffer("_gc_step").zero_()
             self.buffer("_gc_log").fill_(-1)
+            self.buffer("_gc_last_compute").zero_()
+            self.buffer("_gc_n_computed").zero_()
             for name in self.cache_buffer_names():
                 self.buffer(name).zero_()
 

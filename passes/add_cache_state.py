@@ -2,7 +2,8 @@
 
 Precondition: ``cache_plan``. Postcondition: ``state`` recorded (a :class:`StateSpec`); new buffers
 ``_gc_step`` (int64, index of the current step in its generation), ``_gc_last_t`` (float32, last
-timestep; -inf = no generation yet), ``_gc_log`` (int8 ring of decisions: 1 computed, 0 cached, -1 unset)
+timestep; -inf = no generation yet), ``_gc_log`` (int8 ring of decisions: 1 computed, 0 cached, -1 unset),
+``_gc_last_compute`` / ``_gc_n_computed`` (the predictors' clock: last computed step, computed steps so far)
 and, per cached unit, the predictor's state tensors, each read by one ``get_attr`` node.
 """
 
@@ -26,6 +27,8 @@ class StateSpec:
     step: fx.Node
     last_t: fx.Node
     log: fx.Node
+    last_compute: fx.Node
+    n_computed: fx.Node
     caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
     buffers: list[str]
 
@@ -43,7 +46,7 @@ def _add_buffer(gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.N
 
 @dataclasses.dataclass(frozen=True)
 class AddCacheState(Pass):
-    predictor: Predictor = Reuse()
+    predictor: Predictor = dataclasses.field(default_factory=Reuse)
     name = "add_cache_state"
     requires = ("cache_plan", "block_stack")
     provides = ("state",)
@@ -61,6 +64,8 @@ class AddCacheState(Pass):
         step = add("_gc_step", torch.zeros((), dtype=torch.int64))
         last_t = add("_gc_last_t", torch.full((), float("-inf"), dtype=torch.float32))
         log = add("_gc_log", torch.full((LOG_CAPACITY,), -1, dtype=torch.int8))
+        last_compute = add("_gc_last_compute", torch.zeros((), dtype=torch.int64))
+        n_computed = add("_gc_n_computed", torch.zeros((), dtype=torch.int64))
         caches = {}
         for unit in plan.units:
             val = tensor_val(unit.node)
@@ -69,7 +74,7 @@ class AddCacheState(Pass):
                 add(f"_gc_{unit.name}_{j}", torch.zeros(val.shape, dtype=val.dtype))
                 for j in range(self.predictor.num_state())
             ]
-        analysis(gm)["state"] = StateSpec(step, last_t, log, caches, names)
+        analysis(gm)["state"] = StateSpec(step, last_t, log, last_compute, n_computed, caches, names)
         return PassResult(gm, modified=True)
 
 

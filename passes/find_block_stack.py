@@ -272,10 +272,11 @@ def _no_stack_message(nodes: list[fx.Node], runs: list[_Run]) -> str:
     repeated = sorted(((c, k) for k, c in counts.items() if c > 1), reverse=True)[:5]
     seen = ", ".join(f"{c} x {k}" for c, k in repeated) or "none"
     return (
-        f"no stack of repeated blocks found in a graph of {n_compute} compute nodes (classes with several submodule calls: "
-        f"{seen}). graphcache requires at least 2 consecutive calls of structurally identical submodules "
-        "(same ops, same parameter shapes), each reading the previous one's output, as in DiT / MMDiT / Flux "
-        "transformer blocks; capture the denoiser itself with module metadata (torch.export or torch.compile)"
+        f"no stack of repeated blocks found in a graph of {n_compute} compute nodes (classes with several "
+        f"submodule calls: {seen}). graphcache requires at least 2 consecutive calls of structurally identical "
+        "submodules (same ops, same parameter shapes), each reading the previous one's output, as in DiT / "
+        "MMDiT / Flux transformer blocks; capture the denoiser itself with module metadata (torch.export or "
+        "torch.compile)"
     )
 
 

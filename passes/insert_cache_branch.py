@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 
 from graphcache.errors import UnsupportedGraphError
-from graphcache.predictors import Predictor, Reuse, clone
+from graphcache.predictors import Clock, Predictor, Reuse, clone
 
 from .add_cache_state import StateSpec
 from .base import Pass, PassResult, analysis, mark
@@ -42,10 +42,12 @@ def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node]) -> fx.Node:
     return node
 
 
-def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Node], set[fx.Node]]:
+def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Node], set[fx.Node], Clock]:
+    """A branch graph: one placeholder per operand, then the three clock placeholders."""
     g = fx.Graph()
     env = {op: g.placeholder(op.name) for op in operands}
-    return g, env, set(env.values())
+    ticks = Clock(*(g.placeholder(f"clock_{name}") for name in ("step", "last_compute", "n_computed")))
+    return g, env, {*env.values(), ticks.step, ticks.last_compute, ticks.n_computed}, ticks
 
 
 def _finish(root: fx.GraphModule, g: fx.Graph, outputs: list[fx.Node]) -> fx.GraphModule:
@@ -59,7 +61,7 @@ def build_compute_branch(
     root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
     plan: CachePlan, state: StateSpec, predictor: Predictor,
 ) -> fx.GraphModule:
-    g, env, phs = _new_branch(operands)
+    g, env, phs, ticks = _new_branch(operands)
     for node in region:
         env[node] = g.node_copy(node, lambda a: env[a])
     results = [_dense(g, env[o], phs) for o in outputs]
@@ -67,7 +69,7 @@ def build_compute_branch(
         value = env[unit.node]
         if unit.base is not None:
             value = g.call_function(torch.ops.aten.sub.Tensor, (value, env[unit.base]))
-        new_state = predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]])
+        new_state = predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]], ticks)
         results.extend(_dense(g, s, phs) for s in new_state)
     return _finish(root, g, results)
 
@@ -76,11 +78,11 @@ def build_cached_branch(
     root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
     plan: CachePlan, state: StateSpec, predictor: Predictor,
 ) -> fx.GraphModule:
-    g, env, phs = _new_branch(operands)
+    g, env, phs, ticks = _new_branch(operands)
     replaced: dict[fx.Node, fx.Node] = {}
     new_states: list[fx.Node] = []
     for unit in plan.units:
-        value, new_state = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]])
+        value, new_state = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]], ticks)
         if unit.base is not None:
             value = g.call_function(torch.ops.aten.add.Tensor, (env[unit.base], value))
         replaced[unit.node] = value
@@ -93,7 +95,7 @@ def build_cached_branch(
 
 @dataclasses.dataclass(frozen=True)
 class InsertCacheBranch(Pass):
-    predictor: Predictor = Reuse()
+    predictor: Predictor = dataclasses.field(default_factory=Reuse)
     name = "insert_cache_branch"
     requires = ("block_stack", "cache_plan", "state", "decision")
     provides = ("cache_branch",)
@@ -117,7 +119,7 @@ class InsertCacheBranch(Pass):
         with graph.inserting_before(region[0]):
             true_fn, false_fn = graph.get_attr("_gc_compute"), graph.get_attr("_gc_cached")
             cond = graph.call_function(
-                torch.ops.higher_order.cond, (decision.pred, true_fn, false_fn, tuple(operands))
+                torch.ops.higher_order.cond, (decision.pred, true_fn, false_fn, (*operands, *decision.clock))
             )
             results = [graph.call_function(operator.getitem, (cond, k)) for k in range(len(outputs) + len(
                 state.cache_nodes()))]
@@ -130,5 +132,6 @@ class InsertCacheBranch(Pass):
             old.replace_all_uses_with(new, delete_user_cb=lambda user: user not in region_set)
         for node in reversed(region):
             graph.erase_node(node)
-        found["cache_branch"] = {"compute": "_gc_compute", "cached": "_gc_cached", "num_operands": len(operands)}
+        found["cache_branch"] = {"compute": "_gc_compute", "cached": "_gc_cached",
+                                 "num_operands": len(operands) + len(decision.clock)}
         return PassResult(gm, modified=True)

@@ -25,11 +25,13 @@ Rule = Callable[[torch.Tensor], torch.Tensor]
 class Decision:
     pred: fx.Node
     updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
+    clock: list[fx.Node]  # step index, last computed step, computed steps so far: operands of both branches
 
 
 def _decision_fn(rule: Rule) -> Callable[..., tuple[torch.Tensor, ...]]:
     def decide(
-        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor
+        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor, last_compute: torch.Tensor,
+        n_computed: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         t_now = t.reshape(-1).to(torch.float32).amax()
         new_generation = t_now >= last_t
@@ -39,7 +41,10 @@ def _decision_fn(rule: Rule) -> Callable[..., tuple[torch.Tensor, ...]]:
         slot = positions == (i % LOG_CAPACITY)
         cleared = torch.where(new_generation, torch.full_like(log, -1), log)
         new_log = torch.where(slot, compute.to(torch.int8), cleared)
-        return compute, i, t_now, new_log
+        n_before = torch.where(new_generation, torch.zeros_like(n_computed), n_computed)
+        new_last_compute = torch.where(compute, i, last_compute)
+        new_n = n_before + compute.to(torch.int64)
+        return compute, i, t_now, new_log, new_last_compute, new_n, last_compute, n_before
 
     return decide
 
@@ -56,7 +61,8 @@ class InsertDecision(Pass):
         stack = analysis(gm)["block_stack"]
         traced = fx.symbolic_trace(_decision_fn(self.rule))
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-        env = dict(zip(placeholders, [stack.timestep, state.step, state.last_t, state.log], strict=True))
+        inputs = [stack.timestep, state.step, state.last_t, state.log, state.last_compute, state.n_computed]
+        env = dict(zip(placeholders, inputs, strict=True))
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(stack.region[0]):
             out = gm.graph.graph_copy(traced.graph, env)
@@ -64,6 +70,8 @@ class InsertDecision(Pass):
             if node not in before:
                 mark(node, self.name, "decision")
         assert isinstance(out, tuple)
-        pred, step, t_now, log = out
-        analysis(gm)["decision"] = Decision(pred, [(state.step, step), (state.last_t, t_now), (state.log, log)])
+        pred, step, t_now, log, last_compute, n_computed, last_before, n_before = out
+        updates = [(state.step, step), (state.last_t, t_now), (state.log, log), (state.last_compute, last_compute),
+                   (state.n_computed, n_computed)]
+        analysis(gm)["decision"] = Decision(pred, updates, [step, last_before, n_before])
         return PassResult(gm, modified=True)

@@ -89,7 +89,7 @@ def _ungate(contribution: fx.Node, dependent: set[fx.Node]) -> fx.Node:
 
 
 def plan_block_units(stack: BlockStack) -> list[CacheUnit]:
-    units = []
+    units: list[CacheUnit] = []
     for s, st in enumerate(stack.stacks):
         for b, block in enumerate(st.blocks):
             streams = [block.inputs[k] for k in st.stream_slots]

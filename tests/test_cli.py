@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -76,9 +77,10 @@ def test_unknown_policy(root):
 
 def test_model_without_stack(tmp_path):
     model_file = tmp_path / "conv.py"
+    here = str(Path(__file__).parent)
     model_file.write_text(
-        "import sys; sys.path.insert(0, %r)\nfrom models import conv_net\n\ndef build():\n    return conv_net()\n"
-        % str(__import__("pathlib").Path(__file__).parent)
+        f"import sys; sys.path.insert(0, {here!r})\n"
+        "from models import conv_net\n\ndef build():\n    return conv_net()\n"
     )
     result = CliRunner().invoke(main, ["optimize", str(model_file), "--steps", "2"], terminal_width=200)
     assert result.exit_code == 2

@@ -7,12 +7,13 @@ import sys
 
 import pytest
 import torch
-from helpers import generation, timesteps
-from models import tiny_dit, tiny_flux
 
 import graphcache
 from graphcache.backend import make_backend
 from graphcache.policies.fora import FORA
+
+from helpers import generation, timesteps
+from models import tiny_dit, tiny_flux
 
 
 def _two_generations(compiled, inputs, steps=20):
@@ -42,7 +43,7 @@ def test_fullgraph_one_graph_no_recompiles(inner):
 def test_flux_compiles_with_inductor():
     model, inputs = tiny_flux(dual=1, single=2)
     cached = graphcache.optimize(model, "fora", backend="inductor", granularity="block")
-    first, second = _two_generations(cached, inputs, steps=6)
+    _, second = _two_generations(cached, inputs, steps=6)
     assert len(cached.states) == 1
     assert graphcache.decisions(cached) == ["computed", "cached", "cached"] * 2
     reference = generation(model, inputs, timesteps(6))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import conv_net, hand_written_dit, tiny_dit, tiny_flux, tiny_pixart, tiny_sd3
 
 from graphcache.capture import capture_export, prepare_dynamo_graph
 from graphcache.errors import UnsupportedGraphError
 from graphcache.passes import FindBlockStack
 from graphcache.passes.base import analysis
+
+from models import conv_net, hand_written_dit, tiny_dit, tiny_flux, tiny_pixart, tiny_sd3
 
 
 def export_stack(factory, **kw):

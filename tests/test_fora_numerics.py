@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import generation, timesteps
-from models import hand_written_dit, tiny_dit, tiny_flux
-from reference_fora import dit_forward
 
 import graphcache
 from graphcache.exported import optimize_exported
 from graphcache.policies.fora import FORA
+
+from helpers import generation, timesteps
+from models import hand_written_dit, tiny_dit, tiny_flux
+from reference_fora import dit_forward
 
 STEPS = 10
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from models import tiny_dit
 
 import graphcache
 from graphcache.errors import PolicyConfigError
 from graphcache.policies import available, make_policy, parse_spec
 from graphcache.policies.fora import FORA
+
+from models import tiny_dit
 
 
 def test_registry_lists_fora():

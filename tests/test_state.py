@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from helpers import generation, timesteps
-from models import tiny_dit
 
 import graphcache
 from graphcache.exported import optimize_exported
+
+from helpers import generation, timesteps
+from models import tiny_dit
 
 
 def test_second_generation_equals_fresh_model():

@@ -24,5 +24,5 @@ def load_digits_tensors(size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Ten
 def split_indices(n: int, holdout: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed train / held-out split of ``n`` items."""
     order = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * (1 - holdout)))
+    cut = round(n * (1 - holdout))
     return order[:cut], order[cut:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class DigitsPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "np",
         progress: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> Any:
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= NULL_CLASS:
@@ -57,6 +59,8 @@ class DigitsPipeline(DiffusionPipeline):
                 eps_c, eps_u = eps.chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
             sample = self.scheduler.step(eps, t, sample).prev_sample
+            if callback is not None:
+                callback(len(self.scheduler.timesteps), int(t), sample)
         images = ((sample.clamp(-1, 1) + 1) / 2)[:, 0]
         if output_type == "pt":
             return images
