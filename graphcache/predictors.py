@@ -10,7 +10,8 @@ actual step indices. Branch outputs must be new tensors (``torch.cond`` forbids 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+import math
+from typing import Any, ClassVar
 
 import torch
 import torch.fx as fx
@@ -58,3 +59,47 @@ class Reuse(Predictor):
 
     def on_cached(self, g: fx.Graph, state: list[fx.Node], clock: Clock) -> tuple[fx.Node, list[fx.Node]]:
         return state[0], [clone(g, state[0])]
+
+
+def _call(g: fx.Graph, op: Any, *args: Any) -> fx.Node:
+    return g.call_function(op, args)
+
+
+@dataclasses.dataclass(frozen=True)
+class Taylor(Predictor):
+    """TaylorSeer's forecast: finite differences kept at computed steps, Taylor series at cached steps.
+
+    Compute step a (previous computed step a'): ``D_0 = F(a)``, ``D_{j+1} = (D_j(a) - D_j(a')) / (a - a')``
+    while enough computed steps exist (fewer: the higher differences are 0). Cached step a + k:
+    ``F_hat = sum_j D_j k^j / j!``. State: ``order + 1`` tensors per unit.
+    """
+
+    order: int = 1
+    name = "taylor"
+
+    def num_state(self) -> int:
+        return self.order + 1
+
+    def on_compute(self, g: fx.Graph, value: fx.Node, state: list[fx.Node], clock: Clock) -> list[fx.Node]:
+        aten = torch.ops.aten
+        distance = _call(g, aten.sub.Tensor, clock.step, clock.last_compute)
+        new = [value]
+        for j in range(self.order):
+            diff = _call(g, aten.div.Tensor, _call(g, aten.sub.Tensor, new[j], state[j]), distance)
+            known = _call(g, aten.gt.Scalar, clock.n_computed, j)
+            zero = _call(g, aten.zeros_like.default, value)
+            new.append(_call(g, aten.where.self, known, diff, zero))
+        return new
+
+    def on_cached(self, g: fx.Graph, state: list[fx.Node], clock: Clock) -> tuple[fx.Node, list[fx.Node]]:
+        aten = torch.ops.aten
+        k = _call(g, aten.sub.Tensor, clock.step, clock.last_compute)
+        forecast = state[0]
+        for j in range(1, self.order + 1):
+            # k^j stays an integer tensor so the products keep the state's dtype (no float32 coefficient)
+            term = _call(g, aten.mul.Tensor, state[j], _call(g, aten.pow.Tensor_Scalar, k, j))
+            term = _call(g, aten.div.Scalar, term, float(math.factorial(j)))
+            forecast = _call(g, aten.add.Tensor, forecast, term)
+        if forecast is state[0]:
+            forecast = clone(g, forecast)
+        return forecast, [clone(g, s) for s in state]

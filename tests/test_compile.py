@@ -67,3 +67,16 @@ def test_torch_compile_backend_string_with_options():
                              options={"policy": "fora", "interval": 2, "backend": "eager"})
     generation(compiled, inputs, timesteps(5))
     assert graphcache.decisions(compiled) == ["computed", "cached", "computed", "cached", "computed"]
+
+
+def test_export_route_compiled_with_inductor():
+    """The CLI's route: torch.export capture, rewrite, torch.compile(fullgraph=True) of the rewritten graph."""
+    from graphcache.runner import compare
+
+    model, inputs = tiny_dit(num_layers=2)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        result = compare(model, inputs, FORA(interval=2), steps=6, backend="inductor")
+    assert result.decisions == ["computed", "cached"] * 3
+    for err, decision in zip(result.errors(), result.decisions, strict=True):
+        if decision == "computed":
+            assert err < 1e-5

@@ -45,7 +45,7 @@ def test_pipeline_rejects_bad_labels():
 
 
 def test_missing_weights_name_the_training_script(tmp_path):
-    with pytest.raises(GraphcacheError, match="run `python examples/train_reference.py"):
+    with pytest.raises(GraphcacheError, match=r"run `python examples/train_reference\.py"):
         load_pipeline(tmp_path / "none.safetensors")
 
 

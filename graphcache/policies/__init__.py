@@ -10,6 +10,7 @@ from graphcache.policies.base import PolicyConfig
 
 REGISTRY: dict[str, str] = {
     "fora": "graphcache.policies.fora:FORA",
+    "taylorseer": "graphcache.policies.taylorseer:TaylorSeer",
 }
 
 

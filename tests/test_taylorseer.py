@@ -1,0 +1,44 @@
+"""TaylorSeer policy: schedule, compute steps bit-exact, forecast memory, better than reuse on a real model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphcache.exported import optimize_exported
+from graphcache.policies import make_policy
+from graphcache.policies.taylorseer import TaylorSeer
+
+from helpers import generation, timesteps
+from models import tiny_dit
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_compute_steps_bit_exact_and_schedule(lite):
+    model, inputs = tiny_dit()
+    ts = timesteps(12)
+    policy = TaylorSeer(interval=4, order=2, warmup=2, lite=lite)
+    cached = optimize_exported(model, inputs(ts[0]), policy)
+    outputs = generation(cached, inputs, ts)
+    reference = generation(model, inputs, ts)
+    decisions = cached.state.decisions()
+    assert decisions == ["computed" if c else "cached" for c in policy.expected(12)]
+    assert "".join("C" if d == "computed" else "." for d in decisions) == "CCC...C...C."  # warm-up 0, 1; then 2, 6, 10
+    for out, ref, decision in zip(outputs, reference, decisions, strict=True):
+        assert torch.equal(out, ref) == (decision == "computed")
+
+
+def test_memory_is_order_plus_one_tensors_per_unit():
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    hidden = 2 * 16 * 32 * 4
+    full = optimize_exported(model, inputs(999), "taylorseer", order=2)
+    lite = optimize_exported(model, inputs(999), "taylorseer", order=2, lite=True)
+    assert full.state.cache_bytes() == 3 * 2 * 3 * hidden  # blocks x (attention, MLP) x (m + 1)
+    assert lite.state.cache_bytes() == 3 * hidden  # one unit x (m + 1): O(1) in depth
+
+
+def test_bad_order():
+    from graphcache.errors import PolicyConfigError
+
+    with pytest.raises(PolicyConfigError, match=r"taylorseer.order=9 is invalid: must be an integer in 0..6"):
+        make_policy("taylorseer", order=9)
