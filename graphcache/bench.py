@@ -63,7 +63,7 @@ def _generate(pipe: Any, labels: list[int], steps: int, guidance: float, seed: i
 def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50, guidance: float = 1.5,
               backend: str = "inductor", seed: int = 0,
               status: Callable[[str], None] = print) -> list[RunResult]:
-    """Uncached first, then each policy; every run warmed up once (compilation) before it is timed."""
+    """Uncached first, then each policy; each warmed up by a short generation (compilation) before it is timed."""
     import graphcache
     from graphcache.reference import load_pipeline
     from graphcache.reference.data import load_digits_tensors
@@ -86,8 +86,8 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
         else:
             pipe.transformer = denoiser
             graphcache.optimize(pipe, policy, backend=backend)
-        status(f"{label} {settings}: warm-up")
-        _generate(pipe, labels, steps, guidance, seed)
+        status(f"{label} {settings}: warm-up (compilation)")
+        _generate(pipe, labels, min(steps, 4), guidance, seed)
         status(f"{label} {settings}: timed run of {samples} samples x {steps} steps")
         seconds, images, trajectory = _generate(pipe, labels, steps, guidance, seed)
         run = RunResult(label, settings, seconds, images, trajectory,
