@@ -50,19 +50,19 @@ class RunResult:
         }
 
 
-def _generate(pipe: Any, labels: list[int], steps: int, guidance: float, seed: int) -> tuple[float, torch.Tensor,
-                                                                                               list[torch.Tensor]]:
+def _generate(pipe: Any, labels: list[int], steps: int, guidance: float, seed: int, show_progress: bool = False
+              ) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
     trajectory: list[torch.Tensor] = []
     start = time.perf_counter()
     images = pipe(class_labels=labels, num_inference_steps=steps, guidance_scale=guidance,
-                  generator=torch.Generator().manual_seed(seed), output_type="pt",
+                  generator=torch.Generator().manual_seed(seed), output_type="pt", progress=show_progress,
                   callback=lambda _n, _t, x: trajectory.append(x.clone()))
     return time.perf_counter() - start, images, trajectory
 
 
 def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50, guidance: float = 1.5,
               backend: str = "inductor", seed: int = 0,
-              status: Callable[[str], None] = print) -> list[RunResult]:
+              status: Callable[[str], None] = print, progress: bool = True) -> list[RunResult]:
     """Uncached first, then each policy; each warmed up by a short generation (compilation) before it is timed."""
     import graphcache
     from graphcache.reference import load_pipeline
@@ -74,7 +74,7 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
     real, _ = load_digits_tensors()
     real_features = judge.features((real + 1) / 2).numpy()
     pipe = load_pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(leave=False, desc="denoise", disable=not progress)
     denoiser = pipe.transformer
     results: list[RunResult] = []
     runs: list[tuple[str, str, PolicyConfig | None]] = [("uncached", "-", None)]
@@ -89,7 +89,7 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
         status(f"{label} {settings}: warm-up (compilation)")
         _generate(pipe, labels, min(steps, 4), guidance, seed)
         status(f"{label} {settings}: timed run of {samples} samples x {steps} steps")
-        seconds, images, trajectory = _generate(pipe, labels, steps, guidance, seed)
+        seconds, images, trajectory = _generate(pipe, labels, steps, guidance, seed, progress)
         run = RunResult(label, settings, seconds, images, trajectory,
                         decisions(pipe) if policy is not None else ["computed"] * steps)
         if isinstance(pipe.transformer, CachedModule):

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from graphcache.errors import GraphcacheError, PolicyConfigError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI: no wrapping at 80 columns
 
 
 def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
@@ -111,17 +111,21 @@ def optimize(model_file: Path, policy: str, sets: tuple[str, ...], steps: int, b
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench"), show_default=True,
               help="report folder: report.md, report.json, samples / decisions / step_error / speed_vs_quality.png")
+@click.option("--model", "model_file", type=click.Path(path_type=Path), default=None,
+              help="a model.py instead of the reference model: speed and error vs uncached (no judge)")
 def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float, backend: str, seed: int,
-          out: Path) -> None:
-    """Uncached vs policies on the shipped reference digits model: speed and quality side by side."""
+          out: Path, model_file: Path | None) -> None:
+    """Uncached vs policies on the shipped reference digits model (or --model model.py), same seeds."""
     from graphcache.bench import run_bench
     from graphcache.bench_report import write_report
     from graphcache.policies import make_policy
 
     configs = [make_policy(p) for p in policies_]
-    with console.status("bench") as spinner:
-        results = run_bench(configs, samples, steps, guidance, backend, seed,
-                            status=lambda text: spinner.update(f"[bold]bench[/]: {text}"))
+    if model_file is not None:
+        _bench_model_file(model_file, configs, steps, backend)
+        return
+    results = run_bench(configs, samples, steps, guidance, backend, seed,
+                        status=lambda text: console.print(f"[bold]bench[/]: {text}", highlight=False))
     command = "graphcache bench " + " ".join(sys.argv[2:])
     write_report(results, out, command)
     table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}")
@@ -133,6 +137,21 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
                       "-" if i == 0 else f"{r.ssim:.3f}")
     console.print(table)
     console.print(f"report: {out}/report.md and plots in {out}/")
+
+
+def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend: str) -> None:
+    from graphcache.modelfile import load_model_file
+    from graphcache.runner import compare
+
+    model, inputs = load_model_file(model_file)
+    table = Table(title=f"{model_file}, {steps} steps, {backend}")
+    for column in ("policy", "wall ratio", "computed", "% of limit", "max |error|", "cache bytes"):
+        table.add_column(column)
+    for config in configs:
+        r = build_report(compare(model, inputs, config, steps, backend, progress=_progress))
+        table.add_row(r["policy"], f"{r['speedup']:.2f}x", f"{r['computed_steps']}/{r['steps']}",
+                      f"{r['percent_of_limit']:.0f}%", f"{r['max_abs_error']:.2e}", f"{r['cache_bytes']:,}")
+    console.print(table)
 
 
 def build_report(result: Any) -> dict[str, Any]:

@@ -85,3 +85,13 @@ def test_model_without_stack(tmp_path):
     result = CliRunner().invoke(main, ["optimize", str(model_file), "--steps", "2"], terminal_width=200)
     assert result.exit_code == 2
     assert "UnsupportedGraphError" in result.output and "no stack of repeated blocks" in result.output
+
+
+def test_bench_on_a_model_file(root):
+    result = CliRunner().invoke(
+        main, ["bench", "--model", str(root / "examples" / "dit.py"), "--policy", "fora", "--policy",
+               "taylorseer{order=1,warmup=1}", "--steps", "6", "--backend", "eager"], terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "2/6" in result.output  # fora: steps 0 and 3
+    assert "3/6" in result.output  # taylorseer: warm-up 0, then 1 and 5
