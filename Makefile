@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/graphcache optimize examples/dit.py --policy fora --set interval=3 --steps 50
+	$(VENV)/bin/graphcache bench --policy fora --samples 100 --out reports/bench
 
 test: setup
 	$(VENV)/bin/ruff check graphcache passes export tests examples benchmarks
@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/fora_dit_cpu.py
+	$(PY) benchmarks/fora_dit_cpu.py --granularity block
 
 clean:
 	rm -rf $(VENV) graphcache_dump reports

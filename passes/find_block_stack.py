@@ -60,17 +60,20 @@ def _collect_runs(nodes: list[fx.Node]) -> list[_Run]:
     return runs
 
 
+def _boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
+    """External values ``members`` read (first-use order) and member values read outside."""
+    member_set = set(members)
+    inputs: dict[fx.Node, None] = {}
+    for n in members:
+        inputs.update((inp, None) for inp in n.all_input_nodes if inp not in member_set)
+    outputs = [n for n in members if any(u not in member_set for u in n.users)]
+    return list(inputs), outputs
+
+
 def _block_of(run: _Run, nodes: list[fx.Node]) -> Block:
     if run._block is None:
         members = [n for n in nodes[run.start : run.end + 1] if is_compute(n)]
-        member_set = set(members)
-        inputs: list[fx.Node] = []
-        for n in members:
-            for inp in n.all_input_nodes:
-                if inp not in member_set and inp not in inputs:
-                    inputs.append(inp)
-        outputs = [n for n in members if any(u not in member_set for u in n.users)]
-        run._block = Block(members, inputs, outputs, run.path)
+        run._block = Block(members, *_boundary(members), run.path)
     return run._block
 
 
@@ -227,13 +230,7 @@ def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:
     start, end = selected[0][0].start, selected[-1][-1].end
     position = {n: i for i, n in enumerate(nodes)}
     region = [n for n in nodes[start : end + 1] if is_compute(n)]
-    region_set = set(region)
-    region_inputs: list[fx.Node] = []
-    for n in region:
-        for inp in n.all_input_nodes:
-            if inp not in region_set and inp not in region_inputs:
-                region_inputs.append(inp)
-    region_outputs = [n for n in region if any(u not in region_set for u in n.users)]
+    region_inputs, region_outputs = _boundary(region)
     first = stacks[0]
     stream_inputs = [first.blocks[0].inputs[k] for k in first.stream_slots]
     if not region_outputs or not stream_inputs:

@@ -7,7 +7,14 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch
+
 from graphcache.errors import PolicyConfigError
+
+
+def option(default: Any, help: str) -> Any:
+    """A policy field with its help text (shown by ``graphcache policies``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +33,15 @@ class PolicyConfig:
 
     def passes(self) -> list[Any]:
         raise NotImplementedError
+
+    def rule(self, i: torch.Tensor) -> torch.Tensor:
+        """Static schedule: compute at step index ``i`` (a tensor); traced into the graph."""
+        raise NotImplementedError
+
+    def expected(self, steps: int) -> list[bool]:
+        """The schedule of one generation of ``steps`` steps (True = compute; step 0 always computes)."""
+        i = torch.arange(steps)
+        return (self.rule(i) | (i == 0)).tolist()  # type: ignore[no-any-return]
 
     def describe(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))

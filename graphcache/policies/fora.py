@@ -7,12 +7,8 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, require
+from graphcache.policies.base import PolicyConfig, option, require
 from graphcache.predictors import Reuse
-
-
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +19,12 @@ class FORA(PolicyConfig):
     summary = "static reuse every N steps (stack residual, or per-block attention/MLP outputs)"
     paper = "https://arxiv.org/abs/2407.01425"
 
-    interval: int = _field(3, "compute when step % interval == 0; reuse otherwise")
-    warmup: int = _field(0, "the first `warmup` steps are always computed")
-    granularity: str = _field("stack", "'stack': residual of the whole block stack; 'block': per-block "
+    interval: int = option(3, "compute when step % interval == 0; reuse otherwise")
+    warmup: int = option(0, "the first `warmup` steps are always computed")
+    granularity: str = option("stack", "'stack': residual of the whole block stack; 'block': per-block "
                               "attention/MLP outputs before their gates (FORA as published)")
-    num_steps: int | None = _field(None, "steps per generation; only needed by compute_last")
-    compute_last: bool = _field(False, "always compute the last step (needs num_steps)")
+    num_steps: int | None = option(None, "steps per generation; only needed by compute_last")
+    compute_last: bool = option(False, "always compute the last step (needs num_steps)")
 
     def validate(self) -> None:
         require(isinstance(self.interval, int) and self.interval >= 1, self.name, "interval", self.interval,
@@ -47,11 +43,6 @@ class FORA(PolicyConfig):
         if self.compute_last and self.num_steps is not None:
             compute = compute | (i == self.num_steps - 1)
         return compute
-
-    def expected(self, steps: int) -> list[bool]:
-        """The schedule this config gives for one generation of ``steps`` steps (True = compute)."""
-        i = torch.arange(steps)
-        return (self.rule(i) | (i == 0)).tolist()
 
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline

@@ -7,12 +7,8 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, require
+from graphcache.policies.base import PolicyConfig, option, require
 from graphcache.predictors import Taylor
-
-
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +19,10 @@ class TaylorSeer(PolicyConfig):
     summary = "Taylor forecast of per-block attention/MLP outputs (or of the stack output with lite=true)"
     paper = "https://arxiv.org/abs/2503.06923"
 
-    interval: int = _field(4, "after warm-up, compute when (step - warmup) % interval == 0 (DiT: 4, FLUX: 6)")
-    order: int = _field(4, "Taylor order m: m+1 tensors kept per cached unit (DiT: 4, FLUX: 1)")
-    warmup: int = _field(3, "the first `warmup` steps are computed (they also seed the differences)")
-    lite: bool = _field(False, "forecast only the residual of the whole stack: memory O(1) in depth")
+    interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0 (DiT: 4, FLUX: 6)")
+    order: int = option(4, "Taylor order m: m+1 tensors kept per cached unit (DiT: 4, FLUX: 1)")
+    warmup: int = option(3, "the first `warmup` steps are computed (they also seed the differences)")
+    lite: bool = option(False, "forecast only the residual of the whole stack: memory O(1) in depth")
 
     def validate(self) -> None:
         require(isinstance(self.interval, int) and self.interval >= 1, self.name, "interval", self.interval,
@@ -38,10 +34,6 @@ class TaylorSeer(PolicyConfig):
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         return (i < self.warmup) | ((i - self.warmup) % self.interval == 0)
-
-    def expected(self, steps: int) -> list[bool]:
-        i = torch.arange(steps)
-        return (self.rule(i) | (i == 0)).tolist()
 
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
