@@ -91,15 +91,40 @@ class Taylor(Predictor):
             new.append(_call(g, aten.where.self, known, diff, zero))
         return new
 
+    def coefficients(self, g: fx.Graph, k: fx.Node) -> list[fx.Node]:
+        """0-d float64 nodes c_1..c_m with ``F_hat = D_0 + sum_j c_j D_j`` at distance ``k`` (float64)."""
+        aten = torch.ops.aten
+        return [_call(g, aten.div.Scalar, _call(g, aten.pow.Tensor_Scalar, k, j), float(math.factorial(j)))
+                for j in range(1, self.order + 1)]
+
     def on_cached(self, g: fx.Graph, state: list[fx.Node], clock: Clock) -> tuple[fx.Node, list[fx.Node]]:
         aten = torch.ops.aten
         k = _call(g, aten.sub.Tensor, clock.step, clock.last_compute)
+        # float64 0-d coefficients: a 0-d tensor does not promote the state's dtype (fp32 / bf16 stay so)
+        k = g.call_function(aten._to_copy.default, (k,), {"dtype": torch.float64})
         forecast = state[0]
-        for j in range(1, self.order + 1):
-            # k^j stays an integer tensor so the products keep the state's dtype (no float32 coefficient)
-            term = _call(g, aten.mul.Tensor, state[j], _call(g, aten.pow.Tensor_Scalar, k, j))
-            term = _call(g, aten.div.Scalar, term, float(math.factorial(j)))
-            forecast = _call(g, aten.add.Tensor, forecast, term)
+        for j, coeff in enumerate(self.coefficients(g, k), start=1):
+            forecast = _call(g, aten.add.Tensor, forecast, _call(g, aten.mul.Tensor, state[j], coeff))
         if forecast is state[0]:
             forecast = clone(g, forecast)
         return forecast, [clone(g, s) for s in state]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hermite(Taylor):
+    """HiCache: TaylorSeer's differences with Hermite-scaled terms,
+    ``F_hat = D_0 + sum_{j>=1} D_j / j! * sigma^j * H_j(sigma k)`` (physicists' Hermite polynomials,
+    ``H_0 = 1, H_1 = 2x, H_{n+1} = 2x H_n - 2n H_{n-1}``)."""
+
+    sigma: float = 0.71
+    name = "hermite"
+
+    def coefficients(self, g: fx.Graph, k: fx.Node) -> list[fx.Node]:
+        aten = torch.ops.aten
+        x = _call(g, aten.mul.Tensor, k, self.sigma)
+        hermite = [_call(g, aten.ones_like.default, x), _call(g, aten.mul.Tensor, x, 2.0)]
+        for n in range(1, self.order):
+            two_x_h = _call(g, aten.mul.Tensor, _call(g, aten.mul.Tensor, x, 2.0), hermite[n])
+            hermite.append(_call(g, aten.sub.Tensor, two_x_h, _call(g, aten.mul.Tensor, hermite[n - 1], 2.0 * n)))
+        return [_call(g, aten.mul.Tensor, hermite[j], self.sigma**j / math.factorial(j))
+                for j in range(1, self.order + 1)]

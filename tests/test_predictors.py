@@ -107,3 +107,42 @@ def test_higher_order_beats_reuse_on_smooth_trajectories():
     err = {name: np.mean([np.abs(f[i] - traj[i]).mean() for i in f if i > 8]) for name, f in
            (("reuse", reuse), ("taylor", taylor))}
     assert err["taylor"] < 0.2 * err["reuse"]
+
+
+def hicache_numpy(trajectory: np.ndarray, computed: list[int], order: int, sigma: float) -> dict[int, np.ndarray]:
+    """HiCache: TaylorSeer's differences, Hermite-scaled terms (numpy's physicists' Hermite polynomials)."""
+    from numpy.polynomial.hermite import hermval
+
+    taylor = taylorseer_numpy(trajectory, computed, order)  # for the schedule only
+    factors: list[np.ndarray] = []
+    last = 0
+    out = {}
+    for i in range(len(trajectory)):
+        if i in computed:
+            new = [trajectory[i]]
+            for j in range(order):
+                if j < len(factors) and i > 0:
+                    new.append((new[j] - factors[j]) / (i - last))
+                else:
+                    break
+            factors, last = new, i
+        else:
+            k = i - last
+            out[i] = factors[0] + sum(
+                f / math.factorial(j) * sigma**j * hermval(sigma * k, [0] * j + [1])
+                for j, f in enumerate(factors) if j >= 1
+            )
+    assert out.keys() == taylor.keys()
+    return out
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_hermite_matches_numpy_formula(order):
+    from graphcache.predictors import Hermite
+
+    traj = _trajectory(degree=3)
+    schedule = SCHEDULES["warmup-then-5"]
+    got = run_schedule(Hermite(order=order, sigma=0.71), traj, schedule)
+    want = hicache_numpy(traj, schedule, order, 0.71)
+    for i in got:
+        np.testing.assert_allclose(got[i], want[i], rtol=1e-10, atol=1e-12)

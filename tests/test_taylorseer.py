@@ -42,3 +42,25 @@ def test_bad_order():
 
     with pytest.raises(PolicyConfigError, match=r"taylorseer.order=9 is invalid: must be an integer in 0..6"):
         make_policy("taylorseer", order=9)
+
+
+def test_hicache_compute_steps_bit_exact_and_forecasts_differ_from_taylor():
+    model, inputs = tiny_dit()
+    ts = timesteps(10)
+    reference = generation(model, inputs, ts)
+    hi = optimize_exported(model, inputs(ts[0]), "hicache", order=2, warmup=1, interval=3, lite=True)
+    ta = optimize_exported(model, inputs(ts[0]), "taylorseer", order=2, warmup=1, interval=3, lite=True)
+    out_hi, out_ta = generation(hi, inputs, ts), generation(ta, inputs, ts)
+    assert hi.state.decisions() == ta.state.decisions()
+    for a, b, ref, decision in zip(out_hi, out_ta, reference, hi.state.decisions(), strict=True):
+        if decision == "computed":
+            assert torch.equal(a, ref) and torch.equal(b, ref)
+    cached = [i for i, d in enumerate(hi.state.decisions()) if d == "cached" and i > 2]
+    assert any(not torch.equal(out_hi[i], out_ta[i]) for i in cached)
+
+
+def test_hicache_sigma_validated():
+    from graphcache.errors import PolicyConfigError
+
+    with pytest.raises(PolicyConfigError, match=r"hicache.sigma=0 is invalid: must be in \(0, 2\]"):
+        make_policy("hicache", sigma=0)

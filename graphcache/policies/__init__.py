@@ -10,6 +10,7 @@ from graphcache.policies.base import PolicyConfig
 
 REGISTRY: dict[str, str] = {
     "fora": "graphcache.policies.fora:FORA",
+    "hicache": "graphcache.policies.hicache:HiCache",
     "taylorseer": "graphcache.policies.taylorseer:TaylorSeer",
 }
 

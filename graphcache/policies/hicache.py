@@ -1,0 +1,32 @@
+"""HiCache: training-free acceleration with Hermite-polynomial feature forecasting (Feng et al., 2025)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from graphcache.policies.base import option, require
+from graphcache.policies.taylorseer import TaylorSeer
+from graphcache.predictors import Hermite
+
+
+@dataclasses.dataclass(frozen=True)
+class HiCache(TaylorSeer):
+    """TaylorSeer's schedule and differences; the forecast's terms are scaled Hermite polynomials."""
+
+    name = "hicache"
+    summary = "TaylorSeer with Hermite-scaled forecast terms (more stable at large step distances)"
+    paper = "https://arxiv.org/abs/2508.16984"
+
+    sigma: float = option(0.71, "Hermite scale: term j is D_j / j! * sigma^j * H_j(sigma * k)")
+
+    def validate(self) -> None:
+        super().validate()
+        require(isinstance(self.sigma, float | int) and 0 < self.sigma <= 2, self.name, "sigma", self.sigma,
+                "must be in (0, 2]")
+
+    def passes(self) -> list[Any]:
+        from graphcache.passes import default_pipeline
+
+        predictor = Hermite(order=self.order, sigma=float(self.sigma))
+        return default_pipeline("stack" if self.lite else "block", predictor, self.rule)
