@@ -51,6 +51,11 @@ def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Nod
 
 
 def _finish(root: fx.GraphModule, g: fx.Graph, outputs: list[fx.Node]) -> fx.GraphModule:
+    seen: set[fx.Node] = set()
+    for k, node in enumerate(outputs):  # one tensor returned twice would alias two cond outputs
+        if node in seen:
+            outputs[k] = clone(g, node)
+        seen.add(node)
     g.output(tuple(outputs))
     g.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
     g.lint()

@@ -64,3 +64,19 @@ def test_bench_small_run_writes_report(tmp_path):
     assert 0 < runs[("fora", "defaults")]["psnr_db"] < 100
     for name in ("samples.png", "decisions.png", "step_error.png", "speed_vs_quality.png", "report.md"):
         assert (out / name).stat().st_size > 0
+
+
+def test_corrupt_weights_are_named(tmp_path):
+    bad = tmp_path / "dit.safetensors"
+    bad.write_bytes(b"\x00\x01 not safetensors")
+    with pytest.raises(GraphcacheError, match=r"dit.safetensors is not a readable safetensors file"):
+        load_pipeline(bad)
+
+
+def test_weights_of_another_model_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(GraphcacheError, match=r"other.safetensors does not hold reference DiT weights"):
+        load_pipeline(other)

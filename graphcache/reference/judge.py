@@ -37,10 +37,10 @@ class DigitJudge(nn.Module):
 
 
 def load_judge(path: Path = JUDGE_WEIGHTS) -> DigitJudge:
-    from safetensors.torch import load_file
+    from .pipeline import read_safetensors
 
     if not Path(path).exists():
         raise GraphcacheError(f"judge weights not found at {path}; run `python examples/train_judge.py`")
     judge = DigitJudge()
-    judge.load_state_dict(load_file(str(path)))
+    judge.load_state_dict(read_safetensors(path))
     return judge.eval().requires_grad_(False)

@@ -78,16 +78,31 @@ def save_denoiser(model: torch.nn.Module, path: Path) -> None:
 
 def load_denoiser(path: Path = DEFAULT_WEIGHTS) -> torch.nn.Module:
     """The reference DiT with the shipped (or given) weights, in fp32 eval mode."""
-    from safetensors.torch import load_file
-
     if not Path(path).exists():
         raise GraphcacheError(
             f"reference weights not found at {path}; run `python examples/train_reference.py -o {path}`"
         )
     model = build_denoiser()
-    state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    state = {k: v.to(torch.float32) for k, v in read_safetensors(path).items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise GraphcacheError(
+            f"{path} does not hold reference DiT weights ({str(err).splitlines()[0]}); use the shipped file or "
+            "retrain with `python examples/train_reference.py`"
+        ) from err
     return model.eval().requires_grad_(False)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or a GraphcacheError naming the file when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise GraphcacheError(f"{path} is not a readable safetensors file ({err}); restore or regenerate it") from err
 
 
 def load_pipeline(weights: Path = DEFAULT_WEIGHTS) -> DigitsPipeline:
