@@ -57,10 +57,14 @@ def main() -> None:
 
 
 @main.command()
-def policies() -> None:
+@click.option("--markdown", is_flag=True, help="print the README's policy table (generated from the registry)")
+def policies(markdown: bool) -> None:
     """List the caching policies and their options."""
-    from graphcache.policies import available, policy_class
+    from graphcache.policies import available, markdown_table, policy_class
 
+    if markdown:
+        click.echo(markdown_table())
+        return
     for name in available():
         cls = policy_class(name)
         table = Table(title=f"[bold]{name}[/]: {cls.summary}\n{cls.paper}", title_justify="left")

@@ -56,4 +56,14 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
-__all__ = ["REGISTRY", "PolicyConfig", "available", "make_policy", "parse_spec", "policy_class"]
+def markdown_table() -> str:
+    """The policy table of the README, generated from the configs (``graphcache policies --markdown``)."""
+    lines = ["| policy | what it does | options (defaults) |", "|---|---|---|"]
+    for name in available():
+        cls = policy_class(name)
+        options = ", ".join(f"`{field}={default!r}`" for field, _, default, _ in cls.field_docs())
+        lines.append(f"| [`{name}`]({cls.paper}) | {cls.summary} | {options} |")
+    return "\n".join(lines)
+
+
+__all__ = ["REGISTRY", "PolicyConfig", "available", "make_policy", "markdown_table", "parse_spec", "policy_class"]

@@ -15,7 +15,7 @@ class HiCache(TaylorSeer):
     """TaylorSeer's schedule and differences; the forecast's terms are scaled Hermite polynomials."""
 
     name = "hicache"
-    summary = "TaylorSeer with Hermite-scaled forecast terms (more stable at large step distances)"
+    summary = "TaylorSeer's differences with Hermite-scaled forecast terms"
     paper = "https://arxiv.org/abs/2508.16984"
 
     sigma: float = option(0.71, "Hermite scale: term j is D_j / j! * sigma^j * H_j(sigma * k)")

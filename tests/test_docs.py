@@ -1,0 +1,19 @@
+"""Docs generated from code stay in sync with it."""
+
+from __future__ import annotations
+
+from graphcache.policies import markdown_table
+
+
+def test_readme_policy_table_is_the_generated_one(root):
+    readme = (root / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate with `graphcache policies --markdown` and paste into README.md"
+
+
+def test_passes_readme_lists_every_pipeline_pass(root):
+    from graphcache.passes import default_pipeline
+    from graphcache.predictors import Reuse
+
+    text = (root / "passes" / "README.md").read_text()
+    for p in default_pipeline("stack", Reuse(), lambda i: i == 0):
+        assert f"`{p.name}`" in text
