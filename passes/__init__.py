@@ -9,7 +9,9 @@ from .base import Pass, PassManager, PassResult
 from .find_block_stack import FindBlockStack
 from .insert_cache_branch import InsertCacheBranch
 from .insert_decision import InsertDecision
+from .insert_probe_indicator import InsertProbeIndicator
 from .plan_cache_units import PlanCacheUnits
+from .split_probe import SplitProbeBlocks
 
 
 def default_pipeline(granularity: str, predictor: Any, rule: Any) -> list[Pass]:
@@ -28,9 +30,11 @@ __all__ = [
     "FindBlockStack",
     "InsertCacheBranch",
     "InsertDecision",
+    "InsertProbeIndicator",
     "Pass",
     "PassManager",
     "PassResult",
     "PlanCacheUnits",
+    "SplitProbeBlocks",
     "default_pipeline",
 ]

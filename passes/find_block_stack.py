@@ -13,6 +13,7 @@ the one before it. Module names never decide anything: they only label the repor
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -60,7 +61,7 @@ def _collect_runs(nodes: list[fx.Node]) -> list[_Run]:
     return runs
 
 
-def _boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
+def boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
     """External values ``members`` read (first-use order) and member values read outside."""
     member_set = set(members)
     inputs: dict[fx.Node, None] = {}
@@ -73,7 +74,7 @@ def _boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
 def _block_of(run: _Run, nodes: list[fx.Node]) -> Block:
     if run._block is None:
         members = [n for n in nodes[run.start : run.end + 1] if is_compute(n)]
-        run._block = Block(members, *_boundary(members), run.path)
+        run._block = Block(members, *boundary(members), run.path)
     return run._block
 
 
@@ -110,11 +111,6 @@ def _signature(run: _Run, nodes: list[fx.Node]) -> Any:
     return run._signature
 
 
-def _derived_from(prev: Block, gap: list[fx.Node]) -> set[fx.Node]:
-    """Nodes of ``prev`` and the glue after it that depend on ``prev``'s results."""
-    return descendants(prev.nodes, within=set(prev.nodes) | set(gap))
-
-
 def _find_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[list[_Run]]:
     groups: dict[tuple[Any, ...], list[_Run]] = defaultdict(list)
     for run in runs:
@@ -136,11 +132,23 @@ def _find_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[list[_Run]]:
     return chains
 
 
+# Between two blocks of a stack only glue may stand: views, concatenations, and the elementwise ops of a
+# residual connection written in the parent (x = x + block(x)); no matmul, attention or normalisation.
+GLUE_OPS = STRUCTURAL_OPS | {"add", "add_", "sub", "mul", "div", "neg"}
+
+
+def _glue_fed(prev: _Run, run: _Run, nodes: list[fx.Node]) -> set[fx.Node]:
+    """Values ``prev``'s outputs reach through glue alone before ``run`` starts."""
+    glue = [n for n in nodes[prev.end + 1 : run.start] if is_compute(n) and op_name(n) in GLUE_OPS]
+    return descendants(_block_of(prev, nodes).outputs, within=set(glue))
+
+
 def _follows(prev: _Run, run: _Run, nodes: list[fx.Node]) -> bool:
+    """``run`` repeats ``prev`` and reads its output directly or through glue (not through other compute:
+    to_v and to_out of one attention are not a stack)."""
     if prev.end >= run.start or _signature(prev, nodes) != _signature(run, nodes):
         return False
-    gap = [n for n in nodes[prev.end + 1 : run.start] if is_compute(n)]
-    feeding = _derived_from(_block_of(prev, nodes), gap)
+    feeding = _glue_fed(prev, run, nodes)
     return any(inp in feeding for inp in _block_of(run, nodes).inputs)
 
 
@@ -154,16 +162,8 @@ def _top_level(chains: list[list[_Run]]) -> list[list[_Run]]:
 def _make_stack(chain: list[_Run], nodes: list[fx.Node]) -> Stack:
     blocks = [_block_of(r, nodes) for r in chain]
     n_slots = len(blocks[0].inputs)
-    stream_slots = []
-    for k in range(n_slots):
-        fed = True
-        for prev, run, block in zip(chain, chain[1:], blocks[1:], strict=False):
-            gap = [n for n in nodes[prev.end + 1 : run.start] if is_compute(n)]
-            if block.inputs[k] not in _derived_from(_block_of(prev, nodes), gap):
-                fed = False
-                break
-        if fed:
-            stream_slots.append(k)
+    fed = [_glue_fed(prev, run, nodes) for prev, run in itertools.pairwise(chain)]
+    stream_slots = [k for k in range(n_slots) if all(b.inputs[k] in f for b, f in zip(blocks[1:], fed, strict=True))]
     shared = [k for k in range(n_slots) if len({b.inputs[k] for b in blocks}) == 1]
     return Stack(blocks, chain[0].class_name.rsplit(".", 1)[-1], stream_slots, shared)
 
@@ -187,8 +187,7 @@ def _follows_chain(a: list[_Run], b: list[_Run], nodes: list[fx.Node]) -> bool:
     whose output feeds the blocks' modulation is not part of the stack)."""
     if a[-1].end >= b[0].start:
         return False
-    glue = [n for n in nodes[a[-1].end + 1 : b[0].start] if is_compute(n) and op_name(n) in STRUCTURAL_OPS]
-    feeding = descendants(_block_of(a[-1], nodes).outputs, within=set(glue))
+    feeding = _glue_fed(a[-1], b[0], nodes)
     b_stack = _make_stack(b, nodes)
     streams = [b_stack.blocks[0].inputs[k] for k in b_stack.stream_slots]
     return any(inp in feeding for inp in streams)
@@ -230,7 +229,7 @@ def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:
     start, end = selected[0][0].start, selected[-1][-1].end
     position = {n: i for i, n in enumerate(nodes)}
     region = [n for n in nodes[start : end + 1] if is_compute(n)]
-    region_inputs, region_outputs = _boundary(region)
+    region_inputs, region_outputs = boundary(region)
     first = stacks[0]
     stream_inputs = [first.blocks[0].inputs[k] for k in first.stream_slots]
     if not region_outputs or not stream_inputs:

@@ -122,3 +122,28 @@ def test_missing_timestep_is_rejected():
     gm, _ = capture_export(NoTime().eval(), {"x": torch.randn(2, 8)})
     with pytest.raises(UnsupportedGraphError, match="no timestep input found among the user inputs"):
         FindBlockStack()(gm)
+
+
+def test_repeated_layers_inside_one_block_are_not_a_stack():
+    """A 1-block DiT has no stack: to_v and to_out (same shapes) are linked through attention, not glue."""
+    with pytest.raises(UnsupportedGraphError, match="no stack of repeated blocks"):
+        export_stack(tiny_dit, num_layers=1)
+
+
+def test_residual_written_in_the_parent_still_chains_blocks():
+    class ParentResidual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.time = torch.nn.Linear(4, 8)
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(3)])
+
+        def forward(self, x, t):
+            c = self.time(torch.cat([t[:, None].sin().expand(-1, 2), t[:, None].cos().expand(-1, 2)], -1))
+            for b in self.blocks:
+                x = x + b(x + c)
+            return x
+
+    model = ParentResidual().eval()
+    gm, _ = capture_export(model, {"x": torch.randn(2, 8), "t": torch.ones(2)})
+    FindBlockStack()(gm)
+    assert [len(s.blocks) for s in analysis(gm)["block_stack"].stacks] == [3]

@@ -9,6 +9,7 @@ from graphcache.errors import PolicyConfigError
 from graphcache.policies.base import PolicyConfig
 
 REGISTRY: dict[str, str] = {
+    "fbcache": "graphcache.policies.fbcache:FBCache",
     "fora": "graphcache.policies.fora:FORA",
     "hicache": "graphcache.policies.hicache:HiCache",
     "taylorseer": "graphcache.policies.taylorseer:TaylorSeer",

@@ -1,0 +1,55 @@
+"""First Block Cache (FBCache, ParaAttention / diffusers): the first block is a probe for the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from graphcache.policies.base import PolicyConfig, option, require
+from graphcache.predictors import Reuse
+
+
+@dataclasses.dataclass(frozen=True)
+class FBCache(PolicyConfig):
+    """Block 0 always runs; the rest is reused while the first block's residual barely changes.
+
+    In-graph rule: with ``r1 = out_0 - in`` and ``r1_ref`` its value at the last computed step, a sample
+    wants a compute step when ``mean|r1 - r1_ref| / mean|r1_ref| >= threshold``; the batch computes when any
+    sample wants it (no sample ever gets a stale feature because another did not). Cached steps:
+    ``h = out_0 + r_rest`` (the residual of blocks 1..n-1 from the last computed step).
+    """
+
+    name = "fbcache"
+    summary = "dynamic: first block as probe, reuse the rest while its residual changes < threshold"
+    paper = "https://github.com/chengzeyi/ParaAttention"
+
+    threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step")
+    warmup: int = option(0, "the first `warmup` steps are always computed")
+
+    def validate(self) -> None:
+        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
+                self.threshold, "must be a number >= 0 (0 computes every step)")
+        require(isinstance(self.warmup, int) and self.warmup >= 0, self.name, "warmup", self.warmup,
+                "must be an integer >= 0")
+
+    def rule(self, i: torch.Tensor, relative_change: torch.Tensor | None = None) -> torch.Tensor:
+        if relative_change is None:  # the static part of the schedule only (graphcache policies, expected())
+            return i < self.warmup
+        stale = ~(relative_change < self.threshold)  # NaN (no reference yet) counts as stale
+        return (i < self.warmup) | stale.any()
+
+    def passes(self) -> list[Any]:
+        from graphcache.passes import (
+            AddCacheState,
+            FindBlockStack,
+            InsertCacheBranch,
+            InsertDecision,
+            InsertProbeIndicator,
+            PlanCacheUnits,
+            SplitProbeBlocks,
+        )
+
+        return [FindBlockStack(), SplitProbeBlocks(blocks=1), PlanCacheUnits("stack"), AddCacheState(Reuse()),
+                InsertProbeIndicator(), InsertDecision(rule=self.rule), InsertCacheBranch(Reuse())]

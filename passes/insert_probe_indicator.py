@@ -1,0 +1,55 @@
+"""Transform pass: the probe's residual change as a per-sample signal for the decision (FBCache, DBCache).
+
+Precondition: ``probe`` and ``state``. Postcondition: a buffer ``_gc_probe_ref`` (the probe residual at the
+last computed step) and, in the outer graph before the region, ``rel = mean|r - r_ref| / mean|r_ref|`` per
+sample (``r = probe output - probe input``) recorded in ``signals``; ``refresh_on_compute`` gets
+``(_gc_probe_ref, r)``: the reference moves only on computed steps. A sample with no reference yet (zero
+reference) gets ``inf`` and so a compute step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.fx as fx
+
+from .base import Pass, PassResult, analysis, mark
+from .graph_utils import tensor_val
+
+
+def relative_l1(r: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``mean|r - ref| / mean|ref|`` over all but the batch dimension."""
+    num = (r - ref).abs().flatten(1).mean(1)
+    den = ref.abs().flatten(1).mean(1)
+    return num / den
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertProbeIndicator(Pass):
+    name = "insert_probe_indicator"
+    requires = ("probe", "state", "block_stack")
+    provides = ("signals", "refresh_on_compute")
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        found = analysis(gm)
+        probe, stack = found["probe"], found["block_stack"]
+        val = tensor_val(probe.outputs[0])
+        assert val is not None
+        gm.register_buffer("_gc_probe_ref", torch.zeros(val.shape, dtype=val.dtype, device=val.device))
+        graph = gm.graph
+        with graph.inserting_before(stack.region[0]):
+            ref = graph.get_attr("_gc_probe_ref")
+            residual = graph.call_function(torch.ops.aten.sub.Tensor, (probe.outputs[0], probe.inputs[0]))
+            traced = fx.symbolic_trace(relative_l1)
+            placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+            before = set(graph.nodes)
+            rel = graph.graph_copy(traced.graph, dict(zip(placeholders, [residual, ref], strict=True)))
+        for node in graph.nodes:
+            if node not in before or node in (ref, residual):
+                mark(node, self.name, "decision")
+        mark(ref, self.name, "state")
+        found["state"].buffers.append("_gc_probe_ref")
+        found.setdefault("signals", []).append(rel)
+        found.setdefault("refresh_on_compute", []).append((ref, residual))
+        return PassResult(gm, modified=True)

@@ -1,0 +1,108 @@
+"""FBCache: in-graph decisions equal the published rule re-implemented in Python on the same indicators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphcache.backend import make_backend
+from graphcache.exported import optimize_exported
+from graphcache.passes.insert_probe_indicator import relative_l1
+
+from helpers import generation, timesteps
+from models import tiny_dit
+
+
+def first_block_residuals(model, inputs, ts):
+    """r1 = block_0(x) - x at every step, from the model's own modules (no graphcache involved)."""
+    out = []
+    with torch.no_grad():
+        for t in ts:
+            kw = inputs(t)
+            h = model.pos_embed(kw["hidden_states"])
+            block = model.transformer_blocks[0]
+            out.append(block(h, timestep=kw["timestep"], class_labels=kw["class_labels"]) - h)
+    return out
+
+
+def fbcache_python(residuals, threshold):
+    """FBCache as published: compute iff relL1(r1, r1_ref) >= threshold for any sample; r1_ref moves on
+    computed steps only."""
+    decisions, ref = [], None
+    for r in residuals:
+        compute = ref is None or bool((relative_l1(r, ref) >= threshold).any())
+        if compute:
+            ref = r
+        decisions.append("computed" if compute else "cached")
+    return decisions
+
+
+def test_decisions_match_python_rule_at_several_thresholds():
+    model, inputs = tiny_dit(num_layers=4)
+    ts = timesteps(12)
+    residuals = first_block_residuals(model, inputs, ts)
+    patterns = set()
+    for threshold in (0.1, 0.16, 0.2, 0.3):  # measured step-to-step changes here: 0.11 .. 0.23
+        cached = optimize_exported(model, inputs(ts[0]), "fbcache", threshold=threshold)
+        generation(cached, inputs, ts)
+        assert cached.state.decisions() == fbcache_python(residuals, threshold), threshold
+        patterns.add(tuple(cached.state.decisions()))
+    assert len(patterns) >= 3, "thresholds should give different schedules, or the test checks nothing"
+
+
+def test_compute_steps_bit_exact_and_cached_steps_reuse_the_rest():
+    model, inputs = tiny_dit(num_layers=4)
+    ts = timesteps(10)
+    cached = optimize_exported(model, inputs(ts[0]), "fbcache", threshold=0.2)
+    outputs, reference = generation(cached, inputs, ts), generation(model, inputs, ts)
+    decisions = cached.state.decisions()
+    assert "cached" in decisions and decisions.count("computed") >= 2
+    for out, ref, d in zip(outputs, reference, decisions, strict=True):
+        assert torch.equal(out, ref) == (d == "computed")
+    stack = cached.block_stack
+    assert [len(s.blocks) for s in stack.stacks] == [3]  # block 0 is the probe, outside the cache
+
+
+def test_batch_computes_when_any_sample_needs_it():
+    """Sample 1 alone would cache, sample 0 alone would compute: together they compute."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(6)
+    alone = []
+    for sample in (0, 1):
+        def one(t, s=sample):
+            kw = inputs(t)
+            return {k: v[s : s + 1] for k, v in kw.items()}
+
+        res = first_block_residuals(model, one, ts)
+        alone.append(fbcache_python(res, 0.15))
+    together = fbcache_python(first_block_residuals(model, inputs, ts), 0.15)
+    expected = ["computed" if "computed" in pair else "cached" for pair in zip(*alone, strict=True)]
+    assert together == expected
+    cached = optimize_exported(model, inputs(ts[0]), "fbcache", threshold=0.15)
+    generation(cached, inputs, ts)
+    assert cached.state.decisions() == expected
+
+
+def test_fullgraph_compile_two_generations():
+    model, inputs = tiny_dit(num_layers=3)
+    states: list = []
+    compiled = torch.compile(model, backend=make_backend("fbcache", "aot_eager", states, threshold=0.2),
+                             fullgraph=True)
+    ts = timesteps(20)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        first = generation(compiled, inputs, ts)
+        second = generation(compiled, inputs, ts)
+    assert len(states) == 1
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    expected = fbcache_python(first_block_residuals(model, inputs, ts), 0.2)
+    assert states[0].decisions() == expected and "cached" in expected and expected.count("computed") >= 2
+
+
+def test_probe_needs_a_block_left():
+    from graphcache.errors import PolicyConfigError
+
+    model, inputs = tiny_dit(num_layers=1)
+    with pytest.raises(Exception, match="no stack of repeated blocks"):
+        optimize_exported(model, inputs(999), "fbcache")
+    with pytest.raises(PolicyConfigError, match=r"fbcache.threshold=-1 is invalid"):
+        optimize_exported(model, inputs(999), "fbcache", threshold=-1)
