@@ -108,12 +108,14 @@ class _Layer(nn.Module):
 
 
 class HandWrittenDiT(nn.Module):
-    def __init__(self, width: int = 32, depth: int = 4, heads: int = 2, channels: int = 4) -> None:
+    def __init__(self, width: int = 32, depth: int = 4, heads: int = 2, channels: int = 4,
+                 trunk_name: str = "trunk") -> None:
         super().__init__()
         self.width = width
+        self.trunk_name = trunk_name
         self.embed_in = nn.Linear(channels, width)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.trunk = nn.ModuleList([_Layer(width, heads) for _ in range(depth)])
+        self.add_module(trunk_name, nn.ModuleList([_Layer(width, heads) for _ in range(depth)]))
         self.head = nn.Linear(width, channels)
 
     def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
@@ -122,14 +124,14 @@ class HandWrittenDiT(nn.Module):
         angles = noise_level.float()[:, None] * freqs[None]
         c = self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
         x = self.embed_in(latent)
-        for layer in self.trunk:
+        for layer in getattr(self, self.trunk_name):
             x = layer(x, c)
         return self.head(F.layer_norm(x, x.shape[-1:]))
 
 
-def hand_written_dit(batch: int = 2) -> tuple[nn.Module, Any]:
+def hand_written_dit(batch: int = 2, trunk_name: str = "trunk") -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
-    model = HandWrittenDiT().eval()
+    model = HandWrittenDiT(trunk_name=trunk_name).eval()
     x = torch.randn(batch, 10, 4, generator=torch.Generator().manual_seed(1))
 
     def inputs(t: float) -> dict[str, Any]:
