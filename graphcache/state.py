@@ -8,7 +8,7 @@ import weakref
 import torch
 import torch.fx as fx
 
-from graphcache.passes.add_cache_state import LOG_CAPACITY
+from graphcache.passes.add_cache_state import LOG_CAPACITY, StateSpec
 from graphcache.passes.base import analysis
 
 
@@ -20,8 +20,8 @@ class CacheState:
     policy: str
 
     @property
-    def spec(self):
-        return analysis(self.gm)["state"]
+    def spec(self) -> StateSpec:
+        return analysis(self.gm)["state"]  # type: ignore[no-any-return]
 
     def buffer(self, name: str) -> torch.Tensor:
         return self.gm.get_buffer(name)

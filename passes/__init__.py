@@ -14,12 +14,20 @@ from .plan_cache_units import PlanCacheUnits
 from .split_probe import SplitProbeBlocks
 
 
-def default_pipeline(granularity: str, predictor: Any, rule: Any) -> list[Pass]:
-    """The pass order every caching policy uses; policies choose granularity, predictor and decision rule."""
+def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0) -> list[Pass]:
+    """The pass order every caching policy uses; policies choose granularity, predictor and decision rule.
+
+    ``probe_blocks > 0`` (dynamic policies): the first blocks run every step as a probe and their residual's
+    per-sample change becomes an argument of ``rule``.
+    """
+    probe = [SplitProbeBlocks(blocks=probe_blocks)] if probe_blocks else []
+    indicator = [InsertProbeIndicator()] if probe_blocks else []
     return [
         FindBlockStack(),
+        *probe,
         PlanCacheUnits(granularity=granularity),
         AddCacheState(predictor=predictor),
+        *indicator,
         InsertDecision(rule=rule),
         InsertCacheBranch(predictor=predictor),
     ]

@@ -7,13 +7,12 @@ from typing import Any
 
 import torch
 
-from graphcache.runner import first_tensor
+from graphcache.runner import run_generation
 
 
 def generation(fn: Callable[..., Any], inputs: Callable[[float], dict[str, Any]], timesteps: list[float]
                ) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [first_tensor(fn(**inputs(t))).clone() for t in timesteps]
+    return run_generation(fn, inputs, timesteps).outputs
 
 
 def timesteps(steps: int) -> list[float]:

@@ -98,6 +98,13 @@ def _convert(policy: str, key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def require_int(config: PolicyConfig, key: str, minimum: int, note: str = "") -> None:
+    """``config.<key>`` must be an integer >= ``minimum`` (``note`` is appended to the message)."""
+    value = getattr(config, key)
+    require(isinstance(value, int) and value >= minimum, config.name, key, value,
+            f"must be an integer >= {minimum}{note}")
+
+
 def require(condition: bool, policy: str, key: str, value: Any, rule: str) -> None:
     """Raise a :class:`PolicyConfigError` unless ``condition``: ``fora.interval=0: must be >= 1``."""
     if not condition:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require
+from graphcache.policies.base import PolicyConfig, option, require, require_int
 from graphcache.predictors import Reuse
 
 
@@ -31,8 +31,7 @@ class FBCache(PolicyConfig):
     def validate(self) -> None:
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0 (0 computes every step)")
-        require(isinstance(self.warmup, int) and self.warmup >= 0, self.name, "warmup", self.warmup,
-                "must be an integer >= 0")
+        require_int(self, "warmup", 0)
 
     def rule(self, i: torch.Tensor, relative_change: torch.Tensor | None = None) -> torch.Tensor:
         if relative_change is None:  # the static part of the schedule only (graphcache policies, expected())
@@ -41,15 +40,6 @@ class FBCache(PolicyConfig):
         return (i < self.warmup) | stale.any()
 
     def passes(self) -> list[Any]:
-        from graphcache.passes import (
-            AddCacheState,
-            FindBlockStack,
-            InsertCacheBranch,
-            InsertDecision,
-            InsertProbeIndicator,
-            PlanCacheUnits,
-            SplitProbeBlocks,
-        )
+        from graphcache.passes import default_pipeline
 
-        return [FindBlockStack(), SplitProbeBlocks(blocks=1), PlanCacheUnits("stack"), AddCacheState(Reuse()),
-                InsertProbeIndicator(), InsertDecision(rule=self.rule), InsertCacheBranch(Reuse())]
+        return default_pipeline("stack", Reuse(), self.rule, probe_blocks=1)

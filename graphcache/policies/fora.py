@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require
+from graphcache.policies.base import PolicyConfig, option, require, require_int
 from graphcache.predictors import Reuse
 
 
@@ -27,10 +27,8 @@ class FORA(PolicyConfig):
     compute_last: bool = option(False, "always compute the last step (needs num_steps)")
 
     def validate(self) -> None:
-        require(isinstance(self.interval, int) and self.interval >= 1, self.name, "interval", self.interval,
-                "must be an integer >= 1 (1 computes every step)")
-        require(isinstance(self.warmup, int) and self.warmup >= 0, self.name, "warmup", self.warmup,
-                "must be an integer >= 0")
+        require_int(self, "interval", 1, " (1 computes every step)")
+        require_int(self, "warmup", 0)
         require(self.granularity in ("stack", "block"), self.name, "granularity", self.granularity,
                 "must be 'stack' or 'block'")
         require(self.num_steps is None or self.num_steps >= 1, self.name, "num_steps", self.num_steps,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from graphcache.policies.base import option, require
 from graphcache.policies.taylorseer import TaylorSeer
-from graphcache.predictors import Hermite
+from graphcache.predictors import Hermite, Predictor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +24,5 @@ class HiCache(TaylorSeer):
         require(isinstance(self.sigma, float | int) and 0 < self.sigma <= 2, self.name, "sigma", self.sigma,
                 "must be in (0, 2]")
 
-    def passes(self) -> list[Any]:
-        from graphcache.passes import default_pipeline
-
-        predictor = Hermite(order=self.order, sigma=float(self.sigma))
-        return default_pipeline("stack" if self.lite else "block", predictor, self.rule)
+    def predictor(self) -> Predictor:
+        return Hermite(order=self.order, sigma=float(self.sigma))

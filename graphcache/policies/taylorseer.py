@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require
-from graphcache.predictors import Taylor
+from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.predictors import Predictor, Taylor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,17 +25,18 @@ class TaylorSeer(PolicyConfig):
     lite: bool = option(False, "forecast only the residual of the whole stack: memory O(1) in depth")
 
     def validate(self) -> None:
-        require(isinstance(self.interval, int) and self.interval >= 1, self.name, "interval", self.interval,
-                "must be an integer >= 1")
+        require_int(self, "interval", 1)
         require(isinstance(self.order, int) and 0 <= self.order <= 6, self.name, "order", self.order,
                 "must be an integer in 0..6 (0 is plain reuse)")
-        require(isinstance(self.warmup, int) and self.warmup >= 0, self.name, "warmup", self.warmup,
-                "must be an integer >= 0")
+        require_int(self, "warmup", 0)
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         return (i < self.warmup) | ((i - self.warmup) % self.interval == 0)
 
+    def predictor(self) -> Predictor:
+        return Taylor(order=self.order)
+
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
 
-        return default_pipeline("stack" if self.lite else "block", Taylor(order=self.order), self.rule)
+        return default_pipeline("stack" if self.lite else "block", self.predictor(), self.rule)
