@@ -1,4 +1,4 @@
-"""``graphcache`` command line: ``optimize``, ``policies``."""
+"""``graphcache`` command line: ``optimize``, ``policies``, ``bench``, ``export`` (in cli_export.py)."""
 
 from __future__ import annotations
 
@@ -204,6 +204,14 @@ def print_report(r: dict[str, Any]) -> None:
         table.add_row(key, value)
     console.print(table)
 
+
+def _register() -> None:
+    from graphcache.cli_export import export
+
+    main.add_command(export)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

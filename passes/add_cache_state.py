@@ -2,7 +2,7 @@
 
 Precondition: ``cache_plan``. Postcondition: ``state`` recorded (a :class:`StateSpec`); new buffers
 ``_gc_step`` (int64, index of the current step in its generation), ``_gc_last_t`` (float32, last
-timestep; -inf = no generation yet), ``_gc_log`` (int8 ring of decisions: 1 computed, 0 cached, -1 unset),
+timestep; -inf = no generation yet), ``_gc_log`` (int32 ring of decisions: 1 computed, 0 cached, -1 unset),
 ``_gc_last_compute`` / ``_gc_n_computed`` (the predictors' clock: last computed step, computed steps so far)
 and, per cached unit, the predictor's state tensors, each read by one ``get_attr`` node.
 """
@@ -20,6 +20,7 @@ from .base import Pass, PassResult, analysis, mark
 from .graph_utils import tensor_val
 
 LOG_CAPACITY = 1024
+LOG_DTYPE = torch.int32  # TensorRT has no plain int8 tensors
 
 
 @dataclasses.dataclass
@@ -63,7 +64,7 @@ class AddCacheState(Pass):
 
         step = add("_gc_step", torch.zeros((), dtype=torch.int64))
         last_t = add("_gc_last_t", torch.full((), float("-inf"), dtype=torch.float32))
-        log = add("_gc_log", torch.full((LOG_CAPACITY,), -1, dtype=torch.int8))
+        log = add("_gc_log", torch.full((LOG_CAPACITY,), -1, dtype=LOG_DTYPE))
         last_compute = add("_gc_last_compute", torch.zeros((), dtype=torch.int64))
         n_computed = add("_gc_n_computed", torch.zeros((), dtype=torch.int64))
         caches = {}

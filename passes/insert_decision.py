@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
-from .add_cache_state import LOG_CAPACITY, StateSpec
+from .add_cache_state import LOG_CAPACITY, LOG_DTYPE, StateSpec
 from .base import Pass, PassResult, analysis, mark
 
 Rule = Callable[..., torch.Tensor]
@@ -39,14 +39,14 @@ def _decision_fn(rule: Rule) -> Callable[..., tuple[torch.Tensor, ...]]:
         n_computed: torch.Tensor, s0: torch.Tensor | None = None, s1: torch.Tensor | None = None,
         s2: torch.Tensor | None = None, s3: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        t_now = t.reshape(-1).to(torch.float32).amax()
+        t_now = t.reshape(-1).to(torch.float32).amax(0)  # explicit dim: ONNX ReduceMax needs it
         new_generation = t_now >= last_t
         i = torch.where(new_generation, torch.zeros_like(step), step + 1)
         compute = new_generation | rule(i, *[s for s in (s0, s1, s2, s3) if s is not None])
         positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on log's device
         slot = positions == (i % LOG_CAPACITY)
         cleared = torch.where(new_generation, torch.full_like(log, -1), log)
-        new_log = torch.where(slot, compute.to(torch.int8), cleared)
+        new_log = torch.where(slot, compute.to(LOG_DTYPE), cleared)
         n_before = torch.where(new_generation, torch.zeros_like(n_computed), n_computed)
         new_last_compute = torch.where(compute, i, last_compute)
         new_n = n_before + compute.to(torch.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from graphcache.cli import main
@@ -95,3 +96,23 @@ def test_bench_on_a_model_file(root):
     assert result.exit_code == 0, result.output
     assert "2/6" in result.output  # fora: steps 0 and 3
     assert "3/6" in result.output  # taylorseer: warm-up 0, then 1 and 5
+
+
+def test_export_with_check(root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "dit_onnx"
+    result = CliRunner().invoke(
+        main, ["export", str(root / "examples" / "dit.py"), "--policy", "fora", "--form", "unrolled", "--steps", "6",
+               "-o", str(out), "--check"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert all((out / name).is_file() for name in ("full.onnx", "cached.onnx", "graphcache-plan.json"))
+    assert "schedule: C..C.." in result.output
+    assert "decisions identical" in result.output and "PASSED" in result.output
+
+
+def test_export_dynamic_policy_unrolled_is_refused(root, tmp_path):
+    result = CliRunner().invoke(
+        main, ["export", str(root / "examples" / "dit.py"), "--policy", "fbcache", "--form", "unrolled", "-o",
+               str(tmp_path)], terminal_width=200)
+    assert result.exit_code == 2
+    assert "ExportError" in result.output and "--form in-graph" in result.output

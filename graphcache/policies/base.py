@@ -24,6 +24,7 @@ class PolicyConfig:
     name: ClassVar[str] = "policy"
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    static: ClassVar[bool] = True  # the schedule depends on the step index only (expected() is exact)
 
     def __post_init__(self) -> None:
         self.validate()

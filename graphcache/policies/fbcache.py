@@ -24,6 +24,7 @@ class FBCache(PolicyConfig):
     name = "fbcache"
     summary = "dynamic: first block as probe, reuse the rest while its residual changes < threshold"
     paper = "https://github.com/chengzeyi/ParaAttention"
+    static = False
 
     threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step")
     warmup: int = option(0, "the first `warmup` steps are always computed")

@@ -1,0 +1,112 @@
+"""The plan file of an exported cache schedule (``graphcache-plan.json``, schema + version).
+
+It says which graph files exist, what each reads and writes of the cache state, and, for the step-unrolled
+form, which graph runs at each step. Loaders check the schema, the version and that every file is there
+and unchanged (sha256), and say what to do when something is off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from graphcache.errors import ExportError
+
+from .functional import TensorSpec
+
+SCHEMA = "graphcache.plan"
+VERSION = 1
+PLAN_FILE = "graphcache-plan.json"
+FORMATS = ("onnx", "aoti", "tensorrt")
+FORMS = ("in-graph", "unrolled")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphEntry:
+    file: str
+    reads: list[str]  # state buffers the graph takes as inputs (all state in the in-graph form)
+    writes: list[str]  # state buffers the graph returns; the others stay where they are
+    sha256: str = ""
+
+
+@dataclasses.dataclass
+class Plan:
+    format: str
+    form: str
+    policy: str
+    model: str
+    timestep: str  # the input whose value decides where a generation starts
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    state: list[TensorSpec]
+    graphs: dict[str, GraphEntry]
+    schedule: list[str] | None = None  # unrolled: graph name per step of one generation
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "version": VERSION, "format": self.format, "form": self.form, "policy": self.policy,
+            "model": self.model, "timestep": self.timestep,
+            "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+            "state": [s.to_json() for s in self.state],
+            "graphs": {k: dataclasses.asdict(v) for k, v in self.graphs.items()}, "schedule": self.schedule,
+        }
+
+    def save(self, directory: Path) -> Path:
+        graphs = {k: dataclasses.replace(v, sha256=_sha256(directory / v.file)) for k, v in self.graphs.items()}
+        self.graphs = graphs
+        path = directory / PLAN_FILE
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_plan(directory: str | Path, verify: bool = True) -> Plan:
+    """Read and check ``directory/graphcache-plan.json`` (and, with ``verify``, its files' checksums)."""
+    directory = Path(directory)
+    path = directory / PLAN_FILE
+    remake = "re-export with `graphcache export model.py --policy ... -o DIR`"
+    if not path.is_file():
+        raise ExportError(f"{path} not found: {directory} is not a graphcache export; {remake}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path} is not valid JSON ({err}); {remake}") from err
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ExportError(f"{path} has schema {found!r}, expected {SCHEMA!r}; {remake}")
+    if data.get("version") != VERSION:
+        raise ExportError(f"{path} has plan version {data.get('version')!r}; this graphcache reads version "
+                          f"{VERSION}; {remake}")
+    try:
+        plan = Plan(
+            format=data["format"], form=data["form"], policy=data["policy"], model=data["model"],
+            timestep=data["timestep"], inputs=[TensorSpec.from_json(s) for s in data["inputs"]],
+            outputs=[TensorSpec.from_json(s) for s in data["outputs"]],
+            state=[TensorSpec.from_json(s) for s in data["state"]],
+            graphs={k: GraphEntry(**v) for k, v in data["graphs"].items()}, schedule=data.get("schedule"),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExportError(f"{path} is missing or has a malformed field ({err!r}); {remake}") from err
+    if plan.format not in FORMATS or plan.form not in FORMS:
+        raise ExportError(f"{path}: format {plan.format!r} / form {plan.form!r}, expected one of {FORMATS} / {FORMS}")
+    unknown = sorted({g for g in plan.schedule or [] if g not in plan.graphs})
+    if unknown:
+        raise ExportError(f"{path}: the schedule names graphs {unknown} that the plan does not list; {remake}")
+    for name, entry in plan.graphs.items():
+        file = directory / entry.file
+        if not file.is_file():
+            raise ExportError(f"graph '{name}' file {file} is missing; {remake}")
+        if verify and entry.sha256 and _sha256(file) != entry.sha256:
+            raise ExportError(f"graph '{name}' file {file} does not match its checksum in the plan (changed or "
+                              f"corrupt); {remake}")
+    return plan

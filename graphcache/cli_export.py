@@ -1,0 +1,56 @@
+"""``graphcache export``: write ONNX / AOTInductor / TensorRT artifacts and a plan, optionally check them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("model_file", type=click.Path(path_type=Path))
+@click.option("--policy", default="fora", show_default=True, help="policy name or spec, e.g. 'fora{interval=4}'")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "aoti", "tensorrt"]), default="onnx", show_default=True)
+@click.option("--form", type=click.Choice(["in-graph", "unrolled"]), default=None,
+              help="in-graph: one graph deciding inside (If / torch.cond); unrolled: full + cached graphs and a "
+                   "per-step schedule (static policies). Default: unrolled for TensorRT with a static policy")
+@click.option("--steps", default=50, show_default=True, help="steps per generation (the unrolled schedule's length)")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output folder")
+@click.option("--check", is_flag=True, help="compare every graph (polygraphy) and two whole generations with torch")
+@click.option("--atol", default=1e-4, show_default=True, help="--check tolerance (fp32)")
+def export(model_file: Path, policy: str, sets: tuple[str, ...], fmt: str, form: str | None, steps: int, out: Path,
+           check: bool, atol: float) -> None:
+    """Export the cached denoiser of MODEL_FILE: graph files + graphcache-plan.json in --out.
+
+    Load it with ``graphcache.export.load(OUT)``, which runs whole generations (state kept between steps).
+    """
+    from graphcache.cli import _parse_sets, console
+    from graphcache.export.build import export_model
+    from graphcache.modelfile import load_model_file
+    from graphcache.runner import cli_timesteps
+
+    model, inputs = load_model_file(model_file)
+    with console.status("exporting") as status:
+
+        def log(text: str) -> None:
+            status.update(text)
+            console.print(f"  {text}", highlight=False)
+
+        exported = export_model(model, inputs(999.0), out, policy, fmt, form, steps, log=log, **_parse_sets(sets))
+    plan = exported.plan
+    console.print(f"[bold]{plan.format}[/], {plan.form} form, {plan.policy}")
+    for entry in plan.graphs.values():
+        size = (out / entry.file).stat().st_size
+        console.print(f"  {entry.file}: {size / 2**20:.1f} MiB, reads {len(entry.reads)} / writes "
+                      f"{len(entry.writes)} state tensors", highlight=False)
+    if plan.schedule:
+        console.print("  schedule: " + "".join("C" if g == "full" else "." for g in plan.schedule), highlight=False)
+    if check:
+        from graphcache.export.check import check_export
+
+        with console.status("checking against torch"):
+            report = check_export(exported, inputs, cli_timesteps(steps), atol=atol)
+        console.print(report.summary(), highlight=False)
+        if not report.passed:
+            raise SystemExit(1)

@@ -1,0 +1,116 @@
+"""Plan files, loaders and optional extras: every bad input gives an ExportError that says what to do."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+from graphcache.errors import ExportError
+from graphcache.export import export_model, load, load_plan
+from graphcache.export.deps import require
+from graphcache.export.plan import PLAN_FILE, VERSION
+from graphcache.runner import first_tensor
+
+from helpers import timesteps
+from models import tiny_dit
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    model, inputs = tiny_dit()
+    directory = tmp_path_factory.mktemp("fora_onnx")
+    export_model(model, inputs(999.0), directory, "fora", "onnx", "unrolled", steps=5)
+    return directory
+
+
+def _edit(directory, tmp_path, change):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(directory, target)
+    data = json.loads((target / PLAN_FILE).read_text())
+    change(data, target)
+    (target / PLAN_FILE).write_text(json.dumps(data))
+    return target
+
+
+def test_plan_records_schedule_state_and_checksums(onnx_export):
+    plan = load_plan(onnx_export)
+    assert plan.form == "unrolled" and plan.schedule == ["full", "cached", "cached", "full", "cached"]
+    assert plan.timestep == "timestep" and [s.name for s in plan.inputs] == ["hidden_states", "timestep",
+                                                                                "class_labels"]
+    assert all(len(e.sha256) == 64 for e in plan.graphs.values())
+    assert {s.name: s.fill for s in plan.state}["last_t"] == float("-inf")
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ExportError, match="is not a graphcache export; re-export with `graphcache export"):
+        load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d, p: d.update(schema="other"), "has schema 'other', expected 'graphcache.plan'"),
+    (lambda d, p: d.update(version=VERSION + 1), f"plan version {VERSION + 1}; this graphcache reads version"),
+    (lambda d, p: d.pop("state"), "missing or has a malformed field"),
+    (lambda d, p: d.update(schedule=["full", "warp"]), r"names graphs \['warp'\]"),
+    (lambda d, p: (p / "cached.onnx").unlink(), "graph 'cached' file .* is missing"),
+    (lambda d, p: (p / "cached.onnx").write_bytes(b"not onnx"), "does not match its checksum"),
+    (lambda d, p: d.update(format="coreml"), "format 'coreml'"),
+])
+def test_bad_plans_are_explained(onnx_export, tmp_path, change, message):
+    with pytest.raises(ExportError, match=message):
+        load(_edit(onnx_export, tmp_path, change))
+
+
+def test_corrupt_plan_json(onnx_export, tmp_path):
+    target = _edit(onnx_export, tmp_path, lambda d, p: None)
+    (target / PLAN_FILE).write_text("{not json")
+    with pytest.raises(ExportError, match="is not valid JSON"):
+        load(target)
+
+
+def test_unknown_format_and_form(tmp_path):
+    model, inputs = tiny_dit()
+    with pytest.raises(ExportError, match="unknown format 'tflite'; choose one of onnx, aoti, tensorrt"):
+        export_model(model, inputs(999.0), tmp_path, "fora", "tflite")
+    with pytest.raises(ExportError, match="unknown form 'looped'"):
+        export_model(model, inputs(999.0), tmp_path, "fora", "onnx", "looped")
+
+
+def test_missing_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ExportError, match=r"pip install 'graphcache\[onnx\]'"):
+        require("onnxruntime")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_without_tensorrt_names_the_extra(onnx_export, tmp_path):
+    from graphcache.export.tensorrt import build_engine
+
+    with pytest.raises(ExportError, match=r"pip install 'graphcache\[tensorrt\]'"):
+        build_engine(onnx_export / "full.onnx", tmp_path / "full.engine")
+    model, inputs = tiny_dit()
+    with pytest.raises(ExportError, match=r"graphcache\[tensorrt\]"):
+        export_model(model, inputs(999.0), tmp_path / "trt", "fora", "tensorrt", steps=3)
+
+
+def test_aoti_package_runs_a_generation(tmp_path):
+    """AOTInductor: the in-graph .pt2 (with its cond) runs two generations like the torch graph."""
+    model, inputs = tiny_dit()
+    exported = export_model(model, inputs(999.0), tmp_path, "taylorseer", "aoti", "in-graph", steps=8)
+    assert (tmp_path / "step.pt2").is_file()
+    runner = load(tmp_path)
+    exported.cached.state.reset()
+    with torch.no_grad():
+        for _ in range(2):
+            for t in timesteps(8):
+                kwargs = inputs(t)
+                want = first_tensor(exported.cached(**kwargs))
+                assert float((runner(**kwargs) - want).abs().max()) < 1e-4
+            assert runner.decisions() == exported.cached.state.decisions()
+    assert "cached" in runner.decisions()
