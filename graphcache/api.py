@@ -74,6 +74,7 @@ def optimize(model_or_pipeline: Any, policy: str | PolicyConfig = "fora", backen
     """
     config = make_policy(policy, **options)
     if isinstance(model_or_pipeline, torch.nn.Module):
+        config.check_model(model_or_pipeline)
         return CachedModule(model_or_pipeline.eval(), config, backend)
     if hasattr(model_or_pipeline, "components"):
         name = _denoiser_name(model_or_pipeline)

@@ -60,6 +60,16 @@ def _generate(pipe: Any, labels: list[int], steps: int, guidance: float, seed: i
     return time.perf_counter() - start, images, trajectory
 
 
+def with_reference_calibration(policy: PolicyConfig) -> PolicyConfig:
+    """Policies that read a calibration get the shipped one of the reference model unless given another
+    (made by `graphcache calibrate --reference -o graphcache/reference/weights/calibration.json`)."""
+    from graphcache.reference.pipeline import DEFAULT_CALIBRATION
+
+    if getattr(policy, "calibration", "") is None and getattr(policy, "coefficients", None) is None:
+        return dataclasses.replace(policy, calibration=str(DEFAULT_CALIBRATION))  # type: ignore[call-arg]
+    return policy
+
+
 def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50, guidance: float = 1.5,
               backend: str = "inductor", seed: int = 0,
               status: Callable[[str], None] = print, progress: bool = True) -> list[RunResult]:
@@ -69,6 +79,7 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
     from graphcache.reference.data import load_digits_tensors
     from graphcache.reference.judge import load_judge
 
+    policies = [with_reference_calibration(p) for p in policies]
     labels = [i % 10 for i in range(samples)]
     judge = load_judge()
     real, _ = load_digits_tensors()
@@ -102,7 +113,7 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
 def _settings(policy: PolicyConfig) -> str:
     defaults = type(policy)()
     changed = [f"{f.name}={getattr(policy, f.name)}" for f in dataclasses.fields(policy)
-               if getattr(policy, f.name) != getattr(defaults, f.name)]
+               if getattr(policy, f.name) != getattr(defaults, f.name) and f.name != "calibration"]
     return ",".join(changed) or "defaults"
 
 

@@ -206,9 +206,11 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def _register() -> None:
+    from graphcache.cli_calibrate import calibrate
     from graphcache.cli_export import export
 
     main.add_command(export)
+    main.add_command(calibrate)
 
 
 _register()

@@ -40,6 +40,7 @@ def optimize_exported(
 ) -> ExportedCache:
     """Capture ``model`` with torch.export on ``example_kwargs`` and apply ``policy`` to the graph."""
     config = make_policy(policy, **options)
+    config.check_model(model)
     gm, flat_inputs = capture_export(model.eval(), example_kwargs)
     state = rewrite(gm, flat_inputs, config, lowering)
     return ExportedCache(gm, state, config)

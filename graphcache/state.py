@@ -28,14 +28,10 @@ class CacheState:
 
     def reset(self) -> None:
         """Forget the current generation: the next call starts a new one and is computed."""
+        spec = self.spec
         with torch.no_grad():
-            self.buffer("_gc_last_t").fill_(float("-inf"))
-            self.buffer("_gc_step").zero_()
-            self.buffer("_gc_log").fill_(-1)
-            self.buffer("_gc_last_compute").zero_()
-            self.buffer("_gc_n_computed").zero_()
-            for name in self.cache_buffer_names():
-                self.buffer(name).zero_()
+            for name in spec.buffers:
+                self.buffer(name).fill_(spec.fills.get(name, 0.0))
 
     def cache_buffer_names(self) -> list[str]:
         return [str(n.target) for n in self.spec.cache_nodes()]
@@ -48,6 +44,15 @@ class CacheState:
         log = self.buffer("_gc_log").tolist()
         first = max(0, steps - LOG_CAPACITY)
         return ["computed" if log[i % LOG_CAPACITY] == 1 else "cached" for i in range(first, steps)]
+
+    def sample_decisions(self) -> list[list[str]]:
+        """Per-sample decisions of the current generation (dynamic policies); ``[]`` for static ones."""
+        if "_gc_sample_log" not in self.spec.buffers or torch.isinf(self.buffer("_gc_last_t")).item():
+            return []
+        steps = int(self.buffer("_gc_step").item()) + 1
+        log = self.buffer("_gc_sample_log")
+        rows = [log[i % LOG_CAPACITY].tolist() for i in range(max(0, steps - LOG_CAPACITY), steps)]
+        return [["computed" if row[b] == 1 else "cached" for row in rows] for b in range(log.shape[1])]
 
     def cache_bytes(self) -> int:
         """Bytes held by the cached features (the step counter and log, ~1 KiB, are not counted)."""

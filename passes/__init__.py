@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .add_cache_state import AddCacheState
@@ -9,16 +10,20 @@ from .base import Pass, PassManager, PassResult
 from .find_block_stack import FindBlockStack
 from .insert_cache_branch import InsertCacheBranch
 from .insert_decision import InsertDecision
+from .insert_magnitude_signal import InsertMagnitudeSignal
+from .insert_modulated_indicator import InsertModulatedIndicator
 from .insert_probe_indicator import InsertProbeIndicator
 from .plan_cache_units import PlanCacheUnits
 from .split_probe import SplitProbeBlocks
 
 
-def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0) -> list[Pass]:
+def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0,
+                     signals: Sequence[Pass] = (), accumulators: tuple[tuple[str, float], ...] = ()) -> list[Pass]:
     """The pass order every caching policy uses; policies choose granularity, predictor and decision rule.
 
     ``probe_blocks > 0`` (dynamic policies): the first blocks run every step as a probe and their residual's
-    per-sample change becomes an argument of ``rule``.
+    per-sample change becomes an argument of ``rule``. ``signals``: other indicator passes (their signals
+    follow the probe's); ``accumulators``: per-sample buffers the rule reads and returns.
     """
     probe = [SplitProbeBlocks(blocks=probe_blocks)] if probe_blocks else []
     indicator = [InsertProbeIndicator()] if probe_blocks else []
@@ -28,7 +33,8 @@ def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: 
         PlanCacheUnits(granularity=granularity),
         AddCacheState(predictor=predictor),
         *indicator,
-        InsertDecision(rule=rule),
+        *signals,
+        InsertDecision(rule=rule, accumulators=accumulators),
         InsertCacheBranch(predictor=predictor),
     ]
 
@@ -38,6 +44,8 @@ __all__ = [
     "FindBlockStack",
     "InsertCacheBranch",
     "InsertDecision",
+    "InsertMagnitudeSignal",
+    "InsertModulatedIndicator",
     "InsertProbeIndicator",
     "Pass",
     "PassManager",

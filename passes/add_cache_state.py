@@ -32,6 +32,14 @@ class StateSpec:
     n_computed: fx.Node
     caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
     buffers: list[str]
+    fills: dict[str, float] = dataclasses.field(default_factory=dict)  # value of a buffer at a new start
+
+    def add(self, gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str,
+            fill: float = 0.0) -> fx.Node:
+        """Register a state buffer (filled with ``fill``) that ``reset()`` and the exports know about."""
+        self.buffers.append(name)
+        self.fills[name] = fill
+        return _add_buffer(gm, name, value.fill_(fill), anchor, pass_name)
 
     def cache_nodes(self) -> list[fx.Node]:
         return [n for nodes in self.caches.values() for n in nodes]
@@ -56,26 +64,23 @@ class AddCacheState(Pass):
         plan = analysis(gm)["cache_plan"]
         anchor = analysis(gm)["block_stack"].region[0]
         device = _device_of(gm)
-        names: list[str] = []
+        spec = StateSpec(step=None, last_t=None, log=None, last_compute=None, n_computed=None,  # type: ignore[arg-type]
+                         caches={}, buffers=[])
 
-        def add(name: str, value: torch.Tensor) -> fx.Node:
-            names.append(name)
-            return _add_buffer(gm, name, value.to(device), anchor, self.name)
+        def add(name: str, shape: tuple[int, ...], dtype: torch.dtype, fill: float = 0.0) -> fx.Node:
+            return spec.add(gm, name, torch.empty(shape, dtype=dtype, device=device), anchor, self.name, fill)
 
-        step = add("_gc_step", torch.zeros((), dtype=torch.int64))
-        last_t = add("_gc_last_t", torch.full((), float("-inf"), dtype=torch.float32))
-        log = add("_gc_log", torch.full((LOG_CAPACITY,), -1, dtype=LOG_DTYPE))
-        last_compute = add("_gc_last_compute", torch.zeros((), dtype=torch.int64))
-        n_computed = add("_gc_n_computed", torch.zeros((), dtype=torch.int64))
-        caches = {}
+        spec.step = add("_gc_step", (), torch.int64)
+        spec.last_t = add("_gc_last_t", (), torch.float32, float("-inf"))
+        spec.log = add("_gc_log", (LOG_CAPACITY,), LOG_DTYPE, -1)
+        spec.last_compute = add("_gc_last_compute", (), torch.int64)
+        spec.n_computed = add("_gc_n_computed", (), torch.int64)
         for unit in plan.units:
             val = tensor_val(unit.node)
             assert val is not None, f"cache unit {unit.name} has no meta['val']"
-            caches[unit.name] = [
-                add(f"_gc_{unit.name}_{j}", torch.zeros(val.shape, dtype=val.dtype))
-                for j in range(self.predictor.num_state())
-            ]
-        analysis(gm)["state"] = StateSpec(step, last_t, log, last_compute, n_computed, caches, names)
+            spec.caches[unit.name] = [add(f"_gc_{unit.name}_{j}", tuple(val.shape), val.dtype)
+                                      for j in range(self.predictor.num_state())]
+        analysis(gm)["state"] = spec
         return PassResult(gm, modified=True)
 
 

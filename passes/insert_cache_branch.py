@@ -64,26 +64,40 @@ def _finish(root: fx.GraphModule, g: fx.Graph, outputs: list[fx.Node]) -> fx.Gra
 
 def build_compute_branch(
     root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
-    plan: CachePlan, state: StateSpec, predictor: Predictor,
+    plan: CachePlan, state: StateSpec, predictor: Predictor, sample_mask: fx.Node | None = None,
 ) -> fx.GraphModule:
+    """The real blocks. With a per-sample mask, samples that did not ask for the step get the cached
+    branch's values and keep their state: each sample sees what it would see alone."""
     g, env, phs, ticks = _new_branch(operands)
     for node in region:
         env[node] = g.node_copy(node, lambda a: env[a])
-    results = [_dense(g, env[o], phs) for o in outputs]
+    results = [env[o] for o in outputs]
     for unit in plan.units:
         value = env[unit.node]
         if unit.base is not None:
             value = g.call_function(torch.ops.aten.sub.Tensor, (value, env[unit.base]))
-        new_state = predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]], ticks)
-        results.extend(_dense(g, s, phs) for s in new_state)
-    return _finish(root, g, results)
+        results.extend(predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]], ticks))
+    if sample_mask is not None:
+        cached = _cached_values(g, dict(env), region, outputs, plan, state, predictor, ticks)
+        mask = env[sample_mask]
+        results = [_blend(g, mask, fresh, old, ref) for fresh, old, ref in zip(
+            results, cached, [*outputs, *state.cache_nodes()], strict=True)]
+    return _finish(root, g, [_dense(g, r, phs) for r in results])
 
 
-def build_cached_branch(
-    root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
-    plan: CachePlan, state: StateSpec, predictor: Predictor,
-) -> fx.GraphModule:
-    g, env, phs, ticks = _new_branch(operands)
+def _blend(g: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node, like: fx.Node) -> fx.Node:
+    val = tensor_val(like)
+    if val is None or val.dim() == 0:
+        raise UnsupportedGraphError(f"per-sample caching needs a batch dimension on '{like.name}'")
+    view = g.call_function(torch.ops.aten.view.default, (mask, [-1] + [1] * (val.dim() - 1)))
+    return g.call_function(torch.ops.aten.where.self, (view, fresh, old))
+
+
+def _cached_values(
+    g: fx.Graph, env: dict[fx.Node, fx.Node], region: list[fx.Node], outputs: list[fx.Node], plan: CachePlan,
+    state: StateSpec, predictor: Predictor, ticks: Clock,
+) -> list[fx.Node]:
+    """Region outputs and new predictor state of a cached step, emitted into ``g`` (operands in ``env``)."""
     replaced: dict[fx.Node, fx.Node] = {}
     new_states: list[fx.Node] = []
     for unit in plan.units:
@@ -94,8 +108,16 @@ def build_cached_branch(
         new_states.extend(new_state)
     for node in region:
         env[node] = replaced[node] if node in replaced else g.node_copy(node, lambda a: env[a])
-    results = [_dense(g, env[o], phs) for o in outputs] + [_dense(g, s, phs) for s in new_states]
-    return _finish(root, g, results)
+    return [env[o] for o in outputs] + new_states
+
+
+def build_cached_branch(
+    root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
+    plan: CachePlan, state: StateSpec, predictor: Predictor,
+) -> fx.GraphModule:
+    g, env, phs, ticks = _new_branch(operands)
+    results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks)
+    return _finish(root, g, [_dense(g, r, phs) for r in results])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +138,10 @@ class InsertCacheBranch(Pass):
             if node.op == "call_module" and node in region_set:
                 raise UnsupportedGraphError(f"call_module node '{node.name}' inside the block region")
         operands = list(stack.region_inputs) + state.cache_nodes()
-        compute = build_compute_branch(gm, region, outputs, operands, plan, state, self.predictor)
+        if decision.sample_mask is not None:
+            operands.append(decision.sample_mask)
+        compute = build_compute_branch(gm, region, outputs, operands, plan, state, self.predictor,
+                                       decision.sample_mask)
         cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor)
         gm.add_submodule("_gc_compute", compute)
         gm.add_submodule("_gc_cached", cached)

@@ -1,12 +1,19 @@
 """Transform pass: compute the cache decision inside the graph, from state buffers and the timestep.
 
 Precondition: ``state`` and ``block_stack``. Postcondition: ``decision`` recorded: ``pred`` (0-d bool,
-True = compute), the new step index, timestep and decision log, all graph nodes placed before the block
-region. A generation starts when the timestep does not decrease (or after ``reset()``, which sets the last
-timestep to -inf): the step index restarts at 0, the log is cleared and the step is computed. The policy
-contributes ``rule(i, *signals) -> bool`` (compute at step i), traced into the graph with torch.fx;
-``signals`` are graph values earlier passes recorded (e.g. a probe's per-sample change), and
-``refresh_on_compute`` pairs ``(buffer, value)`` become ``where(pred, value, buffer)`` writes.
+True = the branch that computes runs), the new step index, timestep and decision log, all graph nodes
+placed before the block region. A generation starts when the timestep does not decrease (or after
+``reset()``, which sets the last timestep to -inf): the step index restarts at 0, the log is cleared and
+the step is computed.
+
+The policy contributes ``rule(i, *signals, *accumulators)`` (traced into the graph with torch.fx), which
+returns the compute mask, or ``(mask, *new_accumulators)``. ``signals`` are per-sample graph values earlier
+passes recorded (a probe's change, the timestep); ``accumulators`` are per-sample float32 buffers the
+pass adds (``accumulators=(("name", initial), ...)``: TeaCache's accumulated distance, MagCache's error).
+With signals the mask is per sample (shape [B]): ``pred`` is "any sample computes", the per-sample mask
+goes to the cache branch (a sample that did not need the step keeps its cached value and state, so it
+gets what it would get alone) and to ``_gc_sample_log``. ``refresh_on_compute`` pairs ``(buffer,
+value)`` are written per sample where that sample computes; ``refresh_always`` pairs on every step.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import torch.fx as fx
 
 from .add_cache_state import LOG_CAPACITY, LOG_DTYPE, StateSpec
 from .base import Pass, PassResult, analysis, mark
+from .graph_utils import tensor_val
 
-Rule = Callable[..., torch.Tensor]
+Rule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
 
 
 @dataclasses.dataclass
@@ -28,21 +36,31 @@ class Decision:
     pred: fx.Node
     updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
     clock: list[fx.Node]  # step index, last computed step, computed steps so far: operands of both branches
+    sample_mask: fx.Node | None = None  # per-sample compute mask [B] (dynamic policies)
 
 
 MAX_SIGNALS = 4
+MAX_ACCUMULATORS = 4
 
 
-def _decision_fn(rule: Rule) -> Callable[..., tuple[torch.Tensor, ...]]:
+def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool) -> Callable[..., tuple[
+        torch.Tensor, ...]]:
     def decide(
         t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor, last_compute: torch.Tensor,
-        n_computed: torch.Tensor, s0: torch.Tensor | None = None, s1: torch.Tensor | None = None,
-        s2: torch.Tensor | None = None, s3: torch.Tensor | None = None,
+        n_computed: torch.Tensor, sample_log: torch.Tensor | None = None, s0: torch.Tensor | None = None,
+        s1: torch.Tensor | None = None, s2: torch.Tensor | None = None, s3: torch.Tensor | None = None,
+        a0: torch.Tensor | None = None, a1: torch.Tensor | None = None, a2: torch.Tensor | None = None,
+        a3: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         t_now = t.reshape(-1).to(torch.float32).amax(0)  # explicit dim: ONNX ReduceMax needs it
         new_generation = t_now >= last_t
         i = torch.where(new_generation, torch.zeros_like(step), step + 1)
-        compute = new_generation | rule(i, *[s for s in (s0, s1, s2, s3) if s is not None])
+        signals = [s0, s1, s2, s3][:n_signals]
+        accumulators = [a0, a1, a2, a3][:n_accumulators]
+        result = rule(i, *signals, *accumulators)
+        mask, new_accumulators = (result[0], list(result[1:])) if isinstance(result, tuple) else (result, [])
+        mask = mask | new_generation
+        compute = mask.reshape(-1).any(0) if per_sample else mask
         positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on log's device
         slot = positions == (i % LOG_CAPACITY)
         cleared = torch.where(new_generation, torch.full_like(log, -1), log)
@@ -50,14 +68,38 @@ def _decision_fn(rule: Rule) -> Callable[..., tuple[torch.Tensor, ...]]:
         n_before = torch.where(new_generation, torch.zeros_like(n_computed), n_computed)
         new_last_compute = torch.where(compute, i, last_compute)
         new_n = n_before + compute.to(torch.int64)
-        return compute, i, t_now, new_log, new_last_compute, new_n, last_compute, n_before
+        out = [compute, i, t_now, new_log, new_last_compute, new_n, last_compute, n_before, mask]
+        if sample_log is not None:
+            cleared_samples = torch.where(new_generation, torch.full_like(sample_log, -1), sample_log)
+            out.append(torch.where(slot.unsqueeze(1), mask.to(LOG_DTYPE).unsqueeze(0), cleared_samples))
+        return (*out, *new_accumulators)
 
     return decide
+
+
+def _trace(fn: Callable[..., tuple[torch.Tensor, ...]], used: list[str]) -> fx.GraphModule:
+    names = ["sample_log", "s0", "s1", "s2", "s3", "a0", "a1", "a2", "a3"]
+    traced = fx.symbolic_trace(fn, concrete_args={n: None for n in names if n not in used})
+    for check in [n for n in traced.graph.nodes if n.op == "call_function" and "assert_is_none" in str(n.target)]:
+        traced.graph.erase_node(check)  # fx's guards on the None arguments: not graph values
+    for node in [n for n in traced.graph.nodes if n.op == "placeholder" and not n.users]:
+        traced.graph.erase_node(node)
+    return traced
+
+
+def _per_sample_where(graph: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node) -> fx.Node:
+    """``where(mask[b], fresh[b], old[b])`` for each sample b (mask broadcast over the other dims)."""
+    val = tensor_val(fresh)
+    assert val is not None
+    shape = [-1] + [1] * (val.dim() - 1)
+    view = graph.call_function(torch.ops.aten.view.default, (mask, shape))
+    return graph.call_function(torch.ops.aten.where.self, (view, fresh, old))
 
 
 @dataclasses.dataclass(frozen=True)
 class InsertDecision(Pass):
     rule: Rule = dataclasses.field(default=lambda i: torch.ones_like(i, dtype=torch.bool))
+    accumulators: tuple[tuple[str, float], ...] = ()
     name = "insert_decision"
     requires = ("state", "block_stack")
     provides = ("decision",)
@@ -66,30 +108,50 @@ class InsertDecision(Pass):
         state: StateSpec = analysis(gm)["state"]
         stack = analysis(gm)["block_stack"]
         signals = list(analysis(gm).get("signals", []))
-        assert len(signals) <= MAX_SIGNALS, f"at most {MAX_SIGNALS} decision signals"
-        unused = {f"s{k}": None for k in range(len(signals), MAX_SIGNALS)}
-        traced = fx.symbolic_trace(_decision_fn(self.rule), concrete_args=unused)
-        for check in [n for n in traced.graph.nodes if n.op == "call_function" and "assert_is_none" in str(n.target)]:
-            traced.graph.erase_node(check)  # fx's guards on the None arguments: not graph values
+        assert len(signals) <= MAX_SIGNALS and len(self.accumulators) <= MAX_ACCUMULATORS
+        per_sample = bool(signals)
+        anchor = stack.region[0]
+        extra: list[fx.Node] = []
+        used = [f"s{k}" for k in range(len(signals))] + [f"a{k}" for k in range(len(self.accumulators))]
+        if per_sample:
+            batch = _batch_size(signals[0])
+            sample_log = state.add(gm, "_gc_sample_log", torch.empty(LOG_CAPACITY, batch, dtype=LOG_DTYPE),
+                                   anchor, self.name, -1)
+            accumulators = [state.add(gm, f"_gc_acc_{name}", torch.empty(batch), anchor, self.name, initial)
+                            for name, initial in self.accumulators]
+            extra, used = [sample_log, *signals, *accumulators], ["sample_log", *used]
+        traced = _trace(_decision_fn(self.rule, len(signals), len(self.accumulators), per_sample), used)
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-        for node in placeholders[6 + len(signals) :]:
-            traced.graph.erase_node(node)
-        inputs = [stack.timestep, state.step, state.last_t, state.log, state.last_compute, state.n_computed]
-        env = dict(zip(placeholders[: 6 + len(signals)], [*inputs, *signals], strict=True))
+        inputs = [stack.timestep, state.step, state.last_t, state.log, state.last_compute, state.n_computed, *extra]
         before = set(gm.graph.nodes)
-        with gm.graph.inserting_before(stack.region[0]):
-            out = gm.graph.graph_copy(traced.graph, env)
+        with gm.graph.inserting_before(anchor):
+            out = gm.graph.graph_copy(traced.graph, dict(zip(placeholders, inputs, strict=True)))
         for node in gm.graph.nodes:
             if node not in before:
                 mark(node, self.name, "decision")
         assert isinstance(out, tuple)
-        pred, step, t_now, log, last_compute, n_computed, last_before, n_before = out
+        pred, step, t_now, log, last_compute, n_computed, last_before, n_before, mask = out[:9]
         updates = [(state.step, step), (state.last_t, t_now), (state.log, log), (state.last_compute, last_compute),
                    (state.n_computed, n_computed)]
-        for buffer, fresh in analysis(gm).get("refresh_on_compute", []):
-            with gm.graph.inserting_before(stack.region[0]):
-                kept = mark(gm.graph.call_function(torch.ops.aten.where.self, (pred, fresh, buffer)), self.name,
-                            "decision")
-            updates.append((buffer, kept))
-        analysis(gm)["decision"] = Decision(pred, updates, [step, last_before, n_before])
+        if per_sample:
+            updates.append((extra[0], out[9]))
+            updates.extend(zip(extra[1 + len(signals):], out[10:], strict=True))
+        with gm.graph.inserting_before(anchor):
+            for buffer, fresh in analysis(gm).get("refresh_on_compute", []):
+                kept = (_per_sample_where(gm.graph, mask, fresh, buffer) if per_sample else
+                        gm.graph.call_function(torch.ops.aten.where.self, (pred, fresh, buffer)))
+                updates.append((buffer, kept))
+            updates.extend(analysis(gm).get("refresh_always", []))
+        for node in gm.graph.nodes:
+            if node not in before:
+                mark(node, self.name, "decision")
+        analysis(gm)["decision"] = Decision(pred, updates, [step, last_before, n_before],
+                                            mask if per_sample else None)
         return PassResult(gm, modified=True)
+
+
+def _batch_size(signal: fx.Node) -> int:
+    val = tensor_val(signal)
+    if val is None or val.dim() != 1:
+        raise AssertionError(f"decision signal {signal.name} must be a per-sample vector, got {val}")
+    return int(val.shape[0])

@@ -36,10 +36,10 @@ class InsertProbeIndicator(Pass):
         probe, stack = found["probe"], found["block_stack"]
         val = tensor_val(probe.outputs[0])
         assert val is not None
-        gm.register_buffer("_gc_probe_ref", torch.zeros(val.shape, dtype=val.dtype, device=val.device))
         graph = gm.graph
+        ref = found["state"].add(gm, "_gc_probe_ref", torch.empty(val.shape, dtype=val.dtype, device=val.device),
+                                 stack.region[0], self.name)
         with graph.inserting_before(stack.region[0]):
-            ref = graph.get_attr("_gc_probe_ref")
             residual = graph.call_function(torch.ops.aten.sub.Tensor, (probe.outputs[0], probe.inputs[0]))
             traced = fx.symbolic_trace(relative_l1)
             placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
@@ -48,8 +48,6 @@ class InsertProbeIndicator(Pass):
         for node in graph.nodes:
             if node not in before or node in (ref, residual):
                 mark(node, self.name, "decision")
-        mark(ref, self.name, "state")
-        found["state"].buffers.append("_gc_probe_ref")
         found.setdefault("signals", []).append(rel)
         found.setdefault("refresh_on_compute", []).append((ref, residual))
         return PassResult(gm, modified=True)

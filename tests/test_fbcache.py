@@ -57,8 +57,9 @@ def test_compute_steps_bit_exact_and_cached_steps_reuse_the_rest():
     outputs, reference = generation(cached, inputs, ts), generation(model, inputs, ts)
     decisions = cached.state.decisions()
     assert "cached" in decisions and decisions.count("computed") >= 2
-    for out, ref, d in zip(outputs, reference, decisions, strict=True):
-        assert torch.equal(out, ref) == (d == "computed")
+    for sample, sample_decisions in enumerate(cached.state.sample_decisions()):  # exact iff that sample computed
+        for out, ref, d in zip(outputs, reference, sample_decisions, strict=True):
+            assert torch.equal(out[sample], ref[sample]) == (d == "computed")
     stack = cached.block_stack
     assert [len(s.blocks) for s in stack.stacks] == [3]  # block 0 is the probe, outside the cache
 
@@ -106,3 +107,25 @@ def test_probe_needs_a_block_left():
         optimize_exported(model, inputs(999), "fbcache")
     with pytest.raises(PolicyConfigError, match=r"fbcache.threshold=-1 is invalid"):
         optimize_exported(model, inputs(999), "fbcache", threshold=-1)
+
+
+def test_batch_of_four_equals_each_sample_alone():
+    """Per-sample decisions: in a batch, each sample gets the decisions and outputs it gets alone."""
+    model, inputs = tiny_dit(num_layers=3, batch=4)
+    ts = timesteps(10)
+    cached = optimize_exported(model, inputs(ts[0]), "fbcache", threshold=0.16)
+    together = generation(cached, inputs, ts)
+    per_sample = cached.state.sample_decisions()
+    assert len(per_sample) == 4
+    assert len({tuple(d) for d in per_sample}) >= 2, "samples should disagree somewhere, or this checks nothing"
+    any_sample = ["computed" if "computed" in col else "cached" for col in zip(*per_sample, strict=True)]
+    assert cached.state.decisions() == any_sample
+    for s in range(4):
+        def one(t, s=s):
+            return {k: v[s : s + 1] for k, v in inputs(t).items()}
+
+        alone = optimize_exported(model, one(ts[0]), "fbcache", threshold=0.16)
+        outputs = generation(alone, one, ts)
+        assert alone.state.decisions() == per_sample[s]
+        for got, want in zip(together, outputs, strict=True):
+            assert torch.allclose(got[s : s + 1], want, atol=1e-5, rtol=1e-5)

@@ -12,7 +12,9 @@ REGISTRY: dict[str, str] = {
     "fbcache": "graphcache.policies.fbcache:FBCache",
     "fora": "graphcache.policies.fora:FORA",
     "hicache": "graphcache.policies.hicache:HiCache",
+    "magcache": "graphcache.policies.magcache:MagCache",
     "taylorseer": "graphcache.policies.taylorseer:TaylorSeer",
+    "teacache": "graphcache.policies.teacache:TeaCache",
 }
 
 

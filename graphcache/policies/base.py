@@ -35,6 +35,9 @@ class PolicyConfig:
     def passes(self) -> list[Any]:
         raise NotImplementedError
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise :class:`PolicyConfigError` when the policy's data (a calibration) does not fit ``model``."""
+
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         """Static schedule: compute at step index ``i`` (a tensor); traced into the graph."""
         raise NotImplementedError

@@ -16,8 +16,9 @@ class FBCache(PolicyConfig):
     """Block 0 always runs; the rest is reused while the first block's residual barely changes.
 
     In-graph rule: with ``r1 = out_0 - in`` and ``r1_ref`` its value at the last computed step, a sample
-    wants a compute step when ``mean|r1 - r1_ref| / mean|r1_ref| >= threshold``; the batch computes when any
-    sample wants it (no sample ever gets a stale feature because another did not). Cached steps:
+    wants a compute step when ``mean|r1 - r1_ref| / mean|r1_ref| >= threshold``. The blocks run for the
+    whole batch when any sample wants it; a sample that did not want it keeps its cached value and its
+    reference, so each sample gets exactly the decisions and outputs it would get alone. Cached steps:
     ``h = out_0 + r_rest`` (the residual of blocks 1..n-1 from the last computed step).
     """
 
@@ -38,7 +39,7 @@ class FBCache(PolicyConfig):
         if relative_change is None:  # the static part of the schedule only (graphcache policies, expected())
             return i < self.warmup
         stale = ~(relative_change < self.threshold)  # NaN (no reference yet) counts as stale
-        return (i < self.warmup) | stale.any()
+        return (i < self.warmup) | stale  # per sample: the batch computes if any does, samples blend
 
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline

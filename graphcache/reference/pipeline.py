@@ -15,6 +15,7 @@ from ..errors import GraphcacheError
 from .model import NULL_CLASS, SCHEDULER_CONFIG, build_denoiser
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "dit_digits.safetensors"
+DEFAULT_CALIBRATION = Path(__file__).parent / "weights" / "calibration.json"  # TeaCache / MagCache fits
 
 
 class DigitsPipeline(DiffusionPipeline):

@@ -1,0 +1,157 @@
+"""Calibration files for TeaCache (indicator polynomial) and MagCache (magnitude ratios by timestep).
+
+``graphcache calibrate model.py`` runs uncached generations and records, per step, what the dynamic
+policies read: the timestep-modulated input of block 0 (found by structure), the block stack's input and
+output, and the model output. From those it fits
+
+- TeaCache: ``numpy.polyfit`` of the output's step-to-step relL1 against the indicator's (degree 4),
+- MagCache: ``gamma_i = mean_tokens(||r_i|| / ||r_{i-1}||)`` of the stack residual ``r``, stored by
+  timestep value so a generation with another step count interpolates.
+
+The file is JSON with ``schema``, ``version`` and the model's fingerprint (parameter names, shapes and
+leading values); loading checks all three and says which command makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch.fx import _pytree as fx_pytree
+
+from graphcache.errors import PolicyConfigError
+
+SCHEMA = "graphcache.calibration"
+VERSION = 1
+MAKE = "make one with `graphcache calibrate model.py -o calibration.json`"
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """Names, shapes, dtypes and the first values of every parameter: same model, same fingerprint."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        head = p.detach().reshape(-1)[:8].double().cpu().numpy().round(6).tolist() if p.numel() else []
+        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{head}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _recorder(model: torch.nn.Module, example: Mapping[str, Any]) -> fx.GraphModule:
+    """The captured model returning (output, block 0's modulated input, stack input, stack output, timestep)."""
+    from graphcache.capture import capture_export
+    from graphcache.passes.base import PassManager, analysis
+    from graphcache.passes.find_block_stack import FindBlockStack
+    from graphcache.passes.insert_modulated_indicator import find_modulated_input
+
+    gm, flat = capture_export(model.eval(), example)
+    PassManager([FindBlockStack()], flat)(gm)
+    stack = analysis(gm)["block_stack"]
+    first = stack.stacks[0]
+    block = first.blocks[0]
+    stream = block.inputs[first.stream_slots[0]]
+    modulated = find_modulated_input(block.nodes, stream, [block.inputs[k] for k in first.shared_slots])
+    stack_out = next(o for o in stack.region_outputs if tuple(o.meta["val"].shape) == tuple(stream.meta["val"].shape))
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    leaves = list(output.args[0])  # type: ignore[arg-type]
+    output.args = ((leaves[0], modulated, stream, stack_out, stack.timestep),)
+    gm.graph._codegen = fx.graph.CodeGen()  # positional inputs, a plain tuple out
+    plain = fx.GraphModule(gm, gm.graph)  # without export's kwargs hooks
+    plain.meta["in_spec"] = gm._in_spec
+    return plain
+
+
+class Recorder(torch.nn.Module):
+    """Stands in for the denoiser (same call signature): runs it uncached and keeps, per call, the timestep
+    as the model sees it and the tensors the fits need. Works inside a pipeline (``pipe.transformer = rec``)."""
+
+    def __init__(self, model: torch.nn.Module, example: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.signature = inspect.signature(model.forward)
+        self.gm = _recorder(model, example)
+        self.rows: list[dict[str, Any]] = []
+        self.config = getattr(model, "config", None)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.signature.bind_partial(*args, **kwargs)
+        flat = fx_pytree.tree_flatten_spec(((), dict(bound.arguments)), self.gm.meta["in_spec"])
+        with torch.no_grad():
+            out, modulated, stack_in, stack_out, timestep = self.gm(*flat)
+        self.rows.append({"t": float(timestep.reshape(-1).float().max()), "out": out, "modulated": modulated,
+                          "residual": stack_out - stack_in})
+        return types.SimpleNamespace(sample=out)
+
+
+def record(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], timesteps: list[float],
+           progress: Callable[[Any], Any] = iter) -> list[dict[str, Any]]:
+    """One uncached generation of a model file: the rows a :class:`Recorder` keeps."""
+    recorder = Recorder(model, inputs(timesteps[0]))
+    for t in progress(timesteps):
+        recorder(**inputs(t))
+    return recorder.rows
+
+
+def fit(rows: list[dict[str, Any]], degree: int = 4) -> dict[str, Any]:
+    """Both calibrations from one recorded generation (keep generations apart: ratios are step to step)."""
+    return {"teacache": fit_teacache(rows, degree), "magcache": fit_magcache(rows)}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Per-sample relL1(a, b) = mean|a - b| / mean|b|."""
+    return ((a - b).abs().flatten(1).mean(1) / b.abs().flatten(1).mean(1)).double().numpy()
+
+
+def fit_teacache(rows: list[dict[str, Any]], degree: int = 4) -> dict[str, Any]:
+    x = np.concatenate([_rel(r["modulated"], p["modulated"]) for p, r in itertools.pairwise(rows)])
+    y = np.concatenate([_rel(r["out"], p["out"]) for p, r in itertools.pairwise(rows)])
+    coefficients = np.polyfit(x, y, degree)
+    return {"coefficients": coefficients.tolist(), "degree": degree, "points": len(x),
+            "indicator_range": [float(x.min()), float(x.max())]}
+
+
+def fit_magcache(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    gammas = []
+    for prev, row in itertools.pairwise(rows):
+        now, before = row["residual"].double().norm(dim=-1), prev["residual"].double().norm(dim=-1)
+        gammas.append(float((now / before).mean()))
+    return {"timesteps": [r["t"] for r in rows[1:]], "ratios": gammas, "steps": len(rows)}
+
+
+def save(path: str | Path, model: torch.nn.Module, steps: int, **sections: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"schema": SCHEMA, "version": VERSION, "model": type(model).__name__, "fingerprint": fingerprint(model),
+            "steps": steps, **sections}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def load(path: str | Path, section: str, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The ``section`` ("teacache" / "magcache") of a calibration file, checked (and against ``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyConfigError(f"calibration file {path} not found; {MAKE}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PolicyConfigError(f"calibration file {path} is corrupt ({err}); {MAKE}") from err
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise PolicyConfigError(f"{path} is not a graphcache calibration file (schema "
+                                f"{data.get('schema') if isinstance(data, dict) else None!r}); {MAKE}")
+    if data.get("version") != VERSION:
+        raise PolicyConfigError(f"{path} has calibration version {data.get('version')!r}, this graphcache reads "
+                                f"version {VERSION}; {MAKE}")
+    if model is not None and data.get("fingerprint") != fingerprint(model):
+        raise PolicyConfigError(f"{path} was calibrated for another model ({data.get('model')}, fingerprint "
+                                f"{data.get('fingerprint')}; this {type(model).__name__} is {fingerprint(model)}); "
+                                f"{MAKE}")
+    if section not in data:
+        raise PolicyConfigError(f"{path} has no '{section}' calibration; {MAKE}")
+    return data[section]  # type: ignore[no-any-return]

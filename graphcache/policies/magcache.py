@@ -1,0 +1,86 @@
+"""MagCache: Magnitude-aware Cache (Ma et al., 2025)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from graphcache.errors import PolicyConfigError
+from graphcache.policies.base import PolicyConfig, option, require, require_int
+
+
+@dataclasses.dataclass(frozen=True)
+class MagCache(PolicyConfig):
+    """Skip while the accumulated error of the calibrated residual-magnitude ratios stays small.
+
+    ``gamma(t)`` = calibrated ``mean ||r_i|| / ||r_{i-1}||`` of the stack residual, interpolated at the
+    current timestep. After the first ``ceil(retention * T_cal)`` calibrated steps (a timestep boundary, so
+    any step count works): ``G *= gamma``, ``E += |1 - G|``, ``k += 1``; skip iff ``E <= threshold`` and
+    ``k <= max_skips``, else compute and reset ``G = 1, E = 0, k = 0``. Cached steps reuse the residual.
+    """
+
+    name = "magcache"
+    summary = "dynamic: accumulated error of calibrated residual magnitude ratios; reuse the stack while small"
+    paper = "https://arxiv.org/abs/2506.09045"
+    static = False
+
+    threshold: float = option(0.24, "accumulated ratio error allowed before a compute step")
+    max_skips: int = option(5, "K: at most this many consecutive cached steps")
+    retention: float = option(0.1, "R: the first ceil(R*T) steps (of the calibration run) are computed")
+    calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
+
+    def validate(self) -> None:
+        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
+                self.threshold, "must be a number >= 0")
+        require_int(self, "max_skips", 0)
+        require(isinstance(self.retention, float | int) and 0 <= self.retention <= 1, self.name, "retention",
+                self.retention, "must be in [0, 1]")
+
+    def table(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
+        if self.calibration is None:
+            raise PolicyConfigError(
+                "magcache needs calibrated magnitude ratios: make them with `graphcache calibrate model.py "
+                "-o calibration.json` and pass calibration=calibration.json")
+        from graphcache.calibration import load
+
+        table = load(self.calibration, "magcache", model)
+        if len(table["ratios"]) < 2:
+            raise PolicyConfigError(f"{self.calibration}: magcache needs ratios at >= 2 timesteps (calibrate with "
+                                    "more steps)")
+        return table
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        self.table(model)
+
+    def boundary(self) -> float:
+        """Timestep below which caching may start: the calibration run's step ceil(R*T)."""
+        table = self.table()
+        first = math.ceil(self.retention * table["steps"])
+        all_t = [max(table["timesteps"]) + 1.0, *table["timesteps"]]  # step 0's t is above every recorded ratio
+        return float(all_t[min(first, len(all_t) - 1)]) + 1e-3 if first > 0 else float("inf")
+
+    def rule(self, i: torch.Tensor, gamma: torch.Tensor | None = None, t: torch.Tensor | None = None,
+             ratio: torch.Tensor | None = None, error: torch.Tensor | None = None, skips: torch.Tensor | None = None
+             ) -> Any:
+        if gamma is None or t is None or ratio is None or error is None or skips is None:
+            return i < 1
+        new_ratio = ratio * gamma
+        new_error = error + (1.0 - new_ratio).abs()
+        new_skips = skips + 1.0
+        skip = (t < self.boundary()) & (new_error <= self.threshold) & (new_skips <= self.max_skips) & (i > 0)
+        compute = ~skip
+        return (compute, torch.where(skip, new_ratio, torch.ones_like(ratio)),
+                torch.where(skip, new_error, torch.zeros_like(error)), torch.where(skip, new_skips,
+                                                                                   torch.zeros_like(skips)))
+
+    def passes(self) -> list[Any]:
+        from graphcache.passes import InsertMagnitudeSignal, default_pipeline
+        from graphcache.predictors import Reuse
+
+        table = self.table()
+        signal = InsertMagnitudeSignal(tuple(table["timesteps"]), tuple(table["ratios"]))
+        return default_pipeline("stack", Reuse(), self.rule, signals=[signal],
+                                accumulators=(("ratio", 1.0), ("error", 0.0), ("skips", 0.0)))

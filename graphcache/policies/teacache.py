@@ -1,0 +1,89 @@
+"""TeaCache: Timestep Embedding Aware Cache (Liu et al., 2024)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from graphcache.errors import PolicyConfigError
+from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.predictors import Reuse
+
+
+def parse_coefficients(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise PolicyConfigError(f"option teacache.coefficients={text!r} must be comma-separated numbers, highest "
+                                "power first, e.g. '498.65,-283.78,55.855,-3.8202,0.26423'") from None
+    if not values:
+        raise PolicyConfigError("option teacache.coefficients is empty")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class TeaCache(PolicyConfig):
+    """Skip the block stack while the accumulated, polynomial-rescaled change of block 0's modulated input
+    stays below ``threshold``.
+
+    In-graph rule, per sample: ``d = relL1(m_i, m_{i-1})`` (``m`` = block 0's AdaLN-modulated input, found by
+    structure), ``A += poly(d)``; compute iff ``A >= threshold`` (then ``A = 0``); the first step (and the
+    last with ``num_steps``) always computes. Cached steps reuse the stack residual. ``poly`` comes from
+    ``coefficients`` or a ``calibration`` file (``graphcache calibrate``).
+    """
+
+    name = "teacache"
+    summary = "dynamic: accumulated rescaled change of block 0's modulated input; reuse the stack below threshold"
+    paper = "https://arxiv.org/abs/2411.19108"
+    static = False
+
+    threshold: float = option(0.25, "accumulated rescaled distance that forces a compute step")
+    coefficients: str | None = option(None, "polynomial, highest power first, comma-separated (FLUX: "
+                                      "'498.65,-283.78,55.855,-3.8202,0.26423')")
+    calibration: str | None = option(None, "calibration file from `graphcache calibrate` (instead of coefficients)")
+    warmup: int = option(1, "the first `warmup` steps are always computed")
+    num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
+
+    def validate(self) -> None:
+        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
+                self.threshold, "must be a number >= 0 (0 computes every step)")
+        require_int(self, "warmup", 0)
+        if self.coefficients is not None:
+            parse_coefficients(self.coefficients)
+
+    def polynomial(self, model: torch.nn.Module | None = None) -> tuple[float, ...]:
+        if self.coefficients is not None:
+            return parse_coefficients(self.coefficients)
+        if self.calibration is None:
+            raise PolicyConfigError(
+                "teacache needs its indicator polynomial: make a calibration with `graphcache calibrate model.py "
+                "-o calibration.json` and pass calibration=calibration.json (or give coefficients=...)")
+        from graphcache.calibration import load
+
+        return tuple(load(self.calibration, "teacache", model)["coefficients"])
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        self.polynomial(model)
+
+    def rule(self, i: torch.Tensor, distance: torch.Tensor | None = None, accumulated: torch.Tensor | None = None
+             ) -> Any:
+        forced = i < max(self.warmup, 1)
+        if self.num_steps is not None:
+            forced = forced | (i >= self.num_steps - 1)
+        if distance is None or accumulated is None:  # the static part only (graphcache policies, expected())
+            return forced
+        rescaled = torch.zeros_like(distance)
+        for c in self.polynomial():  # Horner
+            rescaled = rescaled * distance + c
+        total = accumulated + rescaled
+        compute = forced | ~(total < self.threshold)  # NaN (no previous input) computes
+        return compute, torch.where(compute, torch.zeros_like(total), total)
+
+    def passes(self) -> list[Any]:
+        from graphcache.passes import InsertModulatedIndicator, default_pipeline
+
+        self.polynomial()  # a missing calibration fails here, before any graph work
+        return default_pipeline("stack", Reuse(), self.rule, signals=[InsertModulatedIndicator()],
+                                accumulators=(("distance", 0.0),))

@@ -1,0 +1,65 @@
+"""Transform pass: MagCache's calibrated magnitude ratio at the current timestep, as decision signals.
+
+Precondition: ``block_stack``. The calibration (``timesteps``, ``ratios``: gamma by timestep value) becomes
+two constant buffers; ``gamma(t)`` is their piecewise-linear interpolation, clamped at the ends, written
+with elementwise ops only (``r_0 + sum_k (r_{k+1} - r_k) * clamp((t - t_k) / (t_{k+1} - t_k), 0, 1)``), so
+it exports to ONNX / TensorRT unchanged and any step count interpolates. Postcondition: ``signals`` gets
+``gamma`` and the timestep, one value per timestep entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.fx as fx
+
+from .base import Pass, PassResult, analysis, mark
+
+
+def interpolate(t: torch.Tensor, knots: torch.Tensor, steps: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``gamma(t)`` from knots ``t_k`` (ascending), ``steps = r_{k+1} - r_k``, ``first = r_0``."""
+    t = t.reshape(-1, 1).to(torch.float32)
+    lo, width = knots[:-1], knots[1:] - knots[:-1]
+    return first + (steps * ((t - lo) / width).clamp(0.0, 1.0)).sum(-1)
+
+
+def timestep_vector(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).to(torch.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertMagnitudeSignal(Pass):
+    timesteps: tuple[float, ...] = ()
+    ratios: tuple[float, ...] = ()
+    name = "insert_magnitude_signal"
+    requires = ("block_stack",)
+    provides = ("signals",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        found = analysis(gm)
+        stack = found["block_stack"]
+        order = sorted(range(len(self.timesteps)), key=lambda k: self.timesteps[k])
+        knots = torch.tensor([self.timesteps[k] for k in order], dtype=torch.float32)
+        ratios = torch.tensor([self.ratios[k] for k in order], dtype=torch.float32)
+        device = stack.timestep.meta["val"].device
+        gm.register_buffer("_gc_mag_knots", knots.to(device))
+        gm.register_buffer("_gc_mag_steps", (ratios[1:] - ratios[:-1]).to(device))
+        gm.register_buffer("_gc_mag_first", ratios[0].to(device))
+        graph = gm.graph
+        before = set(graph.nodes)
+        with graph.inserting_before(stack.region[0]):
+            consts = [graph.get_attr(n) for n in ("_gc_mag_knots", "_gc_mag_steps", "_gc_mag_first")]
+            t = graph.graph_copy(*_traced(timestep_vector, [stack.timestep]))
+            gamma = graph.graph_copy(*_traced(interpolate, [stack.timestep, *consts]))
+        for node in graph.nodes:
+            if node not in before:
+                mark(node, self.name, "decision")
+        found.setdefault("signals", []).extend([gamma, t])
+        return PassResult(gm, modified=True)
+
+
+def _traced(fn, args: list[fx.Node]):  # type: ignore[no-untyped-def]
+    traced = fx.symbolic_trace(fn)
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    return traced.graph, dict(zip(placeholders, args, strict=True))

@@ -1,0 +1,194 @@
+"""TeaCache and MagCache: in-graph decisions equal the published rules re-implemented in Python on the
+same indicators, per sample; calibration files; fullgraph compile over two generations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from graphcache import calibration
+from graphcache.backend import make_backend
+from graphcache.errors import PolicyConfigError
+from graphcache.exported import optimize_exported
+from graphcache.passes.insert_probe_indicator import relative_l1
+
+from helpers import generation, timesteps
+from models import tiny_dit, tiny_flux
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def dit_calibration(tmp_path_factory):
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    rows = calibration.record(model, inputs, timesteps(STEPS))
+    path = tmp_path_factory.mktemp("cal") / "dit.json"
+    calibration.save(path, model, STEPS, **calibration.fit(rows))
+    return path
+
+
+def modulated_inputs(model, inputs, ts):
+    """Block 0's AdaLN-modulated input from the model's own modules (no graphcache)."""
+    out = []
+    with torch.no_grad():
+        for t in ts:
+            kw = inputs(t)
+            h = model.pos_embed(kw["hidden_states"])
+            out.append(model.transformer_blocks[0].norm1(h, kw["timestep"], kw["class_labels"],
+                                                          hidden_dtype=h.dtype)[0])
+    return out
+
+
+def teacache_python(indicators, coefficients, threshold):
+    """TeaCache as published, per sample: first step computes; A += poly(relL1(m_i, m_{i-1})); compute and
+    reset A when A >= threshold."""
+    batch = indicators[0].shape[0]
+    decisions = [[] for _ in range(batch)]
+    for b in range(batch):
+        acc = 0.0
+        for i, m in enumerate(indicators):
+            if i == 0:
+                compute = True
+            else:
+                d = float(relative_l1(m[b : b + 1], indicators[i - 1][b : b + 1]))
+                acc += float(np.polyval(coefficients, d))
+                compute = acc >= threshold
+            if compute:
+                acc = 0.0
+            decisions[b].append("computed" if compute else "cached")
+    return decisions
+
+
+def magcache_python(t_values, table, threshold, max_skips, boundary):
+    """MagCache as published, with gamma interpolated at each step's timestep (numpy.interp)."""
+    order = np.argsort(table["timesteps"])
+    knots, ratios = np.asarray(table["timesteps"])[order], np.asarray(table["ratios"])[order]
+    g, e, k, decisions = 1.0, 0.0, 0, []
+    for i, t in enumerate(t_values):
+        skip = False
+        if i > 0 and t < boundary:
+            g2 = g * float(np.interp(t, knots, ratios))
+            e2, k2 = e + abs(1 - g2), k + 1
+            skip = e2 <= threshold and k2 <= max_skips
+        g, e, k = (g2, e2, k2) if skip else (1.0, 0.0, 0)
+        decisions.append("cached" if skip else "computed")
+    return decisions
+
+
+def test_teacache_decisions_match_the_python_rule_per_sample(dit_calibration):
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(STEPS)
+    indicators = modulated_inputs(model, inputs, ts)
+    coefficients = calibration.load(dit_calibration, "teacache")["coefficients"]
+    patterns = set()
+    for threshold in (0.05, 0.15, 0.3):
+        cached = optimize_exported(model, inputs(ts[0]), "teacache", threshold=threshold,
+                                   calibration=str(dit_calibration))
+        outputs = generation(cached, inputs, ts)
+        expected = teacache_python(indicators, coefficients, threshold)
+        assert cached.state.sample_decisions() == expected, threshold
+        reference = generation(model, inputs, ts)
+        for b, sample in enumerate(expected):  # computed steps of each sample are bit-exact
+            for out, ref, d in zip(outputs, reference, sample, strict=True):
+                if d == "computed":
+                    assert torch.equal(out[b], ref[b])
+        patterns.add(tuple(cached.state.decisions()))
+    assert len(patterns) >= 2, "thresholds should give different schedules, or the test checks nothing"
+
+
+@pytest.mark.parametrize("steps", [STEPS, 20])
+def test_magcache_decisions_match_the_python_rule(dit_calibration, steps):
+    """Calibrated on 12 steps; a 20-step generation interpolates the ratios by timestep."""
+    from graphcache.policies.magcache import MagCache
+
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(steps)
+    table = calibration.load(dit_calibration, "magcache")
+    for threshold, max_skips in ((0.05, 2), (0.5, 5)):
+        policy = MagCache(threshold=threshold, max_skips=max_skips, calibration=str(dit_calibration))
+        cached = optimize_exported(model, inputs(ts[0]), policy)
+        outputs = generation(cached, inputs, ts)
+        expected = magcache_python([float(int(t)) for t in ts], table, threshold, max_skips, policy.boundary())
+        assert cached.state.decisions() == expected
+        assert "cached" in expected
+        reference = generation(model, inputs, ts)
+        for out, ref, d in zip(outputs, reference, expected, strict=True):
+            assert torch.equal(out, ref) == (d == "computed")
+
+
+def test_teacache_batch_of_four_equals_each_sample_alone(dit_calibration, tmp_path):
+    model, inputs = tiny_dit(num_layers=3, batch=4)
+    rows = calibration.record(model, inputs, timesteps(STEPS))
+    path = calibration.save(tmp_path / "cal4.json", model, STEPS, **calibration.fit(rows))
+    ts = timesteps(STEPS)
+    together = optimize_exported(model, inputs(ts[0]), "teacache", threshold=0.12, calibration=str(path))
+    outputs = generation(together, inputs, ts)
+    per_sample = together.state.sample_decisions()
+    assert len({tuple(d) for d in per_sample}) >= 2, "samples should disagree somewhere"
+    for s in range(4):
+        def one(t, s=s):
+            return {k: v[s : s + 1] for k, v in inputs(t).items()}
+
+        alone = optimize_exported(model, one(ts[0]), "teacache", threshold=0.12, calibration=str(path))
+        alone_outputs = generation(alone, one, ts)
+        assert alone.state.decisions() == per_sample[s]
+        for got, want in zip(outputs, alone_outputs, strict=True):
+            torch.testing.assert_close(got[s : s + 1], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache"])
+def test_fullgraph_compile_two_generations(dit_calibration, policy):
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    options = {"calibration": str(dit_calibration)} if policy != "fbcache" else {"threshold": 0.15}
+    states: list = []
+    compiled = torch.compile(model, backend=make_backend(policy, "inductor", states, **options), fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        first = generation(compiled, inputs, timesteps(STEPS))
+        decisions = states[0].decisions()
+        second = generation(compiled, inputs, timesteps(STEPS))
+    assert len(states) == 1 and states[0].decisions() == decisions and "cached" in decisions
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, second, strict=True))
+
+
+def test_flux_teacache_and_magcache_run(tmp_path):
+    model, inputs = tiny_flux()
+    rows = calibration.record(model, inputs, timesteps(STEPS))
+    path = calibration.save(tmp_path / "flux.json", model, STEPS, **calibration.fit(rows))
+    assert calibration.load(path, "magcache")["timesteps"][0] < 1.0  # Flux sees t / 1000: stored as it sees it
+    for policy in ("teacache", "magcache"):
+        cached = optimize_exported(model, inputs(999.0), policy, calibration=str(path), threshold=0.5)
+        generation(cached, inputs, timesteps(STEPS))
+        assert "cached" in cached.state.decisions()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (None, "not found; make one with `graphcache calibrate model.py"),
+    ("{broken", "is corrupt"),
+    (json.dumps({"schema": "other"}), "is not a graphcache calibration file"),
+    (json.dumps({"schema": calibration.SCHEMA, "version": 99}), "calibration version 99"),
+    (json.dumps({"schema": calibration.SCHEMA, "version": calibration.VERSION, "fingerprint": "0" * 16,
+                 "model": "Other"}), "was calibrated for another model"),
+])
+def test_calibration_file_errors(tmp_path, change, message):
+    model, inputs = tiny_dit(num_layers=3)
+    path = tmp_path / "cal.json"
+    if change is not None:
+        path.write_text(change)
+    with pytest.raises(PolicyConfigError, match=message):
+        optimize_exported(model, inputs(999.0), "teacache", calibration=str(path))
+
+
+def test_missing_section_and_no_calibration(dit_calibration, tmp_path):
+    data = json.loads(dit_calibration.read_text())
+    del data["magcache"]
+    path = tmp_path / "tea_only.json"
+    path.write_text(json.dumps(data))
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    with pytest.raises(PolicyConfigError, match="has no 'magcache' calibration"):
+        optimize_exported(model, inputs(999.0), "magcache", calibration=str(path))
+    for policy in ("teacache", "magcache"):
+        with pytest.raises(PolicyConfigError, match=r"graphcache calibrate model.py -o calibration.json"):
+            optimize_exported(model, inputs(999.0), policy)
