@@ -91,6 +91,7 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
     runs: list[tuple[str, str, PolicyConfig | None]] = [("uncached", "-", None)]
     runs += [(p.name, _settings(p), p) for p in policies]
     for label, settings, policy in runs:
+        torch._dynamo.reset()  # one compiled denoiser at a time: dynamo's recompile limit counts per code object
         if policy is None:
             pipe.transformer = torch.compile(denoiser, fullgraph=True, dynamic=False) if backend == "inductor" \
                 else denoiser

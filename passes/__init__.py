@@ -15,21 +15,25 @@ from .insert_modulated_indicator import InsertModulatedIndicator
 from .insert_probe_indicator import InsertProbeIndicator
 from .plan_cache_units import PlanCacheUnits
 from .split_probe import SplitProbeBlocks
+from .split_tail import SplitTailBlocks
 
 
 def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0,
-                     signals: Sequence[Pass] = (), accumulators: tuple[tuple[str, float], ...] = ()) -> list[Pass]:
+                     signals: Sequence[Pass] = (), accumulators: tuple[tuple[str, float], ...] = (),
+                     tail_blocks: int = 0) -> list[Pass]:
     """The pass order every caching policy uses; policies choose granularity, predictor and decision rule.
 
     ``probe_blocks > 0`` (dynamic policies): the first blocks run every step as a probe and their residual's
     per-sample change becomes an argument of ``rule``. ``signals``: other indicator passes (their signals
-    follow the probe's); ``accumulators``: per-sample buffers the rule reads and returns.
+    follow the probe's); ``accumulators``: per-sample buffers the rule reads and returns; ``tail_blocks``: the
+    last blocks run every step too (DBCache's Bn).
     """
     probe = [SplitProbeBlocks(blocks=probe_blocks)] if probe_blocks else []
     indicator = [InsertProbeIndicator()] if probe_blocks else []
     return [
         FindBlockStack(),
         *probe,
+        *([SplitTailBlocks(blocks=tail_blocks)] if tail_blocks else []),
         PlanCacheUnits(granularity=granularity),
         AddCacheState(predictor=predictor),
         *indicator,
@@ -52,5 +56,6 @@ __all__ = [
     "PassResult",
     "PlanCacheUnits",
     "SplitProbeBlocks",
+    "SplitTailBlocks",
     "default_pipeline",
 ]

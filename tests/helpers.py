@@ -17,3 +17,15 @@ def generation(fn: Callable[..., Any], inputs: Callable[[float], dict[str, Any]]
 
 def timesteps(steps: int) -> list[float]:
     return torch.linspace(999, 0, steps).tolist()
+
+
+def first_block_residuals(model, inputs, ts):
+    """r1 = block_0(x) - x at every step, from the model's own modules (no graphcache involved)."""
+    out = []
+    with torch.no_grad():
+        for t in ts:
+            kw = inputs(t)
+            h = model.pos_embed(kw["hidden_states"])
+            block = model.transformer_blocks[0]
+            out.append(block(h, timestep=kw["timestep"], class_labels=kw["class_labels"]) - h)
+    return out

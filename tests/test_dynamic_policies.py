@@ -42,9 +42,10 @@ def modulated_inputs(model, inputs, ts):
     return out
 
 
-def teacache_python(indicators, coefficients, threshold):
+def teacache_python(indicators, fit, threshold):
     """TeaCache as published, per sample: first step computes; A += poly(relL1(m_i, m_{i-1})); compute and
-    reset A when A >= threshold."""
+    reset A when A >= threshold. With graphcache's guard: d clamped to the fitted range, poly(d) >= 0."""
+    coefficients, (low, high) = fit["coefficients"], fit["indicator_range"]
     batch = indicators[0].shape[0]
     decisions = [[] for _ in range(batch)]
     for b in range(batch):
@@ -54,7 +55,7 @@ def teacache_python(indicators, coefficients, threshold):
                 compute = True
             else:
                 d = float(relative_l1(m[b : b + 1], indicators[i - 1][b : b + 1]))
-                acc += float(np.polyval(coefficients, d))
+                acc += max(float(np.polyval(coefficients, min(max(d, low), high))), 0.0)
                 compute = acc >= threshold
             if compute:
                 acc = 0.0
@@ -82,13 +83,13 @@ def test_teacache_decisions_match_the_python_rule_per_sample(dit_calibration):
     model, inputs = tiny_dit(num_layers=3, batch=2)
     ts = timesteps(STEPS)
     indicators = modulated_inputs(model, inputs, ts)
-    coefficients = calibration.load(dit_calibration, "teacache")["coefficients"]
+    fit = calibration.load(dit_calibration, "teacache")
     patterns = set()
     for threshold in (0.05, 0.15, 0.3):
         cached = optimize_exported(model, inputs(ts[0]), "teacache", threshold=threshold,
                                    calibration=str(dit_calibration))
         outputs = generation(cached, inputs, ts)
-        expected = teacache_python(indicators, coefficients, threshold)
+        expected = teacache_python(indicators, fit, threshold)
         assert cached.state.sample_decisions() == expected, threshold
         reference = generation(model, inputs, ts)
         for b, sample in enumerate(expected):  # computed steps of each sample are bit-exact
@@ -139,10 +140,11 @@ def test_teacache_batch_of_four_equals_each_sample_alone(dit_calibration, tmp_pa
             torch.testing.assert_close(got[s : s + 1], want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache"])
+@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache", "dbcache", "adacache"])
 def test_fullgraph_compile_two_generations(dit_calibration, policy):
     model, inputs = tiny_dit(num_layers=3, batch=2)
-    options = {"calibration": str(dit_calibration)} if policy != "fbcache" else {"threshold": 0.15}
+    options = {"teacache": {"calibration": str(dit_calibration)}, "magcache": {"calibration": str(dit_calibration)},
+               "fbcache": {"threshold": 0.15}, "dbcache": {"threshold": 0.15, "warmup": 1}, "adacache": {}}[policy]
     states: list = []
     compiled = torch.compile(model, backend=make_backend(policy, "inductor", states, **options), fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -192,3 +194,25 @@ def test_missing_section_and_no_calibration(dit_calibration, tmp_path):
     for policy in ("teacache", "magcache"):
         with pytest.raises(PolicyConfigError, match=r"graphcache calibrate model.py -o calibration.json"):
             optimize_exported(model, inputs(999.0), policy)
+
+
+def test_pooled_decision_is_one_for_the_batch(dit_calibration):
+    """per_sample=False: every sample follows one decision, from the batch-mean indicator."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(STEPS)
+    indicators = modulated_inputs(model, inputs, ts)
+    fit = calibration.load(dit_calibration, "teacache")
+    cached = optimize_exported(model, inputs(ts[0]), "teacache", threshold=0.15, per_sample=False,
+                               calibration=str(dit_calibration))
+    generation(cached, inputs, ts)
+    first, second = cached.state.sample_decisions()
+    assert first == second == cached.state.decisions()
+    assert "cached" in first
+    distances = [float(relative_l1(indicators[i], indicators[i - 1]).mean()) for i in range(1, STEPS)]
+    acc, expected = 0.0, ["computed"]
+    low, high = fit["indicator_range"]
+    for d in distances:
+        acc += max(float(np.polyval(fit["coefficients"], min(max(d, low), high))), 0.0)
+        expected.append("computed" if acc >= 0.15 else "cached")
+        acc = 0.0 if acc >= 0.15 else acc
+    assert first == expected

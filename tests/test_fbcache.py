@@ -9,20 +9,8 @@ from graphcache.backend import make_backend
 from graphcache.exported import optimize_exported
 from graphcache.passes.insert_probe_indicator import relative_l1
 
-from helpers import generation, timesteps
+from helpers import first_block_residuals, generation, timesteps
 from models import tiny_dit
-
-
-def first_block_residuals(model, inputs, ts):
-    """r1 = block_0(x) - x at every step, from the model's own modules (no graphcache involved)."""
-    out = []
-    with torch.no_grad():
-        for t in ts:
-            kw = inputs(t)
-            h = model.pos_embed(kw["hidden_states"])
-            block = model.transformer_blocks[0]
-            out.append(block(h, timestep=kw["timestep"], class_labels=kw["class_labels"]) - h)
-    return out
 
 
 def fbcache_python(residuals, threshold):

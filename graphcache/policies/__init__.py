@@ -9,6 +9,8 @@ from graphcache.errors import PolicyConfigError
 from graphcache.policies.base import PolicyConfig
 
 REGISTRY: dict[str, str] = {
+    "adacache": "graphcache.policies.adacache:AdaCache",
+    "dbcache": "graphcache.policies.dbcache:DBCache",
     "fbcache": "graphcache.policies.fbcache:FBCache",
     "fora": "graphcache.policies.fora:FORA",
     "hicache": "graphcache.policies.hicache:HiCache",

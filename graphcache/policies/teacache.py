@@ -31,7 +31,8 @@ class TeaCache(PolicyConfig):
     In-graph rule, per sample: ``d = relL1(m_i, m_{i-1})`` (``m`` = block 0's AdaLN-modulated input, found by
     structure), ``A += poly(d)``; compute iff ``A >= threshold`` (then ``A = 0``); the first step (and the
     last with ``num_steps``) always computes. Cached steps reuse the stack residual. ``poly`` comes from
-    ``coefficients`` or a ``calibration`` file (``graphcache calibrate``).
+    ``coefficients`` or a ``calibration`` file (``graphcache calibrate``); with a calibration, ``d`` is
+    clamped to the fitted range and ``poly(d)`` to >= 0 (a degree-4 fit swings negative outside its data).
     """
 
     name = "teacache"
@@ -45,6 +46,8 @@ class TeaCache(PolicyConfig):
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (instead of coefficients)")
     warmup: int = option(1, "the first `warmup` steps are always computed")
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
+    per_sample: bool = option(True, "each sample decides (a batch computes when any sample needs it, the others "
+                              "keep their cache); False: one decision from the batch-mean indicator")
 
     def validate(self) -> None:
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
@@ -53,19 +56,33 @@ class TeaCache(PolicyConfig):
         if self.coefficients is not None:
             parse_coefficients(self.coefficients)
 
-    def polynomial(self, model: torch.nn.Module | None = None) -> tuple[float, ...]:
+    def polynomial(self, model: torch.nn.Module | None = None) -> tuple[tuple[float, ...], tuple[float, float] | None]:
+        """The coefficients (highest power first) and, from a calibration, the indicator range they were fitted on."""
         if self.coefficients is not None:
-            return parse_coefficients(self.coefficients)
+            return parse_coefficients(self.coefficients), None
         if self.calibration is None:
             raise PolicyConfigError(
                 "teacache needs its indicator polynomial: make a calibration with `graphcache calibrate model.py "
                 "-o calibration.json` and pass calibration=calibration.json (or give coefficients=...)")
         from graphcache.calibration import load
 
-        return tuple(load(self.calibration, "teacache", model)["coefficients"])
+        fit = load(self.calibration, "teacache", model)
+        low, high = fit["indicator_range"]
+        return tuple(fit["coefficients"]), (float(low), float(high))
 
     def check_model(self, model: torch.nn.Module) -> None:
         self.polynomial(model)
+
+    def rescale(self, distance: torch.Tensor) -> torch.Tensor:
+        """``poly(d)``, with ``d`` clamped to the calibrated range (a degree-4 fit swings outside it) and the
+        result to >= 0 (a distance): graphcache's guard, not in the published rule."""
+        coefficients, fitted = self.polynomial()
+        if fitted is not None:
+            distance = distance.clamp(fitted[0], fitted[1])
+        rescaled = torch.zeros_like(distance)
+        for c in coefficients:  # Horner
+            rescaled = rescaled * distance + c
+        return rescaled.clamp_min(0.0)
 
     def rule(self, i: torch.Tensor, distance: torch.Tensor | None = None, accumulated: torch.Tensor | None = None
              ) -> Any:
@@ -74,10 +91,9 @@ class TeaCache(PolicyConfig):
             forced = forced | (i >= self.num_steps - 1)
         if distance is None or accumulated is None:  # the static part only (graphcache policies, expected())
             return forced
-        rescaled = torch.zeros_like(distance)
-        for c in self.polynomial():  # Horner
-            rescaled = rescaled * distance + c
-        total = accumulated + rescaled
+        if not self.per_sample:
+            distance = distance.mean(0, keepdim=True).expand_as(distance)
+        total = accumulated + self.rescale(distance)
         compute = forced | ~(total < self.threshold)  # NaN (no previous input) computes
         return compute, torch.where(compute, torch.zeros_like(total), total)
 

@@ -1,0 +1,44 @@
+"""Analysis pass: take the last ``n`` blocks out of the cached region so they run on every step (DBCache's Bn).
+
+Precondition: ``block_stack``. Postcondition: ``block_stack`` narrowed at the end: the tail blocks (and
+the glue after the last cached block) join the epilogue; region inputs / outputs recomputed; ``tail``
+records how many blocks left. The cached unit is then the residual of the middle blocks only, and the tail
+refines it from the current step's inputs on cached steps too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch.fx as fx
+
+from graphcache.blockstack import BlockStack
+from graphcache.errors import PolicyConfigError
+
+from .base import Pass, PassResult, analysis
+from .find_block_stack import boundary
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitTailBlocks(Pass):
+    blocks: int = 1
+    name = "split_tail_blocks"
+    requires = ("block_stack",)
+    provides = ("tail",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        stack: BlockStack = analysis(gm)["block_stack"]
+        last = stack.stacks[-1]
+        cached = sum(len(s.blocks) for s in stack.stacks)
+        if not 1 <= self.blocks < len(last.blocks) or self.blocks >= cached:
+            raise PolicyConfigError(
+                f"tail blocks={self.blocks} must leave at least one cached block: the last stack has "
+                f"{len(last.blocks)} blocks here")
+        cut = stack.region.index(last.blocks[-self.blocks].first)
+        region, moved = stack.region[:cut], stack.region[cut:]
+        stack.region = region
+        stack.region_inputs, stack.region_outputs = boundary(region)
+        stack.epilogue = moved + stack.epilogue
+        last.blocks = last.blocks[: -self.blocks]
+        analysis(gm)["tail"] = self.blocks
+        return PassResult(gm, modified=False)

@@ -1,0 +1,121 @@
+"""DBCache: Fn probe blocks, Bn tail blocks, warm-up and caps; decisions equal the rule re-implemented in
+Python on the probe residuals taken from the model's own modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphcache.errors import PolicyConfigError
+from graphcache.exported import optimize_exported
+from graphcache.passes.insert_probe_indicator import relative_l1
+
+from helpers import first_block_residuals, generation, timesteps
+from models import tiny_dit
+
+
+def dbcache_python(residuals, threshold, warmup, max_cached, max_run):
+    """Per sample: compute iff warm-up, relL1(r1, r1_ref) >= threshold, or a cap is reached; r1_ref moves on
+    computed steps only."""
+    batch = residuals[0].shape[0]
+    out = []
+    for b in range(batch):
+        ref, cached, run, decisions = None, 0, 0, []
+        for i, r in enumerate(residuals):
+            r = r[b : b + 1]
+            stale = ref is None or float(relative_l1(r, ref)) >= threshold
+            compute = i < max(warmup, 1) or stale or (0 <= max_cached <= cached) or (0 <= max_run <= run)
+            if compute:
+                ref, run = r, 0
+            else:
+                cached, run = cached + 1, run + 1
+            decisions.append("computed" if compute else "cached")
+        out.append(decisions)
+    return out
+
+
+@pytest.mark.parametrize(("warmup", "max_cached", "max_run"), [(0, -1, -1), (3, -1, 2), (1, 3, -1)])
+def test_decisions_match_python_rule(warmup, max_cached, max_run):
+    model, inputs = tiny_dit(num_layers=4, batch=2)
+    ts = timesteps(12)
+    residuals = first_block_residuals(model, inputs, ts)
+    cached = optimize_exported(model, inputs(ts[0]), "dbcache", threshold=0.3, warmup=warmup,
+                               max_cached_steps=max_cached, max_continuous_cached_steps=max_run)
+    outputs = generation(cached, inputs, ts)
+    expected = dbcache_python(residuals, 0.3, warmup, max_cached, max_run)
+    assert cached.state.sample_decisions() == expected
+    assert any("cached" in d for d in expected)
+    reference = generation(model, inputs, ts)
+    for b, sample in enumerate(expected):
+        for out, ref, d in zip(outputs, reference, sample, strict=True):
+            assert torch.equal(out[b], ref[b]) == (d == "computed")
+
+
+def test_tail_blocks_run_on_cached_steps():
+    model, inputs = tiny_dit(num_layers=4, batch=2)
+    ts = timesteps(8)
+    db = optimize_exported(model, inputs(ts[0]), "dbcache", bn=1, warmup=0, max_continuous_cached_steps=3,
+                           threshold=10.0)
+    assert [len(s.blocks) for s in db.block_stack.stacks] == [2]  # 4 blocks - Fn 1 - Bn 1
+    fb = optimize_exported(model, inputs(ts[0]), "dbcache", bn=0, warmup=0, max_continuous_cached_steps=3,
+                           threshold=10.0)
+    out_db, out_fb = generation(db, inputs, ts), generation(fb, inputs, ts)
+    assert db.state.decisions() == fb.state.decisions() == ["computed", "cached", "cached", "cached"] * 2
+    reference = generation(model, inputs, ts)
+    for k, d in enumerate(db.state.decisions()):
+        if d == "computed":
+            assert torch.equal(out_db[k], reference[k]) and torch.equal(out_fb[k], reference[k])
+        else:  # the tail reruns on the cached middle's output: a different output than reusing all 3 blocks
+            assert not torch.equal(out_db[k], out_fb[k])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"fn": 0}, "dbcache.fn=0 is invalid"),
+    ({"fn": 4}, "probe blocks=4 must leave at least one cached block"),
+    ({"fn": 2, "bn": 2}, "tail blocks=2 must leave at least one cached block"),
+    ({"max_cached_steps": -2}, "max_cached_steps=-2 is invalid"),
+])
+def test_bad_options(options, message):
+    model, inputs = tiny_dit(num_layers=4)
+    with pytest.raises(PolicyConfigError, match=message):
+        optimize_exported(model, inputs(999.0), "dbcache", **options)
+
+
+def adacache_python(residuals, codebook, default_steps=1):
+    """AdaCache per sample: at a computed step i (k steps after the last), c = relL1(r_i, r_last) / k; the
+    next compute is codebook(c) steps later (first entry with distance >= c, else default_steps)."""
+    out = []
+    for b in range(residuals[0].shape[0]):
+        last_i, ref, next_i, decisions = None, None, 0, []
+        for i, r in enumerate(residuals):
+            r = r[b : b + 1]
+            compute = i >= next_i
+            if compute:
+                steps = default_steps
+                if ref is not None:
+                    c = float(relative_l1(r, ref)) / (i - last_i)
+                    steps = next((n for d, n in codebook if c <= d), default_steps)
+                next_i, last_i, ref = i + steps, i, r
+            decisions.append("computed" if compute else "cached")
+        out.append(decisions)
+    return out
+
+
+@pytest.mark.parametrize("codebook", ["0.08:6,0.16:5,0.24:4,0.32:3,0.40:2", "0.1:3,0.2:2"])
+def test_adacache_decisions_match_python_rule(codebook):
+    from graphcache.policies.adacache import parse_codebook
+
+    model, inputs = tiny_dit(num_layers=4, batch=2)
+    ts = timesteps(14)
+    residuals = first_block_residuals(model, inputs, ts)
+    cached = optimize_exported(model, inputs(ts[0]), "adacache", codebook=codebook)
+    generation(cached, inputs, ts)
+    expected = adacache_python(residuals, parse_codebook(codebook))
+    assert cached.state.sample_decisions() == expected
+    assert any(d.count("cached") >= 2 for d in expected)
+
+
+def test_adacache_bad_codebook():
+    model, inputs = tiny_dit()
+    with pytest.raises(PolicyConfigError, match=r"must look like '0\.08:6,0\.16:5,\.\.\.'"):
+        optimize_exported(model, inputs(999.0), "adacache", codebook="fast")
