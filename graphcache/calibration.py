@@ -85,7 +85,7 @@ class Recorder(torch.nn.Module):
         with torch.no_grad():
             out, modulated, stack_in, stack_out, timestep = self.gm(*flat)
         self.rows.append({"t": float(timestep.reshape(-1).float().max()), "out": out, "modulated": modulated,
-                          "residual": stack_out - stack_in})
+                          "input": stack_in, "residual": stack_out - stack_in})
         return types.SimpleNamespace(sample=out)
 
 

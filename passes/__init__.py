@@ -13,6 +13,7 @@ from .insert_decision import InsertDecision
 from .insert_magnitude_signal import InsertMagnitudeSignal
 from .insert_modulated_indicator import InsertModulatedIndicator
 from .insert_probe_indicator import InsertProbeIndicator
+from .insert_transform_rate import InsertTransformRate
 from .plan_cache_units import PlanCacheUnits
 from .split_probe import SplitProbeBlocks
 from .split_tail import SplitTailBlocks
@@ -51,6 +52,7 @@ __all__ = [
     "InsertMagnitudeSignal",
     "InsertModulatedIndicator",
     "InsertProbeIndicator",
+    "InsertTransformRate",
     "Pass",
     "PassManager",
     "PassResult",

@@ -119,3 +119,48 @@ def test_adacache_bad_codebook():
     model, inputs = tiny_dit()
     with pytest.raises(PolicyConfigError, match=r"must look like '0\.08:6,0\.16:5,\.\.\.'"):
         optimize_exported(model, inputs(999.0), "adacache", codebook="fast")
+
+
+def easycache_python(rows, tau, warmup):
+    """EasyCache per sample on an uncached run's stack inputs x and residuals (v = x + residual)."""
+    out = []
+    for b in range(rows[0]["input"].shape[0]):
+        x = [r["input"][b : b + 1].double() for r in rows]
+        v = [r["input"][b : b + 1].double() + r["residual"][b : b + 1].double() for r in rows]
+        error, computed, decisions = 0.0, [], []
+        for n in range(len(rows)):
+            compute = n < max(warmup, 1) or len(computed) < 2
+            if not compute:
+                a, a2 = computed[-1], computed[-2]
+                k = float((v[a] - v[a2]).abs().mean() / (x[a] - x[a2]).abs().mean())
+                error += k * float((x[n] - x[n - 1]).abs().mean() / v[a].abs().mean())
+                compute = not error < tau  # NaN computes
+            if compute:
+                error = 0.0
+                computed.append(n)
+            decisions.append("computed" if compute else "cached")
+        out.append(decisions)
+    return out
+
+
+@pytest.mark.parametrize(("tau", "warmup"), [(0.05, 2), (0.2, 3)])
+def test_easycache_decisions_match_python_rule(tau, warmup):
+    from graphcache.calibration import record
+
+    model, fixed = tiny_dit(num_layers=3, batch=2)
+
+    def inputs(t):  # the latent moves along the generation, as in a sampler (EasyCache reads its change)
+        kw = fixed(t)
+        return kw | {"hidden_states": kw["hidden_states"] * (0.5 + t / 1000) + (1 - t / 1000) * 0.3}
+
+    ts = timesteps(14)
+    rows = record(model, inputs, ts)
+    cached = optimize_exported(model, inputs(ts[0]), "easycache", tau=tau, warmup=warmup)
+    outputs = generation(cached, inputs, ts)
+    expected = easycache_python(rows, tau, warmup)
+    assert cached.state.sample_decisions() == expected
+    assert any("cached" in d for d in expected)
+    reference = generation(model, inputs, ts)
+    for b, sample in enumerate(expected):
+        for out, ref, d in zip(outputs, reference, sample, strict=True):
+            assert torch.equal(out[b], ref[b]) == (d == "computed")

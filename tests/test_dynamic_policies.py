@@ -140,11 +140,12 @@ def test_teacache_batch_of_four_equals_each_sample_alone(dit_calibration, tmp_pa
             torch.testing.assert_close(got[s : s + 1], want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache", "dbcache", "adacache"])
+@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache", "dbcache", "adacache", "easycache"])
 def test_fullgraph_compile_two_generations(dit_calibration, policy):
     model, inputs = tiny_dit(num_layers=3, batch=2)
     options = {"teacache": {"calibration": str(dit_calibration)}, "magcache": {"calibration": str(dit_calibration)},
-               "fbcache": {"threshold": 0.15}, "dbcache": {"threshold": 0.15, "warmup": 1}, "adacache": {}}[policy]
+               "fbcache": {"threshold": 0.15}, "dbcache": {"threshold": 0.15, "warmup": 1}, "adacache": {},
+               "easycache": {"tau": 10.0, "warmup": 2}}[policy]
     states: list = []
     compiled = torch.compile(model, backend=make_backend(policy, "inductor", states, **options), fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):

@@ -11,6 +11,7 @@ from graphcache.policies.base import PolicyConfig
 REGISTRY: dict[str, str] = {
     "adacache": "graphcache.policies.adacache:AdaCache",
     "dbcache": "graphcache.policies.dbcache:DBCache",
+    "easycache": "graphcache.policies.easycache:EasyCache",
     "fbcache": "graphcache.policies.fbcache:FBCache",
     "fora": "graphcache.policies.fora:FORA",
     "hicache": "graphcache.policies.hicache:HiCache",
