@@ -13,8 +13,11 @@ import click
               "trajectories (10 classes, guidance 1.5) instead of a MODEL_FILE")
 @click.option("--steps", default=50, show_default=True, help="denoising steps of the calibration generation")
 @click.option("--degree", default=4, show_default=True, help="degree of TeaCache's polynomial")
+@click.option("--policy", "policies", type=click.Choice(["teacache", "magcache"]), multiple=True,
+              default=("teacache", "magcache"), show_default=True, help="which fits to write (repeatable)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="calibration file (JSON)")
-def calibrate(model_file: Path | None, reference: bool, steps: int, degree: int, out: Path) -> None:
+def calibrate(model_file: Path | None, reference: bool, steps: int, degree: int, policies: tuple[str, ...],
+              out: Path) -> None:
     """Run uncached, record block 0's modulated input, the stack residual and the output, and save the fits.
 
     Use the file with `--set calibration=FILE` for teacache and magcache (keyed to the model's weights).
@@ -49,12 +52,15 @@ def calibrate(model_file: Path | None, reference: bool, steps: int, degree: int,
 
         model, inputs = load_model_file(model_file)  # type: ignore[arg-type]
         rows = record(model, inputs, cli_timesteps(steps), progress=_progress("calibrating"))
-    sections = fit(rows, degree)
+    sections = {k: v for k, v in fit(rows, degree).items() if k in policies}
     path = save(out, model, steps, **sections)
-    tea, mag = sections["teacache"], sections["magcache"]
-    console.print(f"teacache: degree {degree} polynomial {[round(c, 4) for c in tea['coefficients']]} over "
-                  f"{tea['points']} points, indicator relL1 {tea['indicator_range'][0]:.4f} .. "
-                  f"{tea['indicator_range'][1]:.4f}", highlight=False)
-    console.print(f"magcache: ratios at {len(mag['ratios'])} timesteps, {min(mag['ratios']):.4f} .. "
-                  f"{max(mag['ratios']):.4f}", highlight=False)
+    if "teacache" in sections:
+        tea = sections["teacache"]
+        console.print(f"teacache: degree {degree} polynomial {[round(c, 4) for c in tea['coefficients']]} over "
+                      f"{tea['points']} points, indicator relL1 {tea['indicator_range'][0]:.4f} .. "
+                      f"{tea['indicator_range'][1]:.4f}", highlight=False)
+    if "magcache" in sections:
+        mag = sections["magcache"]
+        console.print(f"magcache: ratios at {len(mag['ratios'])} timesteps, {min(mag['ratios']):.4f} .. "
+                      f"{max(mag['ratios']):.4f}", highlight=False)
     console.print(f"wrote {path}")

@@ -116,3 +116,19 @@ def test_export_dynamic_policy_unrolled_is_refused(root, tmp_path):
                str(tmp_path)], terminal_width=200)
     assert result.exit_code == 2
     assert "ExportError" in result.output and "--form in-graph" in result.output
+
+
+def test_calibrate_then_optimize(root, tmp_path):
+    out = tmp_path / "cal.json"
+    result = CliRunner().invoke(main, ["calibrate", str(root / "examples" / "dit.py"), "--steps", "8", "--policy",
+                                       "teacache", "-o", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["schema"] == "graphcache.calibration" and "teacache" in data and "magcache" not in data
+    assert len(data["teacache"]["coefficients"]) == 5
+    result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--policy", "teacache", "--set",
+                                       f"calibration={out}", "--steps", "8"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--policy", "magcache", "--set",
+                                       f"calibration={out}", "--steps", "4"], terminal_width=200)
+    assert result.exit_code == 2 and "has no 'magcache' calibration" in result.output

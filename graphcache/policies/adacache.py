@@ -13,9 +13,10 @@ from graphcache.predictors import Reuse
 
 
 def parse_codebook(text: str) -> list[tuple[float, int]]:
-    """``'0.08:6,0.16:5'`` -> ``[(0.08, 6), (0.16, 5)]`` sorted by distance."""
+    """``'0.08:6,0.16:5'`` (or ``;``-separated, for CLI specs) -> ``[(0.08, 6), (0.16, 5)]`` by distance."""
+    items = text.replace(" ", "").replace(";", ",").split(",")
     try:
-        pairs = [(float(k), int(v)) for k, v in (item.split(":") for item in text.replace(" ", "").split(",") if item)]
+        pairs = [(float(k), int(v)) for k, v in (item.split(":") for item in items if item)]
     except ValueError:
         raise PolicyConfigError(f"option adacache.codebook={text!r} must look like '0.08:6,0.16:5,...' "
                                 "(distance:steps)") from None
@@ -39,7 +40,8 @@ class AdaCache(PolicyConfig):
     paper = "https://arxiv.org/abs/2411.02397"
     static = False
 
-    codebook: str = option("0.08:6,0.16:5,0.24:4,0.32:3,0.40:2", "distance:steps pairs (published, 30 steps)")
+    codebook: str = option("0.08:6,0.16:5,0.24:4,0.32:3,0.40:2", "distance:steps pairs, ',' or ';' between "
+                           "them (published, 30 steps)")
     default_steps: int = option(1, "steps to the next compute when the distance is above every codebook entry")
 
     def validate(self) -> None:
