@@ -134,3 +134,26 @@ def test_runner_in_a_diffusers_scheduler_loop(tmp_path):
         finals.append(latents)
     assert runner.decisions() == exported.cached.state.decisions() and "cached" in runner.decisions()
     assert float((finals[0] - finals[1]).abs().max()) < 1e-4
+
+
+def test_every_dynamic_policy_exports_in_graph(tmp_path):
+    """TeaCache, MagCache, DBCache, AdaCache, EasyCache: ONNX Runtime decides like torch (per-sample masks,
+    accumulators and the magnitude table all inside the one If model)."""
+    from graphcache import calibration
+
+    model, fixed = tiny_dit(num_layers=3)
+
+    def inputs(t):  # a latent that moves along the generation (EasyCache reads the input's change)
+        kw = fixed(t)
+        return kw | {"hidden_states": kw["hidden_states"] * (0.5 + t / 1000) + (1 - t / 1000) * 0.3}
+
+    rows = calibration.record(model, inputs, timesteps(STEPS))
+    cal = str(calibration.save(tmp_path / "cal.json", model, STEPS, **calibration.fit(rows)))
+    cases = {"teacache": {"calibration": cal, "threshold": 0.1}, "magcache": {"calibration": cal},
+             "dbcache": {"threshold": 0.2, "warmup": 1}, "adacache": {}, "easycache": {"warmup": 2, "tau": 0.5}}
+    for policy, options in cases.items():
+        exported = export_model(model, inputs(999.0), tmp_path / policy, policy, "onnx", steps=STEPS, **options)
+        _, diffs, decisions = run_both(exported, inputs)
+        assert max(diffs) < 1e-4, policy
+        for ort_decisions, torch_decisions in decisions:
+            assert ort_decisions == torch_decisions and "cached" in ort_decisions, policy
