@@ -10,7 +10,7 @@ from graphcache.errors import PolicyConfigError
 from graphcache.exported import optimize_exported
 from graphcache.passes.insert_probe_indicator import relative_l1
 
-from helpers import first_block_residuals, generation, timesteps
+from helpers import assert_exact_iff_computed, first_block_residuals, generation, moving_latent, timesteps
 from models import tiny_dit
 
 
@@ -46,9 +46,7 @@ def test_decisions_match_python_rule(warmup, max_cached, max_run):
     assert cached.state.sample_decisions() == expected
     assert any("cached" in d for d in expected)
     reference = generation(model, inputs, ts)
-    for b, sample in enumerate(expected):
-        for out, ref, d in zip(outputs, reference, sample, strict=True):
-            assert torch.equal(out[b], ref[b]) == (d == "computed")
+    assert_exact_iff_computed(outputs, reference, expected)
 
 
 def test_tail_blocks_run_on_cached_steps():
@@ -148,11 +146,7 @@ def test_easycache_decisions_match_python_rule(tau, warmup):
     from graphcache.calibration import record
 
     model, fixed = tiny_dit(num_layers=3, batch=2)
-
-    def inputs(t):  # the latent moves along the generation, as in a sampler (EasyCache reads its change)
-        kw = fixed(t)
-        return kw | {"hidden_states": kw["hidden_states"] * (0.5 + t / 1000) + (1 - t / 1000) * 0.3}
-
+    inputs = moving_latent(fixed)
     ts = timesteps(14)
     rows = record(model, inputs, ts)
     cached = optimize_exported(model, inputs(ts[0]), "easycache", tau=tau, warmup=warmup)
@@ -161,6 +155,4 @@ def test_easycache_decisions_match_python_rule(tau, warmup):
     assert cached.state.sample_decisions() == expected
     assert any("cached" in d for d in expected)
     reference = generation(model, inputs, ts)
-    for b, sample in enumerate(expected):
-        for out, ref, d in zip(outputs, reference, sample, strict=True):
-            assert torch.equal(out[b], ref[b]) == (d == "computed")
+    assert_exact_iff_computed(outputs, reference, expected)

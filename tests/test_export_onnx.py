@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import timesteps
+from helpers import moving_latent, timesteps
 from models import tiny_dit, tiny_flux
 
 pytest.importorskip("onnxruntime")
@@ -142,11 +142,7 @@ def test_every_dynamic_policy_exports_in_graph(tmp_path):
     from graphcache import calibration
 
     model, fixed = tiny_dit(num_layers=3)
-
-    def inputs(t):  # a latent that moves along the generation (EasyCache reads the input's change)
-        kw = fixed(t)
-        return kw | {"hidden_states": kw["hidden_states"] * (0.5 + t / 1000) + (1 - t / 1000) * 0.3}
-
+    inputs = moving_latent(fixed)
     rows = calibration.record(model, inputs, timesteps(STEPS))
     cal = str(calibration.save(tmp_path / "cal.json", model, STEPS, **calibration.fit(rows)))
     cases = {"teacache": {"calibration": cal, "threshold": 0.1}, "magcache": {"calibration": cal},

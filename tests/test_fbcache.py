@@ -9,7 +9,7 @@ from graphcache.backend import make_backend
 from graphcache.exported import optimize_exported
 from graphcache.passes.insert_probe_indicator import relative_l1
 
-from helpers import first_block_residuals, generation, timesteps
+from helpers import assert_exact_iff_computed, first_block_residuals, generation, timesteps
 from models import tiny_dit
 
 
@@ -45,9 +45,7 @@ def test_compute_steps_bit_exact_and_cached_steps_reuse_the_rest():
     outputs, reference = generation(cached, inputs, ts), generation(model, inputs, ts)
     decisions = cached.state.decisions()
     assert "cached" in decisions and decisions.count("computed") >= 2
-    for sample, sample_decisions in enumerate(cached.state.sample_decisions()):  # exact iff that sample computed
-        for out, ref, d in zip(outputs, reference, sample_decisions, strict=True):
-            assert torch.equal(out[sample], ref[sample]) == (d == "computed")
+    assert_exact_iff_computed(outputs, reference, cached.state.sample_decisions())
     stack = cached.block_stack
     assert [len(s.blocks) for s in stack.stacks] == [3]  # block 0 is the probe, outside the cache
 

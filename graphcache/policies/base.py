@@ -102,6 +102,17 @@ def _convert(policy: str, key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def per_sample_option() -> Any:
+    """The ``per_sample`` field of the dynamic policies (see :func:`pooled`)."""
+    return option(True, "each sample decides (a batch computes when any sample needs it, the others keep their "
+                  "cache); False: one decision from the batch-mean indicator")
+
+
+def pooled(signal: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    """``signal`` as is when each sample decides, else its batch mean for every sample."""
+    return signal if per_sample else signal.mean(0, keepdim=True).expand_as(signal)
+
+
 def require_int(config: PolicyConfig, key: str, minimum: int, note: str = "") -> None:
     """``config.<key>`` must be an integer >= ``minimum`` (``note`` is appended to the message)."""
     value = getattr(config, key)

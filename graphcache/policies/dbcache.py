@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.policies.base import PolicyConfig, option, per_sample_option, pooled, require, require_int
 from graphcache.predictors import Reuse
 
 
@@ -32,8 +32,7 @@ class DBCache(PolicyConfig):
     warmup: int = option(8, "the first `warmup` steps are always computed")
     max_cached_steps: int = option(-1, "at most this many cached steps per generation (-1: no cap)")
     max_continuous_cached_steps: int = option(-1, "at most this many cached steps in a row (-1: no cap)")
-    per_sample: bool = option(True, "each sample decides (the batch computes when any does, the others keep "
-                              "their cache); False: one decision from the batch-mean indicator")
+    per_sample: bool = per_sample_option()
 
     def validate(self) -> None:
         require_int(self, "fn", 1)
@@ -48,8 +47,7 @@ class DBCache(PolicyConfig):
              run: torch.Tensor | None = None) -> Any:
         if change is None or cached is None or run is None:
             return i < max(self.warmup, 1)
-        if not self.per_sample:
-            change = change.mean(0, keepdim=True).expand_as(change)
+        change = pooled(change, self.per_sample)
         fresh = (i == 0) | torch.zeros_like(cached, dtype=torch.bool)
         cached = torch.where(fresh, torch.zeros_like(cached), cached)
         run = torch.where(fresh, torch.zeros_like(run), run)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.policies.base import PolicyConfig, option, per_sample_option, pooled, require, require_int
 from graphcache.predictors import Reuse
 
 
@@ -29,8 +29,7 @@ class FBCache(PolicyConfig):
 
     threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step")
     warmup: int = option(0, "the first `warmup` steps are always computed")
-    per_sample: bool = option(True, "each sample decides (a batch computes when any sample needs it, the others "
-                              "keep their cache); False: one decision from the batch-mean indicator")
+    per_sample: bool = per_sample_option()
 
     def validate(self) -> None:
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
@@ -40,9 +39,7 @@ class FBCache(PolicyConfig):
     def rule(self, i: torch.Tensor, relative_change: torch.Tensor | None = None) -> torch.Tensor:
         if relative_change is None:  # the static part of the schedule only (graphcache policies, expected())
             return i < self.warmup
-        if not self.per_sample:
-            relative_change = relative_change.mean(0, keepdim=True).expand_as(relative_change)
-        stale = ~(relative_change < self.threshold)  # NaN (no reference yet) counts as stale
+        stale = ~(pooled(relative_change, self.per_sample) < self.threshold)  # NaN (no reference yet) counts as stale
         return (i < self.warmup) | stale  # per sample: the batch computes if any does, samples blend
 
     def passes(self) -> list[Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.policies.base import PolicyConfig, option, per_sample_option, pooled, require, require_int
 from graphcache.predictors import Reuse
 
 
@@ -46,8 +46,7 @@ class TeaCache(PolicyConfig):
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (instead of coefficients)")
     warmup: int = option(1, "the first `warmup` steps are always computed")
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
-    per_sample: bool = option(True, "each sample decides (a batch computes when any sample needs it, the others "
-                              "keep their cache); False: one decision from the batch-mean indicator")
+    per_sample: bool = per_sample_option()
 
     def validate(self) -> None:
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
@@ -91,9 +90,7 @@ class TeaCache(PolicyConfig):
             forced = forced | (i >= self.num_steps - 1)
         if distance is None or accumulated is None:  # the static part only (graphcache policies, expected())
             return forced
-        if not self.per_sample:
-            distance = distance.mean(0, keepdim=True).expand_as(distance)
-        total = accumulated + self.rescale(distance)
+        total = accumulated + self.rescale(pooled(distance, self.per_sample))
         compute = forced | ~(total < self.threshold)  # NaN (no previous input) computes
         return compute, torch.where(compute, torch.zeros_like(total), total)
 
