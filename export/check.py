@@ -78,7 +78,6 @@ class CheckReport:
 def _feeds(exported: Exported, inputs: Inputs, timesteps: list[float]) -> list[tuple[str, int, dict[str, Any]]]:
     """(graph, step, feed) for the first step each graph runs and for one later step, from a torch run."""
     plan = exported.plan
-    any_graph = next(iter(exported.graphs.values()))
     state = {s.name: s.initial() for s in plan.state}
     seen: dict[str, int] = {}
     feeds = []
@@ -94,7 +93,7 @@ def _feeds(exported: Exported, inputs: Inputs, timesteps: list[float]) -> list[t
                 feeds.append((name, step, feed))
                 seen[name] = seen.get(name, 0) + 1
             results = graph.module(*feed.values())
-            state.update(zip(graph.writes, results[len(any_graph.outputs):], strict=True))
+            state.update(zip(graph.writes, results[len(plan.outputs):], strict=True))
     return feeds
 
 

@@ -17,7 +17,7 @@ import torch
 
 from graphcache.errors import ExportError
 
-from .plan import GraphEntry, Plan, load_plan
+from .plan import Plan, load_plan
 
 
 class Backend(Protocol):
@@ -89,10 +89,6 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise ExportError(f"input '{name}' is a {type(value).__name__}; exported graphs take tensors")
     return value
-
-
-def graph_file(directory: Path, entry: GraphEntry) -> Path:
-    return directory / entry.file
 
 
 def load(directory: str | Path, device: str = "cpu", verify: bool = True) -> PlanRunner:

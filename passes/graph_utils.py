@@ -77,3 +77,15 @@ def tensor_val(node: fx.Node) -> torch.Tensor | None:
 def same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
     va, vb = tensor_val(a), tensor_val(b)
     return va is not None and vb is not None and va.shape == vb.shape and va.dtype == vb.dtype
+
+
+def per_sample_where(graph: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node, like: fx.Node) -> fx.Node:
+    """``where(mask[b], fresh[b], old[b])`` for each sample b: the [B] mask viewed to broadcast over the other
+    dimensions of ``like`` (an outer-graph node of the same shape, which carries ``meta["val"]``)."""
+    from graphcache.errors import UnsupportedGraphError
+
+    val = tensor_val(like)
+    if val is None or val.dim() == 0:
+        raise UnsupportedGraphError(f"per-sample caching needs a batch dimension on '{like.name}'")
+    view = graph.call_function(torch.ops.aten.view.default, (mask, [-1] + [1] * (val.dim() - 1)))
+    return graph.call_function(torch.ops.aten.where.self, (view, fresh, old))

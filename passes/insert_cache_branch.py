@@ -27,7 +27,7 @@ from graphcache.predictors import Clock, Predictor, Reuse, clone
 
 from .add_cache_state import StateSpec
 from .base import Pass, PassResult, analysis, mark
-from .graph_utils import tensor_val
+from .graph_utils import per_sample_where, tensor_val
 from .insert_decision import Decision
 from .plan_cache_units import CachePlan
 
@@ -80,17 +80,9 @@ def build_compute_branch(
     if sample_mask is not None:
         cached = _cached_values(g, dict(env), region, outputs, plan, state, predictor, ticks)
         mask = env[sample_mask]
-        results = [_blend(g, mask, fresh, old, ref) for fresh, old, ref in zip(
+        results = [per_sample_where(g, mask, fresh, old, ref) for fresh, old, ref in zip(
             results, cached, [*outputs, *state.cache_nodes()], strict=True)]
     return _finish(root, g, [_dense(g, r, phs) for r in results])
-
-
-def _blend(g: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node, like: fx.Node) -> fx.Node:
-    val = tensor_val(like)
-    if val is None or val.dim() == 0:
-        raise UnsupportedGraphError(f"per-sample caching needs a batch dimension on '{like.name}'")
-    view = g.call_function(torch.ops.aten.view.default, (mask, [-1] + [1] * (val.dim() - 1)))
-    return g.call_function(torch.ops.aten.where.self, (view, fresh, old))
 
 
 def _cached_values(

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from .add_cache_state import LOG_CAPACITY, LOG_DTYPE, StateSpec
 from .base import Pass, PassResult, analysis, mark
-from .graph_utils import tensor_val
+from .graph_utils import per_sample_where, tensor_val
 
 Rule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
 
@@ -87,15 +87,6 @@ def _trace(fn: Callable[..., tuple[torch.Tensor, ...]], used: list[str]) -> fx.G
     return traced
 
 
-def _per_sample_where(graph: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node) -> fx.Node:
-    """``where(mask[b], fresh[b], old[b])`` for each sample b (mask broadcast over the other dims)."""
-    val = tensor_val(fresh)
-    assert val is not None
-    shape = [-1] + [1] * (val.dim() - 1)
-    view = graph.call_function(torch.ops.aten.view.default, (mask, shape))
-    return graph.call_function(torch.ops.aten.where.self, (view, fresh, old))
-
-
 @dataclasses.dataclass(frozen=True)
 class InsertDecision(Pass):
     rule: Rule = dataclasses.field(default=lambda i: torch.ones_like(i, dtype=torch.bool))
@@ -126,9 +117,6 @@ class InsertDecision(Pass):
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(anchor):
             out = gm.graph.graph_copy(traced.graph, dict(zip(placeholders, inputs, strict=True)))
-        for node in gm.graph.nodes:
-            if node not in before:
-                mark(node, self.name, "decision")
         assert isinstance(out, tuple)
         pred, step, t_now, log, last_compute, n_computed, last_before, n_before, mask = out[:9]
         updates = [(state.step, step), (state.last_t, t_now), (state.log, log), (state.last_compute, last_compute),
@@ -138,7 +126,7 @@ class InsertDecision(Pass):
             updates.extend(zip(extra[1 + len(signals):], out[10:], strict=True))
         with gm.graph.inserting_before(anchor):
             for buffer, fresh in analysis(gm).get("refresh_on_compute", []):
-                kept = (_per_sample_where(gm.graph, mask, fresh, buffer) if per_sample else
+                kept = (per_sample_where(gm.graph, mask, fresh, buffer, fresh) if per_sample else
                         gm.graph.call_function(torch.ops.aten.where.self, (pred, fresh, buffer)))
                 updates.append((buffer, kept))
             updates.extend(analysis(gm).get("refresh_always", []))
