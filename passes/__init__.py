@@ -8,6 +8,7 @@ from typing import Any
 from .add_cache_state import AddCacheState
 from .base import Pass, PassManager, PassResult
 from .find_block_stack import FindBlockStack
+from .find_unet_skip import FindUNetSkip
 from .insert_cache_branch import InsertCacheBranch
 from .insert_decision import InsertDecision
 from .insert_magnitude_signal import InsertMagnitudeSignal
@@ -21,18 +22,19 @@ from .split_tail import SplitTailBlocks
 
 def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0,
                      signals: Sequence[Pass] = (), accumulators: tuple[tuple[str, float], ...] = (),
-                     tail_blocks: int = 0) -> list[Pass]:
+                     tail_blocks: int = 0, find: Pass | None = None) -> list[Pass]:
     """The pass order every caching policy uses; policies choose granularity, predictor and decision rule.
 
     ``probe_blocks > 0`` (dynamic policies): the first blocks run every step as a probe and their residual's
     per-sample change becomes an argument of ``rule``. ``signals``: other indicator passes (their signals
     follow the probe's); ``accumulators``: per-sample buffers the rule reads and returns; ``tail_blocks``: the
-    last blocks run every step too (DBCache's Bn).
+    last blocks run every step too (DBCache's Bn); ``find``: the pass that finds the cached region
+    (default: the stack of repeated blocks; DeepCache: a U-Net's deep part).
     """
     probe = [SplitProbeBlocks(blocks=probe_blocks)] if probe_blocks else []
     indicator = [InsertProbeIndicator()] if probe_blocks else []
     return [
-        FindBlockStack(),
+        find or FindBlockStack(),
         *probe,
         *([SplitTailBlocks(blocks=tail_blocks)] if tail_blocks else []),
         PlanCacheUnits(granularity=granularity),
@@ -47,6 +49,7 @@ def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: 
 __all__ = [
     "AddCacheState",
     "FindBlockStack",
+    "FindUNetSkip",
     "InsertCacheBranch",
     "InsertDecision",
     "InsertMagnitudeSignal",

@@ -3,7 +3,8 @@
 Precondition: ``cache_plan``. Postcondition: ``state`` recorded (a :class:`StateSpec`); new buffers
 ``_gc_step`` (int64, index of the current step in its generation), ``_gc_last_t`` (float32, last
 timestep; -inf = no generation yet), ``_gc_log`` (int32 ring of decisions: 1 computed, 0 cached, -1 unset),
-``_gc_last_compute`` / ``_gc_n_computed`` (the predictors' clock: last computed step, computed steps so far)
+``_gc_history`` / ``_gc_n_computed`` (the predictors' clock: positions of the last computed steps, most
+recent first, and how many steps were computed; per sample when each sample decides)
 and, per cached unit, the predictor's state tensors, each read by one ``get_attr`` node.
 """
 
@@ -14,7 +15,7 @@ import dataclasses
 import torch
 import torch.fx as fx
 
-from graphcache.predictors import Predictor, Reuse
+from graphcache.predictors import HISTORY, Predictor, Reuse
 
 from .base import Pass, PassResult, analysis, mark
 from .graph_utils import tensor_val
@@ -28,7 +29,7 @@ class StateSpec:
     step: fx.Node
     last_t: fx.Node
     log: fx.Node
-    last_compute: fx.Node
+    history: fx.Node
     n_computed: fx.Node
     caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
     buffers: list[str]
@@ -64,7 +65,7 @@ class AddCacheState(Pass):
         plan = analysis(gm)["cache_plan"]
         anchor = analysis(gm)["block_stack"].region[0]
         device = _device_of(gm)
-        spec = StateSpec(step=None, last_t=None, log=None, last_compute=None, n_computed=None,  # type: ignore[arg-type]
+        spec = StateSpec(step=None, last_t=None, log=None, history=None, n_computed=None,  # type: ignore[arg-type]
                          caches={}, buffers=[])
 
         def add(name: str, shape: tuple[int, ...], dtype: torch.dtype, fill: float = 0.0) -> fx.Node:
@@ -73,7 +74,7 @@ class AddCacheState(Pass):
         spec.step = add("_gc_step", (), torch.int64)
         spec.last_t = add("_gc_last_t", (), torch.float32, float("-inf"))
         spec.log = add("_gc_log", (LOG_CAPACITY,), LOG_DTYPE, -1)
-        spec.last_compute = add("_gc_last_compute", (), torch.int64)
+        spec.history = add("_gc_history", (HISTORY,), torch.int64)
         spec.n_computed = add("_gc_n_computed", (), torch.int64)
         for unit in plan.units:
             val = tensor_val(unit.node)

@@ -29,7 +29,7 @@ from .add_cache_state import StateSpec
 from .base import Pass, PassResult, analysis, mark
 from .graph_utils import per_sample_where, tensor_val
 from .insert_decision import Decision
-from .plan_cache_units import CachePlan
+from .plan_cache_units import CachePlan, CacheUnit
 
 
 def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node]) -> fx.Node:
@@ -46,8 +46,18 @@ def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Nod
     """A branch graph: one placeholder per operand, then the three clock placeholders."""
     g = fx.Graph()
     env = {op: g.placeholder(op.name) for op in operands}
-    ticks = Clock(*(g.placeholder(f"clock_{name}") for name in ("step", "last_compute", "n_computed")))
-    return g, env, {*env.values(), ticks.step, ticks.last_compute, ticks.n_computed}, ticks
+    ticks = Clock(g.placeholder("clock_step"), g.placeholder("clock_history"), g.placeholder("clock_n_computed"))
+    return g, env, {*env.values(), ticks.step, ticks.history, ticks.n_computed}, ticks
+
+
+def _unit_clock(g: fx.Graph, ticks: Clock, unit: CacheUnit, per_sample: bool) -> Clock:
+    """The clock as a unit's predictor sees it: per-sample clocks broadcast over the unit's sample dim."""
+    val = tensor_val(unit.node)
+    if not per_sample or val is None:
+        return ticks
+    if val.dim() == 0:
+        raise UnsupportedGraphError(f"per-sample caching needs a batch dimension on cache unit '{unit.name}'")
+    return ticks.shaped(g, val.dim(), val.dtype)
 
 
 def _finish(root: fx.GraphModule, g: fx.Graph, outputs: list[fx.Node]) -> fx.GraphModule:
@@ -76,9 +86,10 @@ def build_compute_branch(
         value = env[unit.node]
         if unit.base is not None:
             value = g.call_function(torch.ops.aten.sub.Tensor, (value, env[unit.base]))
-        results.extend(predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]], ticks))
+        clock = _unit_clock(g, ticks, unit, sample_mask is not None)
+        results.extend(predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]], clock))
     if sample_mask is not None:
-        cached = _cached_values(g, dict(env), region, outputs, plan, state, predictor, ticks)
+        cached = _cached_values(g, dict(env), region, outputs, plan, state, predictor, ticks, per_sample=True)
         mask = env[sample_mask]
         results = [per_sample_where(g, mask, fresh, old, ref) for fresh, old, ref in zip(
             results, cached, [*outputs, *state.cache_nodes()], strict=True)]
@@ -87,13 +98,14 @@ def build_compute_branch(
 
 def _cached_values(
     g: fx.Graph, env: dict[fx.Node, fx.Node], region: list[fx.Node], outputs: list[fx.Node], plan: CachePlan,
-    state: StateSpec, predictor: Predictor, ticks: Clock,
+    state: StateSpec, predictor: Predictor, ticks: Clock, per_sample: bool,
 ) -> list[fx.Node]:
     """Region outputs and new predictor state of a cached step, emitted into ``g`` (operands in ``env``)."""
     replaced: dict[fx.Node, fx.Node] = {}
     new_states: list[fx.Node] = []
     for unit in plan.units:
-        value, new_state = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]], ticks)
+        clock = _unit_clock(g, ticks, unit, per_sample)
+        value, new_state = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]], clock)
         if unit.base is not None:
             value = g.call_function(torch.ops.aten.add.Tensor, (env[unit.base], value))
         replaced[unit.node] = value
@@ -105,10 +117,10 @@ def _cached_values(
 
 def build_cached_branch(
     root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
-    plan: CachePlan, state: StateSpec, predictor: Predictor,
+    plan: CachePlan, state: StateSpec, predictor: Predictor, per_sample: bool = False,
 ) -> fx.GraphModule:
     g, env, phs, ticks = _new_branch(operands)
-    results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks)
+    results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks, per_sample)
     return _finish(root, g, [_dense(g, r, phs) for r in results])
 
 
@@ -134,7 +146,8 @@ class InsertCacheBranch(Pass):
             operands.append(decision.sample_mask)
         compute = build_compute_branch(gm, region, outputs, operands, plan, state, self.predictor,
                                        decision.sample_mask)
-        cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor)
+        cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor,
+                                     decision.sample_mask is not None)
         gm.add_submodule("_gc_compute", compute)
         gm.add_submodule("_gc_cached", cached)
         graph = gm.graph

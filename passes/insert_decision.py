@@ -35,7 +35,7 @@ Rule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
 class Decision:
     pred: fx.Node
     updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
-    clock: list[fx.Node]  # step index, last computed step, computed steps so far: operands of both branches
+    clock: list[fx.Node]  # step index, computed-step history, computed steps so far: operands of both branches
     sample_mask: fx.Node | None = None  # per-sample compute mask [B] (dynamic policies)
 
 
@@ -46,7 +46,7 @@ MAX_ACCUMULATORS = 4
 def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool) -> Callable[..., tuple[
         torch.Tensor, ...]]:
     def decide(
-        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor, last_compute: torch.Tensor,
+        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor, history: torch.Tensor,
         n_computed: torch.Tensor, sample_log: torch.Tensor | None = None, s0: torch.Tensor | None = None,
         s1: torch.Tensor | None = None, s2: torch.Tensor | None = None, s3: torch.Tensor | None = None,
         a0: torch.Tensor | None = None, a1: torch.Tensor | None = None, a2: torch.Tensor | None = None,
@@ -65,10 +65,12 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         slot = positions == (i % LOG_CAPACITY)
         cleared = torch.where(new_generation, torch.full_like(log, -1), log)
         new_log = torch.where(slot, compute.to(LOG_DTYPE), cleared)
+        # the clock: per sample (history [B, H], count [B]) when each sample decides, else one per batch
         n_before = torch.where(new_generation, torch.zeros_like(n_computed), n_computed)
-        new_last_compute = torch.where(compute, i, last_compute)
-        new_n = n_before + compute.to(torch.int64)
-        out = [compute, i, t_now, new_log, new_last_compute, new_n, last_compute, n_before, mask]
+        pushed = torch.cat([torch.zeros_like(history[..., :1]) + i, history[..., :-1]], -1)
+        new_history = torch.where(mask.unsqueeze(-1) if per_sample else compute, pushed, history)
+        new_n = n_before + (mask if per_sample else compute).to(torch.int64)
+        out = [compute, i, t_now, new_log, new_history, new_n, history, n_before, mask]
         if sample_log is not None:
             cleared_samples = torch.where(new_generation, torch.full_like(sample_log, -1), sample_log)
             out.append(torch.where(slot.unsqueeze(1), mask.to(LOG_DTYPE).unsqueeze(0), cleared_samples))
@@ -108,18 +110,21 @@ class InsertDecision(Pass):
             batch = _batch_size(signals[0])
             sample_log = state.add(gm, "_gc_sample_log", torch.empty(LOG_CAPACITY, batch, dtype=LOG_DTYPE),
                                    anchor, self.name, -1)
+            for clock_buffer in (state.history, state.n_computed):  # one clock per sample
+                old = gm.get_buffer(str(clock_buffer.target))
+                gm.register_buffer(str(clock_buffer.target), old.new_zeros((batch, *old.shape)))
             accumulators = [state.add(gm, f"_gc_acc_{name}", torch.empty(batch), anchor, self.name, initial)
                             for name, initial in self.accumulators]
             extra, used = [sample_log, *signals, *accumulators], ["sample_log", *used]
         traced = _trace(_decision_fn(self.rule, len(signals), len(self.accumulators), per_sample), used)
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-        inputs = [stack.timestep, state.step, state.last_t, state.log, state.last_compute, state.n_computed, *extra]
+        inputs = [stack.timestep, state.step, state.last_t, state.log, state.history, state.n_computed, *extra]
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(anchor):
             out = gm.graph.graph_copy(traced.graph, dict(zip(placeholders, inputs, strict=True)))
         assert isinstance(out, tuple)
-        pred, step, t_now, log, last_compute, n_computed, last_before, n_before, mask = out[:9]
-        updates = [(state.step, step), (state.last_t, t_now), (state.log, log), (state.last_compute, last_compute),
+        pred, step, t_now, log, history, n_computed, history_before, n_before, mask = out[:9]
+        updates = [(state.step, step), (state.last_t, t_now), (state.log, log), (state.history, history),
                    (state.n_computed, n_computed)]
         if per_sample:
             updates.append((extra[0], out[9]))
@@ -133,7 +138,7 @@ class InsertDecision(Pass):
         for node in gm.graph.nodes:
             if node not in before:
                 mark(node, self.name, "decision")
-        analysis(gm)["decision"] = Decision(pred, updates, [step, last_before, n_before],
+        analysis(gm)["decision"] = Decision(pred, updates, [step, history_before, n_before],
                                             mask if per_sample else None)
         return PassResult(gm, modified=True)
 

@@ -6,6 +6,7 @@ Granularities:
 - ``stack`` (default): for each region output that depends on the hidden streams, the residual
   ``out - in`` against the stream input of the same shape (or the output itself when no input matches).
   Cached step: ``out = in + residual``; the blocks do not run.
+- ``outputs``: each region output as it is (DeepCache's feature entering the up path's concat).
 - ``block`` (FORA as published): in every block, the branch outputs added to the residual stream
   (``x = x + gate * F(x)``), cached before the gate. Cached step: gates, norms' modulation and the adds run
   from the current timestep; attention and MLP do not.
@@ -114,6 +115,11 @@ class PlanCacheUnits(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         stack: BlockStack = analysis(gm)["block_stack"]
-        units = plan_block_units(stack) if self.granularity == "block" else plan_stack_units(stack)
+        if self.granularity == "block":
+            units = plan_block_units(stack)
+        elif self.granularity == "outputs":
+            units = [CacheUnit(f"out{k}", node) for k, node in enumerate(stack.region_outputs)]
+        else:
+            units = plan_stack_units(stack)
         analysis(gm)["cache_plan"] = CachePlan(self.granularity, units)
         return PassResult(gm, modified=False)

@@ -160,3 +160,52 @@ def conv_net() -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     x = torch.randn(2, 4, 8, 8)
     return ConvNet().eval(), lambda t: {"x": x, "timestep": torch.full((2,), t)}
+
+
+def tiny_unet(batch: int = 2, seed: int = 0) -> tuple[nn.Module, Any]:
+    """diffusers' ``UNet2DConditionModel`` (Stable Diffusion's class), random config: 2 levels, cross-attention."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    model = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x, text = torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 5, 32, generator=gen)
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"sample": x, "timestep": torch.full((batch,), int(t)), "encoder_hidden_states": text}
+
+    return model, inputs
+
+
+class HandWrittenUNet(nn.Module):
+    """A U-Net in plain torch with its own names: two skips (concat along channels), timestep FiLM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.enc = nn.Conv2d(8, 8, 3, padding=1)
+        self.shrink = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.core = nn.Conv2d(16, 16, 3, padding=1)
+        self.grow = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Conv2d(16, 8, 3, padding=1)
+        self.rim = nn.Conv2d(16, 3, 3, padding=1)
+        self.film = nn.Linear(8, 16)
+
+    def forward(self, image: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        freqs = level.float()[:, None] * torch.arange(1, 5, dtype=torch.float32)
+        scale = self.film(torch.cat([freqs.sin(), freqs.cos()], -1))[:, :, None, None]
+        s0 = self.stem(image)
+        s1 = F.silu(self.enc(s0))
+        deep = F.silu(self.core(F.silu(self.shrink(s1))) * (1 + scale))
+        up = F.silu(self.dec(torch.cat([self.grow(deep), s1], 1)))
+        return self.rim(torch.cat([up, s0], 1))
+
+
+def hand_written_unet(batch: int = 2) -> tuple[nn.Module, Any]:
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    return HandWrittenUNet().eval(), lambda t: {"image": x, "level": torch.full((batch,), t)}

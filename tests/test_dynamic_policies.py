@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from graphcache import calibration
-from graphcache.backend import make_backend
 from graphcache.errors import PolicyConfigError
 from graphcache.exported import optimize_exported
 from graphcache.passes.insert_probe_indicator import relative_l1
 
-from helpers import assert_exact_iff_computed, generation, moving_latent, timesteps
+from helpers import assert_exact_iff_computed, generation, timesteps
 from models import tiny_dit, tiny_flux
 
 STEPS = 12
@@ -135,23 +134,6 @@ def test_teacache_batch_of_four_equals_each_sample_alone(dit_calibration, tmp_pa
         assert alone.state.decisions() == per_sample[s]
         for got, want in zip(outputs, alone_outputs, strict=True):
             torch.testing.assert_close(got[s : s + 1], want, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("policy", ["teacache", "magcache", "fbcache", "dbcache", "adacache", "easycache"])
-def test_fullgraph_compile_two_generations(dit_calibration, policy):
-    model, fixed = tiny_dit(num_layers=3, batch=2)
-    inputs = moving_latent(fixed) if policy == "easycache" else fixed
-    options = {"teacache": {"calibration": str(dit_calibration)}, "magcache": {"calibration": str(dit_calibration)},
-               "fbcache": {"threshold": 0.15}, "dbcache": {"threshold": 0.15, "warmup": 1}, "adacache": {},
-               "easycache": {"tau": 10.0, "warmup": 2}}[policy]
-    states: list = []
-    compiled = torch.compile(model, backend=make_backend(policy, "inductor", states, **options), fullgraph=True)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        first = generation(compiled, inputs, timesteps(STEPS))
-        decisions = states[0].decisions()
-        second = generation(compiled, inputs, timesteps(STEPS))
-    assert len(states) == 1 and states[0].decisions() == decisions and "cached" in decisions
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, second, strict=True))
 
 
 def test_flux_teacache_and_magcache_run(tmp_path):

@@ -65,7 +65,7 @@ def test_unrolled_graphs_follow_the_schedule_exactly(policy):
 def test_cached_fora_graph_leaves_the_cache_in_place():
     _, _, fg = _setup("fora")
     lite = specialize(fg, False)
-    caches = [s.name for s in fg.state if s.name not in [*CLOCK, "last_compute"]]
+    caches = [s.name for s in fg.state if s.name not in [*CLOCK, "history"]]
     assert caches and not set(caches) & set(lite.writes)
     assert set(lite.writes) == set(CLOCK)
     assert set(caches) <= set(lite.reads())

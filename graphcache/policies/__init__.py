@@ -9,10 +9,13 @@ from graphcache.errors import PolicyConfigError
 from graphcache.policies.base import PolicyConfig
 
 REGISTRY: dict[str, str] = {
+    "abcache": "graphcache.policies.abcache:ABCache",
     "adacache": "graphcache.policies.adacache:AdaCache",
     "dbcache": "graphcache.policies.dbcache:DBCache",
+    "deepcache": "graphcache.policies.deepcache:DeepCache",
     "easycache": "graphcache.policies.easycache:EasyCache",
     "fbcache": "graphcache.policies.fbcache:FBCache",
+    "foca": "graphcache.policies.foca:FoCa",
     "fora": "graphcache.policies.fora:FORA",
     "hicache": "graphcache.policies.hicache:HiCache",
     "magcache": "graphcache.policies.magcache:MagCache",

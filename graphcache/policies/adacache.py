@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, option, require_int
-from graphcache.predictors import Reuse
+from graphcache.policies.base import PolicyConfig, forecast_option, option, require_int
 
 
 def parse_codebook(text: str) -> list[tuple[float, int]]:
@@ -43,8 +42,10 @@ class AdaCache(PolicyConfig):
     codebook: str = option("0.08:6,0.16:5,0.24:4,0.32:3,0.40:2", "distance:steps pairs, ',' or ';' between "
                            "them (published, 30 steps)")
     default_steps: int = option(1, "steps to the next compute when the distance is above every codebook entry")
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         parse_codebook(self.codebook)
         require_int(self, "default_steps", 1)
 
@@ -68,5 +69,5 @@ class AdaCache(PolicyConfig):
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
 
-        return default_pipeline("stack", Reuse(), self.rule, probe_blocks=1,
+        return default_pipeline("stack", self.predictor(), self.rule, probe_blocks=1,
                                 accumulators=(("remaining", 0.0), ("since", 0.0)))

@@ -38,6 +38,14 @@ class PolicyConfig:
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise :class:`PolicyConfigError` when the policy's data (a calibration) does not fit ``model``."""
 
+    def predictor(self) -> Any:
+        """What cached steps use: the predictor the ``forecast`` field names (:func:`forecast_option`),
+        plain reuse for a policy without one. Raises :class:`PolicyConfigError` for a bad name."""
+        from graphcache.predictors import Reuse, parse_forecast
+
+        spec = getattr(self, "forecast", None)
+        return Reuse() if spec is None else parse_forecast(spec, f"{self.name}.forecast")
+
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         """Static schedule: compute at step index ``i`` (a tensor); traced into the graph."""
         raise NotImplementedError
@@ -106,6 +114,13 @@ def per_sample_option() -> Any:
     """The ``per_sample`` field of the dynamic policies (see :func:`pooled`)."""
     return option(True, "each sample decides (a batch computes when any sample needs it, the others keep their "
                   "cache); False: one decision from the batch-mean indicator")
+
+
+def forecast_option() -> Any:
+    """The ``forecast`` field: compose the policy's decision with any predictor (see ``predictor()``)."""
+    from graphcache.predictors import FORECAST_HELP
+
+    return option("reuse", FORECAST_HELP)
 
 
 def pooled(signal: torch.Tensor, per_sample: bool) -> torch.Tensor:

@@ -7,8 +7,15 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, per_sample_option, pooled, require, require_int
-from graphcache.predictors import Reuse
+from graphcache.policies.base import (
+    PolicyConfig,
+    forecast_option,
+    option,
+    per_sample_option,
+    pooled,
+    require,
+    require_int,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +40,10 @@ class DBCache(PolicyConfig):
     max_cached_steps: int = option(-1, "at most this many cached steps per generation (-1: no cap)")
     max_continuous_cached_steps: int = option(-1, "at most this many cached steps in a row (-1: no cap)")
     per_sample: bool = per_sample_option()
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         require_int(self, "fn", 1)
         require_int(self, "bn", 0)
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
@@ -62,5 +71,5 @@ class DBCache(PolicyConfig):
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
 
-        return default_pipeline("stack", Reuse(), self.rule, probe_blocks=self.fn, tail_blocks=self.bn,
+        return default_pipeline("stack", self.predictor(), self.rule, probe_blocks=self.fn, tail_blocks=self.bn,
                                 accumulators=(("cached", 0.0), ("run", 0.0)))

@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require, require_int
-from graphcache.predictors import Reuse
+from graphcache.policies.base import PolicyConfig, forecast_option, option, require, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +29,10 @@ class EasyCache(PolicyConfig):
     tau: float = option(0.05, "accumulated predicted relative change that forces a compute step")
     warmup: int = option(10, "the first `warmup` steps are always computed (at least 2: k needs two)")
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         require(isinstance(self.tau, float | int) and self.tau >= 0, self.name, "tau", self.tau,
                 "must be a number >= 0")
         require_int(self, "warmup", 0)
@@ -49,5 +50,5 @@ class EasyCache(PolicyConfig):
     def passes(self) -> list[Any]:
         from graphcache.passes import InsertTransformRate, default_pipeline
 
-        return default_pipeline("stack", Reuse(), self.rule, signals=[InsertTransformRate()],
+        return default_pipeline("stack", self.predictor(), self.rule, signals=[InsertTransformRate()],
                                 accumulators=(("error", 0.0),))

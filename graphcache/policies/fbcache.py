@@ -7,8 +7,15 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, per_sample_option, pooled, require, require_int
-from graphcache.predictors import Reuse
+from graphcache.policies.base import (
+    PolicyConfig,
+    forecast_option,
+    option,
+    per_sample_option,
+    pooled,
+    require,
+    require_int,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +37,10 @@ class FBCache(PolicyConfig):
     threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step")
     warmup: int = option(0, "the first `warmup` steps are always computed")
     per_sample: bool = per_sample_option()
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0 (0 computes every step)")
         require_int(self, "warmup", 0)
@@ -45,4 +54,4 @@ class FBCache(PolicyConfig):
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
 
-        return default_pipeline("stack", Reuse(), self.rule, probe_blocks=1)
+        return default_pipeline("stack", self.predictor(), self.rule, probe_blocks=1)

@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require, require_int
-from graphcache.predictors import Reuse
+from graphcache.policies.base import PolicyConfig, forecast_option, option, require, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +24,10 @@ class FORA(PolicyConfig):
                               "attention/MLP outputs before their gates (FORA as published)")
     num_steps: int | None = option(None, "steps per generation; only needed by compute_last")
     compute_last: bool = option(False, "always compute the last step (needs num_steps)")
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         require_int(self, "interval", 1, " (1 computes every step)")
         require_int(self, "warmup", 0)
         require(self.granularity in ("stack", "block"), self.name, "granularity", self.granularity,
@@ -45,4 +46,4 @@ class FORA(PolicyConfig):
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
 
-        return default_pipeline(self.granularity, Reuse(), self.rule)
+        return default_pipeline(self.granularity, self.predictor(), self.rule)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_option, option, require, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,10 @@ class MagCache(PolicyConfig):
     max_skips: int = option(5, "K: at most this many consecutive cached steps")
     retention: float = option(0.1, "R: the first ceil(R*T) steps (of the calibration run) are computed")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0")
         require_int(self, "max_skips", 0)
@@ -78,9 +80,8 @@ class MagCache(PolicyConfig):
 
     def passes(self) -> list[Any]:
         from graphcache.passes import InsertMagnitudeSignal, default_pipeline
-        from graphcache.predictors import Reuse
 
         table = self.table()
         signal = InsertMagnitudeSignal(tuple(table["timesteps"]), tuple(table["ratios"]))
-        return default_pipeline("stack", Reuse(), self.rule, signals=[signal],
+        return default_pipeline("stack", self.predictor(), self.rule, signals=[signal],
                                 accumulators=(("ratio", 1.0), ("error", 0.0), ("skips", 0.0)))

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-import torch
-
-from graphcache.policies.base import PolicyConfig, option, require, require_int
-from graphcache.predictors import Predictor, Taylor
+from graphcache.policies.base import option, require
+from graphcache.policies.interval_forecast import IntervalForecast
+from graphcache.predictors import HISTORY, Newton, Predictor, Taylor
 
 
 @dataclasses.dataclass(frozen=True)
-class TaylorSeer(PolicyConfig):
+class TaylorSeer(IntervalForecast):
     """Static schedule (warm-up, then every ``interval``-th step computed); cached steps are forecast."""
 
     name = "taylorseer"
@@ -21,22 +19,14 @@ class TaylorSeer(PolicyConfig):
 
     interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0 (DiT: 4, FLUX: 6)")
     order: int = option(4, "Taylor order m: m+1 tensors kept per cached unit (DiT: 4, FLUX: 1)")
-    warmup: int = option(3, "the first `warmup` steps are computed (they also seed the differences)")
-    lite: bool = option(False, "forecast only the residual of the whole stack: memory O(1) in depth")
+    newton: bool = option(False, "divided differences over the actual computed steps (exact for polynomials of "
+                          "degree <= order) instead of the published last-gap differences (exact for lines)")
 
     def validate(self) -> None:
-        require_int(self, "interval", 1)
-        require(isinstance(self.order, int) and 0 <= self.order <= 6, self.name, "order", self.order,
-                "must be an integer in 0..6 (0 is plain reuse)")
-        require_int(self, "warmup", 0)
-
-    def rule(self, i: torch.Tensor) -> torch.Tensor:
-        return (i < self.warmup) | ((i - self.warmup) % self.interval == 0)
+        super().validate()
+        top = HISTORY - 1 if self.newton else 6
+        require(isinstance(self.order, int) and 0 <= self.order <= top, self.name, "order", self.order,
+                f"must be an integer in 0..{top} (0 is plain reuse)")
 
     def predictor(self) -> Predictor:
-        return Taylor(order=self.order)
-
-    def passes(self) -> list[Any]:
-        from graphcache.passes import default_pipeline
-
-        return default_pipeline("stack" if self.lite else "block", self.predictor(), self.rule)
+        return Newton(order=self.order) if self.newton else Taylor(order=self.order)

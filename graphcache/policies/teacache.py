@@ -8,8 +8,15 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, option, per_sample_option, pooled, require, require_int
-from graphcache.predictors import Reuse
+from graphcache.policies.base import (
+    PolicyConfig,
+    forecast_option,
+    option,
+    per_sample_option,
+    pooled,
+    require,
+    require_int,
+)
 
 
 def parse_coefficients(text: str) -> tuple[float, ...]:
@@ -47,8 +54,10 @@ class TeaCache(PolicyConfig):
     warmup: int = option(1, "the first `warmup` steps are always computed")
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     per_sample: bool = per_sample_option()
+    forecast: str = forecast_option()
 
     def validate(self) -> None:
+        self.predictor()
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0 (0 computes every step)")
         require_int(self, "warmup", 0)
@@ -98,5 +107,5 @@ class TeaCache(PolicyConfig):
         from graphcache.passes import InsertModulatedIndicator, default_pipeline
 
         self.polynomial()  # a missing calibration fails here, before any graph work
-        return default_pipeline("stack", Reuse(), self.rule, signals=[InsertModulatedIndicator()],
+        return default_pipeline("stack", self.predictor(), self.rule, signals=[InsertModulatedIndicator()],
                                 accumulators=(("distance", 0.0),))
