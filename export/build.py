@@ -92,7 +92,8 @@ def export_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     log(f"capturing {type(model).__name__} with torch.export and applying {config.describe()}")
-    cached = optimize_exported(model, example_kwargs, config, lowering=(DenseCondOperands(),))
+    dense = DenseCondOperands(freeze_concat_operands=fmt == "aoti")  # an Inductor prim: not for ONNX
+    cached = optimize_exported(model, example_kwargs, config, lowering=(dense,))
     fg = functionalize(cached, example_kwargs)
     timestep = cached.block_stack.timestep.name
     if timestep not in [s.name for s in fg.inputs]:
@@ -126,7 +127,7 @@ class _Positional(torch.nn.Module):
 def export_uncached(model: torch.nn.Module, example_kwargs: Mapping[str, Any], directory: str | Path,
                     fmt: str = "onnx") -> Plan:
     """The model without caching as a one-graph plan (no state): the baseline of the export benchmarks."""
-    from .functional import spec_of
+    from .functional import output_name, spec_of
     from .onnx_export import onnx_file
 
     if fmt not in ("onnx", "tensorrt"):
@@ -138,12 +139,13 @@ def export_uncached(model: torch.nn.Module, example_kwargs: Mapping[str, Any], d
     args = tuple(example_kwargs.values())
     with torch.no_grad():
         sample = module(*args)
-    file = onnx_file(module, args, names, ["sample"], directory / "uncached.onnx").name
+    out = output_name(names)
+    file = onnx_file(module, args, names, [out], directory / "uncached.onnx").name
     if fmt == "tensorrt":
         from .tensorrt import build_engine
 
         file = build_engine(directory / file, directory / "uncached.engine").name
     plan = Plan(fmt, "in-graph", "none", type(model).__name__, "", [spec_of(k, v) for k, v in example_kwargs.items()],
-                [spec_of("sample", sample)], [], {"step": GraphEntry(file, [], [])})
+                [spec_of(out, sample)], [], {"step": GraphEntry(file, [], [])})
     plan.save(directory)
     return plan

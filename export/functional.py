@@ -61,6 +61,11 @@ class TensorSpec:
         return cls(str(data["name"]), tuple(int(s) for s in data["shape"]), str(data["dtype"]), data.get("fill"))
 
 
+def output_name(input_names: list[str]) -> str:
+    """The name of a single output: ``sample``, unless an input has it (a U-Net's ``sample`` input)."""
+    return "sample" if "sample" not in input_names else "denoised"
+
+
 def state_input(name: str) -> str:
     return f"gc_{name}"
 
@@ -149,7 +154,7 @@ def functionalize(cached: ExportedCache, example_kwargs: Mapping[str, Any]) -> F
     g.lint()
     module = fx.GraphModule(gm, g)
     state = [spec_of(b.removeprefix("_gc_"), gm.get_buffer(b), _fill_of(b, gm.get_buffer(b))) for b in buffers]
-    names = ["sample"] if len(leaves) == 1 else [f"output_{k}" for k in range(len(leaves))]
-    outputs = [spec_of(name, tensor_val(leaf)) for name, leaf in zip(names, leaves, strict=True)]
     inputs = [spec_of(n.name, v) for n, v in zip(user, flat, strict=True)]
+    names = [output_name([s.name for s in inputs])] if len(leaves) == 1 else [f"output_{k}" for k in range(len(leaves))]
+    outputs = [spec_of(name, tensor_val(leaf)) for name, leaf in zip(names, leaves, strict=True)]
     return FunctionalGraph(module, inputs, outputs, state, [s.name for s in state])

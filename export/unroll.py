@@ -52,7 +52,11 @@ def _inline(gm: fx.GraphModule, cond: fx.Node, branch: fx.GraphModule) -> None:
                 target = str(node.target)
                 if _lookup(gm, target) is None:
                     target = "_gc_inlined_" + target.replace(".", "_")
-                    gm.register_buffer(target, _lookup(branch, str(node.target)))
+                    value = _lookup(branch, str(node.target))
+                    if isinstance(value, torch.nn.Module):  # a nested cond's branch (Delta-DiT's phases)
+                        gm.add_submodule(target, value)
+                    else:
+                        gm.register_buffer(target, value)
                 env[node] = graph.get_attr(target)
             elif node.op == "output":
                 results = [env[r] for r in node.args[0]]  # type: ignore[union-attr]

@@ -16,20 +16,22 @@ from .insert_modulated_indicator import InsertModulatedIndicator
 from .insert_probe_indicator import InsertProbeIndicator
 from .insert_transform_rate import InsertTransformRate
 from .plan_cache_units import PlanCacheUnits
+from .plan_delta_units import PlanDeltaUnits
 from .split_probe import SplitProbeBlocks
 from .split_tail import SplitTailBlocks
 
 
 def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0,
                      signals: Sequence[Pass] = (), accumulators: tuple[tuple[str, float], ...] = (),
-                     tail_blocks: int = 0, find: Pass | None = None) -> list[Pass]:
+                     tail_blocks: int = 0, find: Pass | None = None, plan: Pass | None = None) -> list[Pass]:
     """The pass order every caching policy uses; policies choose granularity, predictor and decision rule.
 
     ``probe_blocks > 0`` (dynamic policies): the first blocks run every step as a probe and their residual's
     per-sample change becomes an argument of ``rule``. ``signals``: other indicator passes (their signals
     follow the probe's); ``accumulators``: per-sample buffers the rule reads and returns; ``tail_blocks``: the
     last blocks run every step too (DBCache's Bn); ``find``: the pass that finds the cached region
-    (default: the stack of repeated blocks; DeepCache: a U-Net's deep part).
+    (default: the stack of repeated blocks; DeepCache: a U-Net's deep part); ``plan``: the pass that
+    chooses the cached units (default: ``PlanCacheUnits(granularity)``; Delta-DiT: block-range deltas).
     """
     probe = [SplitProbeBlocks(blocks=probe_blocks)] if probe_blocks else []
     indicator = [InsertProbeIndicator()] if probe_blocks else []
@@ -37,7 +39,7 @@ def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: 
         find or FindBlockStack(),
         *probe,
         *([SplitTailBlocks(blocks=tail_blocks)] if tail_blocks else []),
-        PlanCacheUnits(granularity=granularity),
+        plan or PlanCacheUnits(granularity=granularity),
         AddCacheState(predictor=predictor),
         *indicator,
         *signals,
@@ -60,6 +62,7 @@ __all__ = [
     "PassManager",
     "PassResult",
     "PlanCacheUnits",
+    "PlanDeltaUnits",
     "SplitProbeBlocks",
     "SplitTailBlocks",
     "default_pipeline",

@@ -33,6 +33,7 @@ def _force_stride_order() -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DenseCondOperands(Pass):
+    freeze_concat_operands: bool = True  # Inductor targets; ONNX has no such op and no in-place concat
     name = "dense_cond_operands"
     requires = ("cache_branch",)
 
@@ -43,7 +44,7 @@ class DenseCondOperands(Pass):
             for k, op in enumerate(operands):
                 val = tensor_val(op)
                 dense = val is not None and val.is_contiguous() and val.storage_offset() == 0
-                concatenated = any(op_name(user) == "cat" for user in op.users)
+                concatenated = self.freeze_concat_operands and any(op_name(user) == "cat" for user in op.users)
                 if val is None or op.op == "get_attr" or (dense and not concatenated):
                     continue
                 with gm.graph.inserting_before(node):

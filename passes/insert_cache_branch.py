@@ -12,6 +12,8 @@ with ``aten.copy_`` *after* the cond (never inside a branch: branches stay funct
   elimination: what does not feed an output (the blocks' attention and MLP) disappears, what does (gates
   recomputed from the current timestep, glue the epilogue needs) stays.
 Branch outputs are dense new tensors (cond rejects outputs aliasing operands or with view strides).
+A plan with phases (Delta-DiT) gets a cached branch that is itself ``cond(step < boundary, early, late)``,
+each replacing only its phase's units.
 """
 
 from __future__ import annotations
@@ -98,30 +100,56 @@ def build_compute_branch(
 
 def _cached_values(
     g: fx.Graph, env: dict[fx.Node, fx.Node], region: list[fx.Node], outputs: list[fx.Node], plan: CachePlan,
-    state: StateSpec, predictor: Predictor, ticks: Clock, per_sample: bool,
+    state: StateSpec, predictor: Predictor, ticks: Clock, per_sample: bool, cached_units: frozenset[str] | None = None,
 ) -> list[fx.Node]:
-    """Region outputs and new predictor state of a cached step, emitted into ``g`` (operands in ``env``)."""
-    replaced: dict[fx.Node, fx.Node] = {}
+    """Region outputs and new predictor state of a cached step, emitted into ``g`` (operands in ``env``).
+    Units outside ``cached_units`` (when given) are not replaced: their blocks run, their state is kept."""
+    replaced: dict[fx.Node, tuple[fx.Node, fx.Node | None]] = {}
     new_states: list[fx.Node] = []
     for unit in plan.units:
+        states = [env[s] for s in state.caches[unit.name]]
+        if cached_units is not None and unit.name not in cached_units:
+            new_states.extend(clone(g, s) for s in states)
+            continue
         clock = _unit_clock(g, ticks, unit, per_sample)
-        value, new_state = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]], clock)
-        if unit.base is not None:
-            value = g.call_function(torch.ops.aten.add.Tensor, (env[unit.base], value))
-        replaced[unit.node] = value
+        value, new_state = predictor.on_cached(g, states, clock)
+        replaced[unit.node] = (value, unit.base)
         new_states.extend(new_state)
-    for node in region:
-        env[node] = replaced[node] if node in replaced else g.node_copy(node, lambda a: env[a])
+    for node in region:  # a unit's base may be a region value itself (Delta-DiT's rear delta)
+        if node in replaced:
+            value, base = replaced[node]
+            env[node] = value if base is None else g.call_function(torch.ops.aten.add.Tensor, (env[base], value))
+        else:
+            env[node] = g.node_copy(node, lambda a: env[a])
     return [env[o] for o in outputs] + new_states
 
 
 def build_cached_branch(
     root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
     plan: CachePlan, state: StateSpec, predictor: Predictor, per_sample: bool = False,
+    cached_units: frozenset[str] | None = None,
 ) -> fx.GraphModule:
     g, env, phs, ticks = _new_branch(operands)
-    results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks, per_sample)
+    results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks, per_sample, cached_units)
     return _finish(root, g, [_dense(g, r, phs) for r in results])
+
+
+def build_phased_branch(
+    root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
+    plan: CachePlan, state: StateSpec, predictor: Predictor,
+) -> fx.GraphModule:
+    """The cached branch of a plan with phases: ``cond(step < boundary, early, late)`` over two cached
+    branches that each replace their phase's units (Delta-DiT: rear deltas early, front deltas late)."""
+    assert plan.phases is not None
+    early, late = (build_cached_branch(root, region, outputs, operands, plan, state, predictor, False, units)
+                   for units in (plan.phases.early, plan.phases.late))
+    g, env, _, ticks = _new_branch(operands)
+    is_early = g.call_function(torch.ops.aten.lt.Scalar, (ticks.step, plan.phases.boundary))
+    args = (*[env[op] for op in operands], ticks.step, ticks.history, ticks.n_computed)
+    cond = g.call_function(torch.ops.higher_order.cond, (is_early, g.get_attr("early"), g.get_attr("late"), args))
+    count = len(outputs) + len(state.cache_nodes())
+    g.output(tuple(g.call_function(operator.getitem, (cond, k)) for k in range(count)))
+    return fx.GraphModule({"early": early, "late": late}, g)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +174,13 @@ class InsertCacheBranch(Pass):
             operands.append(decision.sample_mask)
         compute = build_compute_branch(gm, region, outputs, operands, plan, state, self.predictor,
                                        decision.sample_mask)
-        cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor,
-                                     decision.sample_mask is not None)
+        if plan.phases is None:
+            cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor,
+                                         decision.sample_mask is not None)
+        elif decision.sample_mask is None:
+            cached = build_phased_branch(gm, region, outputs, operands, plan, state, self.predictor)
+        else:
+            raise UnsupportedGraphError("cache plans with phases (Delta-DiT) take static decisions, not per sample")
         gm.add_submodule("_gc_compute", compute)
         gm.add_submodule("_gc_cached", cached)
         graph = gm.graph

@@ -37,10 +37,21 @@ class CacheUnit:
     base: fx.Node | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """Which units a cached step uses, by step: ``early`` before step ``boundary``, ``late`` from it on
+    (the other units' blocks run). Delta-DiT's stage boundary."""
+
+    boundary: int
+    early: frozenset[str]
+    late: frozenset[str]
+
+
 @dataclasses.dataclass
 class CachePlan:
     granularity: str
     units: list[CacheUnit]
+    phases: Phases | None = None  # None: a cached step uses every unit
 
 
 def plan_stack_units(stack: BlockStack) -> list[CacheUnit]:

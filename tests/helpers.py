@@ -47,3 +47,32 @@ def moving_latent(inputs):
         return kw | {"hidden_states": kw["hidden_states"] * (0.5 + t / 1000) + (1 - t / 1000) * 0.3}
 
     return moved
+
+
+def run_with_stream_hooks(model, kwargs, split, replace):
+    """Run ``model`` recording the stream entering the stack (``in``), entering block ``split`` (``mid``)
+    and leaving it (``out``); ``replace`` maps 'mid' / 'out' to a function of the recorded values giving
+    the value to use instead."""
+    blocks, seen, handles = model.transformer_blocks, {}, []
+
+    def pre(_m, args, kw):
+        seen.setdefault("in", args[0] if args else kw["hidden_states"])
+
+    def after(name):
+        def hook(_m, _args, output):
+            seen[name] = output
+            if name in replace:
+                seen[name] = replace[name](seen)
+            return seen[name]
+        return hook
+
+    handles.append(blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
+    handles.append(blocks[split - 1].register_forward_hook(after("mid")))
+    handles.append(blocks[-1].register_forward_hook(after("out")))
+    try:
+        with torch.no_grad():
+            sample = model(**kwargs).sample
+    finally:
+        for h in handles:
+            h.remove()
+    return sample, seen

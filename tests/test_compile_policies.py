@@ -33,7 +33,8 @@ def dit_calibration(tmp_path_factory):
 
 
 def test_every_registered_policy_is_covered():
-    assert set(OPTIONS) | {"fora", "taylorseer", "hicache", "foca", "abcache", "deepcache"} >= set(available())
+    static = {"fora", "taylorseer", "hicache", "foca", "abcache", "deepcache", "deltadit"}
+    assert set(OPTIONS) | static >= set(available())
 
 
 @pytest.mark.parametrize("policy", CASES)

@@ -153,3 +153,19 @@ def test_every_dynamic_policy_exports_in_graph(tmp_path):
         assert max(diffs) < 1e-4, policy
         for ort_decisions, torch_decisions in decisions:
             assert ort_decisions == torch_decisions and "cached" in ort_decisions, policy
+
+
+@pytest.mark.parametrize(("model_name", "policy", "form", "options"), [
+    ("dit", "foca", "unrolled", {}),
+    ("dit", "fbcache", "in-graph", {"threshold": 0.3, "forecast": "taylor:1"}),
+    ("dit", "deltadit", "in-graph", {"boundary": 4}),  # a nested If: the stage boundary
+    ("unet", "deepcache", "unrolled", {}),  # input and output both named 'sample' in diffusers
+])
+def test_predictive_policies_export(tmp_path, model_name, policy, form, options):
+    from models import tiny_unet
+
+    model, inputs = {"dit": tiny_dit, "unet": tiny_unet}[model_name]()
+    exported = export_model(model, inputs(999.0), tmp_path, policy, "onnx", form, steps=STEPS, **options)
+    _, diffs, decisions = run_both(exported, inputs)
+    assert max(diffs) < 1e-4, diffs
+    assert all(a == b and "cached" in a for a, b in decisions)

@@ -333,3 +333,15 @@ def test_newton_forecasts_its_degree_exactly_where_published_taylor_does_not(deg
     for i in after:
         np.testing.assert_allclose(newton[i], traj[i], rtol=0, atol=1e-9)
     assert max(np.abs(taylor[i] - traj[i]).max() for i in after) > 1e-3
+
+
+def test_from_step_reuses_before_its_start_and_forecasts_after():
+    from graphcache.predictors import FromStep
+
+    traj = _trajectory(degree=2)
+    schedule = SCHEDULES["uniform-4"]
+    gated = run_schedule(FromStep(Taylor(order=1), start=10), traj, schedule)
+    taylor = run_schedule(Taylor(order=1), traj, schedule)
+    for i, forecast in gated.items():
+        want = taylor[i] if i >= 10 else traj[max(c for c in schedule if c < i)]
+        np.testing.assert_array_equal(forecast, want)

@@ -9,7 +9,7 @@ from graphcache.exported import optimize_exported
 from graphcache.policies import make_policy
 from graphcache.policies.taylorseer import TaylorSeer
 
-from helpers import generation, timesteps
+from helpers import generation, run_with_stream_hooks, timesteps
 from models import tiny_dit
 
 
@@ -64,3 +64,26 @@ def test_hicache_sigma_validated():
 
     with pytest.raises(PolicyConfigError, match=r"hicache.sigma=0 is invalid: must be in \(0, 2\]"):
         make_policy("hicache", sigma=0)
+
+
+@pytest.mark.parametrize("forecast_from", [0, 9])
+def test_lite_first_order_forecast_in_the_graph_is_the_formula(forecast_from):
+    """At cached step i the stack output is h_in + r_a + (i - a) (r_a - r_b) / (a - b) (r = out - in at the
+    last two computed steps a, b), checked against the model run with its last block's output replaced;
+    before ``forecast_from`` it is h_in + r_a (reuse)."""
+    model, inputs = tiny_dit(num_layers=4)
+    ts = timesteps(16)
+    cached = optimize_exported(model, inputs(ts[0]), "taylorseer", lite=True, order=1, interval=4, warmup=3,
+                               forecast_from=forecast_from)
+    outputs = generation(cached, inputs, ts)
+    decisions = cached.state.decisions()
+    history = []
+    for i, t in enumerate(ts):
+        if decisions[i] == "computed":
+            _, seen = run_with_stream_hooks(model, inputs(t), 2, {})
+            history.append((i, seen["out"] - seen["in"]))
+            continue
+        (a, r_a), (b, r_b) = history[-1], history[-2]
+        r = r_a + (i - a) * (r_a - r_b) / (a - b) if i >= forecast_from else r_a
+        want, _ = run_with_stream_hooks(model, inputs(t), 2, {"out": lambda seen, r=r: seen["in"] + r})
+        torch.testing.assert_close(outputs[i], want, rtol=1e-5, atol=1e-5)

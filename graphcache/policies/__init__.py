@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "adacache": "graphcache.policies.adacache:AdaCache",
     "dbcache": "graphcache.policies.dbcache:DBCache",
     "deepcache": "graphcache.policies.deepcache:DeepCache",
+    "deltadit": "graphcache.policies.deltadit:DeltaDiT",
     "easycache": "graphcache.policies.easycache:EasyCache",
     "fbcache": "graphcache.policies.fbcache:FBCache",
     "foca": "graphcache.policies.foca:FoCa",

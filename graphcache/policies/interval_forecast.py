@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from graphcache.policies.base import PolicyConfig, option, require_int
+from graphcache.predictors import FromStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,10 +19,13 @@ class IntervalForecast(PolicyConfig):
     interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0")
     warmup: int = option(3, "the first `warmup` steps are computed (they also seed the forecast)")
     lite: bool = option(False, "forecast only the residual of the whole stack: memory O(1) in depth")
+    forecast_from: int = option(0, "cached steps before this step reuse the last computed value; the forecast "
+                                "starts here (graphcache's knob for models whose early features do not extrapolate)")
 
     def validate(self) -> None:
         require_int(self, "interval", 1)
         require_int(self, "warmup", 0)
+        require_int(self, "forecast_from", 0)
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         return (i < self.warmup) | ((i - self.warmup) % self.interval == 0)
@@ -29,4 +33,7 @@ class IntervalForecast(PolicyConfig):
     def passes(self) -> list[Any]:
         from graphcache.passes import default_pipeline
 
-        return default_pipeline("stack" if self.lite else "block", self.predictor(), self.rule)
+        predictor = self.predictor()
+        if self.forecast_from > 0:
+            predictor = FromStep(predictor, self.forecast_from)
+        return default_pipeline("stack" if self.lite else "block", predictor, self.rule)

@@ -11,10 +11,10 @@ Each matches an independent NumPy computation of its formula (tests/test_predict
 
 from __future__ import annotations
 
-from .base import HISTORY, Clock, Predictor, Reuse, call, clone, weighted_sum
+from .base import HISTORY, Clock, FromStep, Predictor, Reuse, call, clone, weighted_sum
 from .ode import AdamsBashforth, FoCa
 from .spec import FORECAST_HELP, FORECASTS, parse_forecast
 from .taylor import Hermite, Newton, Taylor
 
-__all__ = ["FORECASTS", "FORECAST_HELP", "HISTORY", "AdamsBashforth", "Clock", "FoCa", "Hermite", "Newton",
+__all__ = ["FORECASTS", "FORECAST_HELP", "HISTORY", "AdamsBashforth", "Clock", "FoCa", "FromStep", "Hermite", "Newton",
            "Predictor", "Reuse", "Taylor", "call", "clone", "parse_forecast", "weighted_sum"]

@@ -109,3 +109,24 @@ def weighted_sum(g: fx.Graph, clock: Clock, terms: list[tuple[fx.Node, fx.Node |
         total = term if total is None else call(g, aten.add.Tensor, total, term)
     assert total is not None
     return total
+
+
+@dataclasses.dataclass(frozen=True)
+class FromStep(Predictor):
+    """``inner``'s forecast from step ``start`` on; before it, cached steps reuse the last computed value
+    (``state[0]`` of every predictor here). For models whose early features do not extrapolate."""
+
+    inner: Predictor = dataclasses.field(default_factory=Reuse)
+    start: int = 0
+    name = "from_step"
+
+    def num_state(self) -> int:
+        return self.inner.num_state()
+
+    def on_compute(self, g: fx.Graph, value: fx.Node, state: list[fx.Node], clock: Clock) -> list[fx.Node]:
+        return self.inner.on_compute(g, value, state, clock)
+
+    def on_cached(self, g: fx.Graph, state: list[fx.Node], clock: Clock) -> tuple[fx.Node, list[fx.Node]]:
+        forecast, new_state = self.inner.on_cached(g, state, clock)
+        started = call(g, torch.ops.aten.ge.Scalar, clock.step, self.start)
+        return call(g, torch.ops.aten.where.self, started, forecast, state[0]), new_state
