@@ -22,3 +22,21 @@ def _fresh_dynamo():
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+CALIBRATION_STEPS = 12
+
+
+@pytest.fixture(scope="session")
+def dit_calibration(tmp_path_factory):
+    """TeaCache / MagCache calibration of ``tiny_dit(num_layers=3, batch=2)`` over 12 steps."""
+    from graphcache import calibration
+
+    from helpers import timesteps
+    from models import tiny_dit
+
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    rows = calibration.record(model, inputs, timesteps(CALIBRATION_STEPS))
+    path = tmp_path_factory.mktemp("cal") / "dit.json"
+    calibration.save(path, model, CALIBRATION_STEPS, **calibration.fit(rows))
+    return path

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from graphcache import calibration
 from graphcache.backend import make_backend
 from graphcache.policies import available
 
@@ -21,15 +20,6 @@ OPTIONS = {  # options that give cached steps on the tiny DiT within 12 steps
 }
 CASES = [*available(), "fbcache{forecast=foca,threshold=0.15}", "dbcache{forecast=taylor:2,warmup=1,threshold=0.15}",
          "teacache{forecast=ab:3}"]
-
-
-@pytest.fixture(scope="module")
-def dit_calibration(tmp_path_factory):
-    model, inputs = tiny_dit(num_layers=3, batch=2)
-    rows = calibration.record(model, inputs, timesteps(STEPS))
-    path = tmp_path_factory.mktemp("cal") / "dit.json"
-    calibration.save(path, model, STEPS, **calibration.fit(rows))
-    return path
 
 
 def test_every_registered_policy_is_covered():

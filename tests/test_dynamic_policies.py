@@ -1,5 +1,5 @@
 """TeaCache and MagCache: in-graph decisions equal the published rules re-implemented in Python on the
-same indicators, per sample; calibration files; fullgraph compile over two generations."""
+same indicators, per sample; calibration files (fullgraph compile: test_compile_policies.py)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,6 @@ from helpers import assert_exact_iff_computed, generation, timesteps
 from models import tiny_dit, tiny_flux
 
 STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def dit_calibration(tmp_path_factory):
-    model, inputs = tiny_dit(num_layers=3, batch=2)
-    rows = calibration.record(model, inputs, timesteps(STEPS))
-    path = tmp_path_factory.mktemp("cal") / "dit.json"
-    calibration.save(path, model, STEPS, **calibration.fit(rows))
-    return path
 
 
 def modulated_inputs(model, inputs, ts):

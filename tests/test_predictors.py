@@ -210,18 +210,22 @@ def foca_numpy(trajectory: np.ndarray, computed: list[int], damp_after: float = 
     return out
 
 
-def adams_bashforth_numpy(trajectory: np.ndarray, computed: list[int], order: int) -> dict[int, np.ndarray]:
-    """AB-Cache: the mean over [i, i+1] of the polynomial through the last min(order, computed) values."""
+def lagrange_forecasts(trajectory: np.ndarray, computed: list[int], count: int, weight) -> dict[int, np.ndarray]:
+    """``sum_j weight(L_j, i) F(a_j)`` over the last ``count`` computed steps a_j (L_j numpy's Lagrange basis)."""
     seen: list[int] = []
     out = {}
     for i in range(len(trajectory)):
         if i in computed:
             seen.append(i)
             continue
-        nodes = [float(x) for x in seen[-order:]]
-        weights = [(lambda p: p(i + 1) - p(i))(_lagrange(nodes, j).integ()) for j in range(len(nodes))]
-        out[i] = sum(w * trajectory[int(x)] for w, x in zip(weights, nodes, strict=True))
+        nodes = [float(x) for x in seen[-count:]]
+        out[i] = sum(weight(_lagrange(nodes, j), i) * trajectory[int(x)] for j, x in enumerate(nodes))
     return out
+
+
+def adams_bashforth_numpy(trajectory: np.ndarray, computed: list[int], order: int) -> dict[int, np.ndarray]:
+    """AB-Cache: the mean over [i, i+1] of the polynomial through the last min(order, computed) values."""
+    return lagrange_forecasts(trajectory, computed, order, lambda basis, i: basis.integ()(i + 1) - basis.integ()(i))
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -300,15 +304,7 @@ def test_per_sample_clocks_give_each_sample_its_own_forecast(predictor):
 
 def newton_numpy(trajectory: np.ndarray, computed: list[int], order: int) -> dict[int, np.ndarray]:
     """The polynomial through the last min(order + 1, computed) values, evaluated at the cached step."""
-    seen: list[int] = []
-    out = {}
-    for i in range(len(trajectory)):
-        if i in computed:
-            seen.append(i)
-            continue
-        nodes = [float(x) for x in seen[-(order + 1):]]
-        out[i] = sum(_lagrange(nodes, j)(i) * trajectory[int(x)] for j, x in enumerate(nodes))
-    return out
+    return lagrange_forecasts(trajectory, computed, order + 1, lambda basis, i: basis(i))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])

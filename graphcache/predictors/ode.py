@@ -7,6 +7,7 @@ dynamic decisions) is handled exactly.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -104,24 +105,23 @@ def _lagrange_means(g: fx.Graph, offsets: list[fx.Node], e: fx.Node) -> list[fx.
     return weights  # type: ignore[return-value]
 
 
-def _add(g: fx.Graph, x: fx.Node | float, y: fx.Node | float) -> fx.Node | float:
-    if isinstance(x, float) and x == 0.0:
+def _fold(g: fx.Graph, op: Any, identity: float, x: fx.Node | float, y: fx.Node | float) -> fx.Node | float:
+    """``op(x, y)`` with the identity element folded away (a float when both are floats' identities)."""
+    if isinstance(x, float) and x == identity:
         return y
-    if isinstance(y, float) and y == 0.0:
+    if isinstance(y, float) and y == identity:
         return x
     if isinstance(x, float):
         x, y = y, x
-    return call(g, aten.add.Tensor, x, y)
+    return call(g, op, x, y)
+
+
+def _add(g: fx.Graph, x: fx.Node | float, y: fx.Node | float) -> fx.Node | float:
+    return _fold(g, aten.add.Tensor, 0.0, x, y)
 
 
 def _mul(g: fx.Graph, x: fx.Node | float, y: fx.Node | float) -> fx.Node | float:
-    if isinstance(x, float) and x == 1.0:
-        return y
-    if isinstance(y, float) and y == 1.0:
-        return x
-    if isinstance(x, float):
-        x, y = y, x
-    return call(g, aten.mul.Tensor, x, y)
+    return _fold(g, aten.mul.Tensor, 1.0, x, y)
 
 
 @dataclasses.dataclass(frozen=True)
