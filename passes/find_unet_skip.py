@@ -25,7 +25,7 @@ from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
 from .find_block_stack import boundary, find_timestep
-from .graph_utils import descendants, is_compute, op_name, tensor_val
+from .graph_utils import ancestors, descendants, is_compute, op_name, tensor_val
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,17 +33,6 @@ class SkipConcat:
     concat: fx.Node
     feature: fx.Node  # h: the up path's value
     skip: fx.Node  # s: the down path's value
-
-
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    todo = [node]
-    while todo:
-        for inp in todo.pop().all_input_nodes:
-            if inp not in seen:
-                seen.add(inp)
-                todo.append(inp)
-    return seen
 
 
 def skip_concats(graph: fx.Graph) -> list[SkipConcat]:
@@ -60,9 +49,9 @@ def skip_concats(graph: fx.Graph) -> list[SkipConcat]:
         h, s = node.args[0]
         if not isinstance(h, fx.Node) or not isinstance(s, fx.Node):
             continue
-        if s in _ancestors(h):
+        if s in ancestors(h):
             found.append(SkipConcat(node, h, s))
-        elif h in _ancestors(s):
+        elif h in ancestors(s):
             found.append(SkipConcat(node, s, h))
     found.sort(key=lambda c: position[c.skip])
     concat_order = [position[c.concat] for c in found]
@@ -73,7 +62,7 @@ def skip_concats(graph: fx.Graph) -> list[SkipConcat]:
 
 def deep_region(graph: fx.Graph, chosen: SkipConcat) -> list[fx.Node]:
     """Nodes behind ``chosen``: depend on its skip, feed its feature; plus nodes only those use."""
-    behind = _ancestors(chosen.feature) | {chosen.feature}
+    behind = ancestors(chosen.feature) | {chosen.feature}
     region = {n for n in descendants([chosen.skip]) if n in behind and n is not chosen.skip and is_compute(n)}
     for node in reversed(graph.nodes):  # users first: pulls in what only the region reads, chains included
         if node not in region and is_compute(node) and node.users and all(u in region for u in node.users):

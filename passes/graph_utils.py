@@ -69,6 +69,18 @@ def descendants(sources: Iterable[fx.Node], within: set[fx.Node] | None = None) 
     return seen
 
 
+def ancestors(node: fx.Node) -> set[fx.Node]:
+    """Nodes ``node`` reads, directly or through others (``node`` itself excluded)."""
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        for inp in todo.pop().all_input_nodes:
+            if inp not in seen:
+                seen.add(inp)
+                todo.append(inp)
+    return seen
+
+
 def tensor_val(node: fx.Node) -> torch.Tensor | None:
     val = node.meta.get("val", node.meta.get("example_value"))
     return val if isinstance(val, torch.Tensor) else None

@@ -17,10 +17,6 @@ from .base import HISTORY, Clock, Predictor, call, clone, weighted_sum
 aten = torch.ops.aten
 
 
-def _f64(g: fx.Graph, clock: Clock, x: fx.Node) -> fx.Node:
-    return clock.real(g, x)
-
-
 def _bdf2_weights(g: fx.Graph, h1: fx.Node, h2: fx.Node) -> list[fx.Node]:
     """Weights of the second-order backward difference for F'(x0) from F(x0), F(x1), F(x2) with
     ``h1 = x0 - x1``, ``h2 = x1 - x2`` (float64 nodes): exact for quadratics, any spacing."""
@@ -56,8 +52,8 @@ class FoCa(Predictor):
 
     def on_compute(self, g: fx.Graph, value: fx.Node, state: list[fx.Node], clock: Clock) -> list[fx.Node]:
         f_a, f_b = state[0], state[1]
-        h1 = _f64(g, clock, clock.distance(g, 0))
-        h2 = call(g, aten.sub.Tensor, _f64(g, clock, clock.distance(g, 1)), h1)
+        h1 = clock.real(g, clock.distance(g, 0))
+        h2 = call(g, aten.sub.Tensor, clock.real(g, clock.distance(g, 1)), h1)
         slope = call(g, aten.div.Tensor, call(g, aten.sub.Tensor, value, f_a), clock.coefficient(g, h1))
         bdf = weighted_sum(g, clock, list(zip([value, f_a, f_b], _bdf2_weights(g, h1, h2), strict=True)))
         zero = call(g, aten.zeros_like.default, value)
@@ -67,8 +63,8 @@ class FoCa(Predictor):
 
     def on_cached(self, g: fx.Graph, state: list[fx.Node], clock: Clock) -> tuple[fx.Node, list[fx.Node]]:
         f_a, f_b, d_a = state
-        e = _f64(g, clock, clock.distance(g, 0))
-        h2 = call(g, aten.sub.Tensor, _f64(g, clock, clock.distance(g, 1)), e)
+        e = clock.real(g, clock.distance(g, 0))
+        h2 = call(g, aten.sub.Tensor, clock.real(g, clock.distance(g, 1)), e)
         forecast = weighted_sum(g, clock, [(f_a, None), (d_a, e)])
         local = weighted_sum(g, clock, list(zip([forecast, f_a, f_b], _bdf2_weights(g, e, h2), strict=True)))
         local = call(g, aten.where.self, clock.known(g, 2), local, d_a)
@@ -149,7 +145,7 @@ class AdamsBashforth(Predictor):
         return [value, *state[: self.order - 1]]
 
     def on_cached(self, g: fx.Graph, state: list[fx.Node], clock: Clock) -> tuple[fx.Node, list[fx.Node]]:
-        distances = [_f64(g, clock, clock.distance(g, j)) for j in range(self.order)]
+        distances = [clock.real(g, clock.distance(g, j)) for j in range(self.order)]
         e = distances[0]
         offsets = [call(g, aten.sub.Tensor, d, e) for d in distances]  # a_0 - a_j
         weights = _lagrange_means(g, offsets[:1], e)
