@@ -27,15 +27,26 @@ class CachedModule(torch.nn.Module):
         self.model = model
         self.policy = policy
         self.backend = backend
-        self.states: list[CacheState] = []
-        compiled = torch.compile(
+        self.states: list[Any] = []
+        compiled = None if getattr(policy, "wraps_model", False) else torch.compile(
             model, backend=make_backend(policy, backend, self.states), fullgraph=True, dynamic=False
         )
         self.__dict__["_compiled"] = compiled  # not a submodule: parameters stay listed once
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
+            if self.__dict__["_compiled"] is None:  # a policy around the call (CFG-Cache): built on the first one
+                self.__dict__["_compiled"] = self._wrap(args, kwargs)
             return self.__dict__["_compiled"](*args, **kwargs)
+
+    def _wrap(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from graphcache.cfg_cache import CFGState
+
+        wrapper = self.policy.wrap(self._modules["model"], args, kwargs)  # type: ignore[attr-defined]
+        self.states.append(CFGState(wrapper))
+        if self.backend == "eager":
+            return wrapper
+        return torch.compile(wrapper, backend=self.backend, fullgraph=True, dynamic=False)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -30,6 +30,8 @@ def make_backend(
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
+    if getattr(config, "wraps_model", False):
+        config.passes()  # raises: such a policy wraps the call, it has no passes for a captured graph
 
     def graphcache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         new = prepare_dynamo_graph(gm, example_inputs)

@@ -12,6 +12,16 @@ from graphcache.passes.add_cache_state import LOG_CAPACITY, StateSpec
 from graphcache.passes.base import analysis
 
 
+def log_decisions(step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor) -> list[str]:
+    """The current generation's decisions from the step counter, the last timestep and the ring log."""
+    if torch.isinf(last_t).item():
+        return []
+    steps = int(step.item()) + 1
+    entries = log.tolist()
+    first = max(0, steps - LOG_CAPACITY)
+    return ["computed" if entries[i % LOG_CAPACITY] == 1 else "cached" for i in range(first, steps)]
+
+
 @dataclasses.dataclass
 class CacheState:
     """The state buffers of one rewritten graph (one per compiled graph; never shared)."""
@@ -38,12 +48,7 @@ class CacheState:
 
     def decisions(self) -> list[str]:
         """``'computed'`` / ``'cached'`` for each call of the current generation, in order."""
-        if torch.isinf(self.buffer("_gc_last_t")).item():
-            return []
-        steps = int(self.buffer("_gc_step").item()) + 1
-        log = self.buffer("_gc_log").tolist()
-        first = max(0, steps - LOG_CAPACITY)
-        return ["computed" if log[i % LOG_CAPACITY] == 1 else "cached" for i in range(first, steps)]
+        return log_decisions(self.buffer("_gc_step"), self.buffer("_gc_last_t"), self.buffer("_gc_log"))
 
     def sample_decisions(self) -> list[list[str]]:
         """Per-sample decisions of the current generation (dynamic policies); ``[]`` for static ones."""

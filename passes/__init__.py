@@ -15,6 +15,8 @@ from .insert_magnitude_signal import InsertMagnitudeSignal
 from .insert_modulated_indicator import InsertModulatedIndicator
 from .insert_probe_indicator import InsertProbeIndicator
 from .insert_transform_rate import InsertTransformRate
+from .insert_verification_signal import InsertVerificationSignal
+from .plan_attention_units import PlanAttentionUnits
 from .plan_cache_units import PlanCacheUnits
 from .plan_delta_units import PlanDeltaUnits
 from .split_probe import SplitProbeBlocks
@@ -23,7 +25,8 @@ from .split_tail import SplitTailBlocks
 
 def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: int = 0,
                      signals: Sequence[Pass] = (), accumulators: tuple[tuple[str, float], ...] = (),
-                     tail_blocks: int = 0, find: Pass | None = None, plan: Pass | None = None) -> list[Pass]:
+                     tail_blocks: int = 0, find: Pass | None = None, plan: Pass | None = None,
+                     reads_timestep: bool = False) -> list[Pass]:
     """The pass order every caching policy uses; policies choose granularity, predictor and decision rule.
 
     ``probe_blocks > 0`` (dynamic policies): the first blocks run every step as a probe and their residual's
@@ -31,7 +34,8 @@ def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: 
     follow the probe's); ``accumulators``: per-sample buffers the rule reads and returns; ``tail_blocks``: the
     last blocks run every step too (DBCache's Bn); ``find``: the pass that finds the cached region
     (default: the stack of repeated blocks; DeepCache: a U-Net's deep part); ``plan``: the pass that
-    chooses the cached units (default: ``PlanCacheUnits(granularity)``; Delta-DiT: block-range deltas).
+    chooses the cached units (default: ``PlanCacheUnits(granularity)``; Delta-DiT: block-range deltas; PAB:
+    attention outputs by kind); ``reads_timestep``: ``rule(i, t, ...)`` also gets the timestep value.
     """
     probe = [SplitProbeBlocks(blocks=probe_blocks)] if probe_blocks else []
     indicator = [InsertProbeIndicator()] if probe_blocks else []
@@ -43,7 +47,7 @@ def default_pipeline(granularity: str, predictor: Any, rule: Any, probe_blocks: 
         AddCacheState(predictor=predictor),
         *indicator,
         *signals,
-        InsertDecision(rule=rule, accumulators=accumulators),
+        InsertDecision(rule=rule, accumulators=accumulators, reads_timestep=reads_timestep),
         InsertCacheBranch(predictor=predictor),
     ]
 
@@ -58,9 +62,11 @@ __all__ = [
     "InsertModulatedIndicator",
     "InsertProbeIndicator",
     "InsertTransformRate",
+    "InsertVerificationSignal",
     "Pass",
     "PassManager",
     "PassResult",
+    "PlanAttentionUnits",
     "PlanCacheUnits",
     "PlanDeltaUnits",
     "SplitProbeBlocks",

@@ -91,13 +91,19 @@ def same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
     return va is not None and vb is not None and va.shape == vb.shape and va.dtype == vb.dtype
 
 
+def batched_val(node: fx.Node, what: str) -> torch.Tensor:
+    """``node``'s value, which ``what`` needs with a batch dimension (else an UnsupportedGraphError)."""
+    from graphcache.errors import UnsupportedGraphError
+
+    val = tensor_val(node)
+    if val is None or val.dim() == 0:
+        raise UnsupportedGraphError(f"{what} needs a batch dimension on '{node.name}'")
+    return val
+
+
 def per_sample_where(graph: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node, like: fx.Node) -> fx.Node:
     """``where(mask[b], fresh[b], old[b])`` for each sample b: the [B] mask viewed to broadcast over the other
     dimensions of ``like`` (an outer-graph node of the same shape, which carries ``meta["val"]``)."""
-    from graphcache.errors import UnsupportedGraphError
-
-    val = tensor_val(like)
-    if val is None or val.dim() == 0:
-        raise UnsupportedGraphError(f"per-sample caching needs a batch dimension on '{like.name}'")
+    val = batched_val(like, "per-sample caching")
     view = graph.call_function(torch.ops.aten.view.default, (mask, [-1] + [1] * (val.dim() - 1)))
     return graph.call_function(torch.ops.aten.where.self, (view, fresh, old))

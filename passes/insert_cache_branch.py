@@ -12,8 +12,8 @@ with ``aten.copy_`` *after* the cond (never inside a branch: branches stay funct
   elimination: what does not feed an output (the blocks' attention and MLP) disappears, what does (gates
   recomputed from the current timestep, glue the epilogue needs) stays.
 Branch outputs are dense new tensors (cond rejects outputs aliasing operands or with view strides).
-A plan with phases (Delta-DiT) gets a cached branch that is itself ``cond(step < boundary, early, late)``,
-each replacing only its phase's units.
+A plan with phases (Delta-DiT, PAB) gets a cached branch that is itself a chain of conds on the step
+index, each phase replacing only its own units.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from graphcache.predictors import Clock, Predictor, Reuse, clone
 
 from .add_cache_state import StateSpec
 from .base import Pass, PassResult, analysis, mark
-from .graph_utils import per_sample_where, tensor_val
+from .graph_utils import batched_val, per_sample_where, tensor_val
 from .insert_decision import Decision
-from .plan_cache_units import CachePlan, CacheUnit
+from .plan_cache_units import CachePlan, CacheUnit, Phase
 
 
 def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node]) -> fx.Node:
@@ -54,11 +54,9 @@ def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Nod
 
 def _unit_clock(g: fx.Graph, ticks: Clock, unit: CacheUnit, per_sample: bool) -> Clock:
     """The clock as a unit's predictor sees it: per-sample clocks broadcast over the unit's sample dim."""
-    val = tensor_val(unit.node)
-    if not per_sample or val is None:
+    if not per_sample or tensor_val(unit.node) is None:
         return ticks
-    if val.dim() == 0:
-        raise UnsupportedGraphError(f"per-sample caching needs a batch dimension on cache unit '{unit.name}'")
+    val = batched_val(unit.node, f"per-sample caching of unit '{unit.name}'")
     return ticks.shaped(g, val.dim(), val.dtype)
 
 
@@ -85,11 +83,9 @@ def build_compute_branch(
         env[node] = g.node_copy(node, lambda a: env[a])
     results = [env[o] for o in outputs]
     for unit in plan.units:
-        value = env[unit.node]
-        if unit.base is not None:
-            value = g.call_function(torch.ops.aten.sub.Tensor, (value, env[unit.base]))
         clock = _unit_clock(g, ticks, unit, sample_mask is not None)
-        results.extend(predictor.on_compute(g, value, [env[s] for s in state.caches[unit.name]], clock))
+        states = [env[s] for s in state.caches[unit.name]]
+        results.extend(predictor.on_compute(g, _fresh_value(g, env, unit), states, clock))
     if sample_mask is not None:
         cached = _cached_values(g, dict(env), region, outputs, plan, state, predictor, ticks, per_sample=True)
         mask = env[sample_mask]
@@ -98,30 +94,39 @@ def build_compute_branch(
     return _finish(root, g, [_dense(g, r, phs) for r in results])
 
 
+def _fresh_value(g: fx.Graph, env: dict[fx.Node, fx.Node], unit: CacheUnit) -> fx.Node:
+    """A unit's value as the cache holds it: the region value, minus its base for residual units."""
+    value = env[unit.node]
+    return value if unit.base is None else g.call_function(torch.ops.aten.sub.Tensor, (value, env[unit.base]))
+
+
 def _cached_values(
     g: fx.Graph, env: dict[fx.Node, fx.Node], region: list[fx.Node], outputs: list[fx.Node], plan: CachePlan,
     state: StateSpec, predictor: Predictor, ticks: Clock, per_sample: bool, cached_units: frozenset[str] | None = None,
 ) -> list[fx.Node]:
     """Region outputs and new predictor state of a cached step, emitted into ``g`` (operands in ``env``).
-    Units outside ``cached_units`` (when given) are not replaced: their blocks run, their state is kept."""
+    Units outside ``cached_units`` (when given) are not replaced: their blocks run, and their state is kept
+    (or refreshed from the fresh value when the plan says ``refresh_running``: PAB)."""
     replaced: dict[fx.Node, tuple[fx.Node, fx.Node | None]] = {}
-    new_states: list[fx.Node] = []
+    new_states: dict[str, list[fx.Node]] = {}
     for unit in plan.units:
-        states = [env[s] for s in state.caches[unit.name]]
         if cached_units is not None and unit.name not in cached_units:
-            new_states.extend(clone(g, s) for s in states)
             continue
         clock = _unit_clock(g, ticks, unit, per_sample)
-        value, new_state = predictor.on_cached(g, states, clock)
+        value, new_states[unit.name] = predictor.on_cached(g, [env[s] for s in state.caches[unit.name]], clock)
         replaced[unit.node] = (value, unit.base)
-        new_states.extend(new_state)
     for node in region:  # a unit's base may be a region value itself (Delta-DiT's rear delta)
         if node in replaced:
             value, base = replaced[node]
             env[node] = value if base is None else g.call_function(torch.ops.aten.add.Tensor, (env[base], value))
         else:
             env[node] = g.node_copy(node, lambda a: env[a])
-    return [env[o] for o in outputs] + new_states
+    for unit in plan.units:
+        if unit.name not in new_states:
+            states = [env[s] for s in state.caches[unit.name]]
+            new_states[unit.name] = (predictor.on_compute(g, _fresh_value(g, env, unit), states, ticks)
+                                     if plan.refresh_running else [clone(g, s) for s in states])
+    return [env[o] for o in outputs] + [s for unit in plan.units for s in new_states[unit.name]]
 
 
 def build_cached_branch(
@@ -136,20 +141,24 @@ def build_cached_branch(
 
 def build_phased_branch(
     root: fx.GraphModule, region: list[fx.Node], outputs: list[fx.Node], operands: list[fx.Node],
-    plan: CachePlan, state: StateSpec, predictor: Predictor,
+    plan: CachePlan, state: StateSpec, predictor: Predictor, phases: tuple[Phase, ...],
 ) -> fx.GraphModule:
-    """The cached branch of a plan with phases: ``cond(step < boundary, early, late)`` over two cached
-    branches that each replace their phase's units (Delta-DiT: rear deltas early, front deltas late)."""
-    assert plan.phases is not None
-    early, late = (build_cached_branch(root, region, outputs, operands, plan, state, predictor, False, units)
-                   for units in (plan.phases.early, plan.phases.late))
+    """The cached branch of a plan with phases: ``cond(first.when(step), first, <the other phases>)``, each
+    phase a cached branch that replaces only its units (Delta-DiT: rear deltas early, front deltas late;
+    PAB: the attention kinds that skip this step)."""
+    first, rest = phases[0], phases[1:]
+    here = build_cached_branch(root, region, outputs, operands, plan, state, predictor, False, first.units)
+    if not rest:
+        return here
+    other = build_phased_branch(root, region, outputs, operands, plan, state, predictor, rest)
+    assert first.when is not None, "only the last phase of a plan may have no step test"
     g, env, _, ticks = _new_branch(operands)
-    is_early = g.call_function(torch.ops.aten.lt.Scalar, (ticks.step, plan.phases.boundary))
     args = (*[env[op] for op in operands], ticks.step, ticks.history, ticks.n_computed)
-    cond = g.call_function(torch.ops.higher_order.cond, (is_early, g.get_attr("early"), g.get_attr("late"), args))
+    cond = g.call_function(torch.ops.higher_order.cond, (first.when.emit(g, ticks.step), g.get_attr("here"),
+                                                         g.get_attr("other"), args))
     count = len(outputs) + len(state.cache_nodes())
     g.output(tuple(g.call_function(operator.getitem, (cond, k)) for k in range(count)))
-    return fx.GraphModule({"early": early, "late": late}, g)
+    return fx.GraphModule({"here": here, "other": other}, g)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +187,9 @@ class InsertCacheBranch(Pass):
             cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor,
                                          decision.sample_mask is not None)
         elif decision.sample_mask is None:
-            cached = build_phased_branch(gm, region, outputs, operands, plan, state, self.predictor)
+            cached = build_phased_branch(gm, region, outputs, operands, plan, state, self.predictor, plan.phases)
         else:
-            raise UnsupportedGraphError("cache plans with phases (Delta-DiT) take static decisions, not per sample")
+            raise UnsupportedGraphError("cache plans with phases (Delta-DiT, PAB) take batch decisions, not per sample")
         gm.add_submodule("_gc_compute", compute)
         gm.add_submodule("_gc_cached", cached)
         graph = gm.graph

@@ -6,8 +6,10 @@ placed before the block region. A generation starts when the timestep does not d
 ``reset()``, which sets the last timestep to -inf): the step index restarts at 0, the log is cleared and
 the step is computed.
 
-The policy contributes ``rule(i, *signals, *accumulators)`` (traced into the graph with torch.fx), which
-returns the compute mask, or ``(mask, *new_accumulators)``. ``signals`` are per-sample graph values earlier
+The policy contributes ``rule(i, *signals, *accumulators)`` (traced into the graph with torch.fx; with
+``reads_timestep`` ``rule(i, t, ...)``, ``t`` the timestep value: PAB's window), which returns the compute
+mask, or ``(mask, *new_accumulators)``. A rule object with ``bind(analyses)`` is first bound to what
+earlier passes found (PAB: the attention kinds the model has). ``signals`` are per-sample graph values earlier
 passes recorded (a probe's change, the timestep); ``accumulators`` are per-sample float32 buffers the
 pass adds (``accumulators=(("name", initial), ...)``: TeaCache's accumulated distance, MagCache's error).
 With signals the mask is per sample (shape [B]): ``pred`` is "any sample computes", the per-sample mask
@@ -43,8 +45,8 @@ MAX_SIGNALS = 4
 MAX_ACCUMULATORS = 4
 
 
-def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool) -> Callable[..., tuple[
-        torch.Tensor, ...]]:
+def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool,
+                 reads_timestep: bool = False) -> Callable[..., tuple[torch.Tensor, ...]]:
     def decide(
         t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor, history: torch.Tensor,
         n_computed: torch.Tensor, sample_log: torch.Tensor | None = None, s0: torch.Tensor | None = None,
@@ -57,7 +59,8 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         i = torch.where(new_generation, torch.zeros_like(step), step + 1)
         signals = [s0, s1, s2, s3][:n_signals]
         accumulators = [a0, a1, a2, a3][:n_accumulators]
-        result = rule(i, *signals, *accumulators)
+        clock = (i, t_now) if reads_timestep else (i,)
+        result = rule(*clock, *signals, *accumulators)
         mask, new_accumulators = (result[0], list(result[1:])) if isinstance(result, tuple) else (result, [])
         mask = mask | new_generation
         compute = mask.reshape(-1).any(0) if per_sample else mask
@@ -93,6 +96,7 @@ def _trace(fn: Callable[..., tuple[torch.Tensor, ...]], used: list[str]) -> fx.G
 class InsertDecision(Pass):
     rule: Rule = dataclasses.field(default=lambda i: torch.ones_like(i, dtype=torch.bool))
     accumulators: tuple[tuple[str, float], ...] = ()
+    reads_timestep: bool = False  # rule(i, t, ...): t the step's timestep value (the batch's largest)
     name = "insert_decision"
     requires = ("state", "block_stack")
     provides = ("decision",)
@@ -116,7 +120,9 @@ class InsertDecision(Pass):
             accumulators = [state.add(gm, f"_gc_acc_{name}", torch.empty(batch), anchor, self.name, initial)
                             for name, initial in self.accumulators]
             extra, used = [sample_log, *signals, *accumulators], ["sample_log", *used]
-        traced = _trace(_decision_fn(self.rule, len(signals), len(self.accumulators), per_sample), used)
+        rule = self.rule.bind(analysis(gm)) if hasattr(self.rule, "bind") else self.rule
+        decide = _decision_fn(rule, len(signals), len(self.accumulators), per_sample, self.reads_timestep)
+        traced = _trace(decide, used)
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
         inputs = [stack.timestep, state.step, state.last_t, state.log, state.history, state.n_computed, *extra]
         before = set(gm.graph.nodes)

@@ -15,7 +15,9 @@ Granularities:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import torch
 import torch.fx as fx
 
 from graphcache.blockstack import Block, BlockStack
@@ -38,20 +40,46 @@ class CacheUnit:
 
 
 @dataclasses.dataclass(frozen=True)
-class Phases:
-    """Which units a cached step uses, by step: ``early`` before step ``boundary``, ``late`` from it on
-    (the other units' blocks run). Delta-DiT's stage boundary."""
+class StepBelow:
+    """Step test ``step < boundary`` (Delta-DiT's stage boundary)."""
 
     boundary: int
-    early: frozenset[str]
-    late: frozenset[str]
+
+    def emit(self, g: fx.Graph, step: fx.Node) -> fx.Node:
+        return g.call_function(torch.ops.aten.lt.Scalar, (step, self.boundary))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResidue:
+    """Step test ``step % modulus in residues`` (PAB's per-kind recompute ranges)."""
+
+    modulus: int
+    residues: tuple[int, ...]
+
+    def emit(self, g: fx.Graph, step: fx.Node) -> fx.Node:
+        phase = g.call_function(torch.ops.aten.remainder.Scalar, (step, self.modulus))
+        hits = [g.call_function(torch.ops.aten.eq.Scalar, (phase, r)) for r in self.residues]
+        return functools.reduce(lambda a, b: g.call_function(torch.ops.aten.logical_or.default, (a, b)), hits)
+
+
+StepTest = StepBelow | StepResidue
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """The units a cached step replaces while ``when`` holds (the other units' blocks run); the last phase
+    of a plan has ``when=None`` and takes the remaining cached steps."""
+
+    units: frozenset[str]
+    when: StepTest | None = None
 
 
 @dataclasses.dataclass
 class CachePlan:
     granularity: str
     units: list[CacheUnit]
-    phases: Phases | None = None  # None: a cached step uses every unit
+    phases: tuple[Phase, ...] | None = None  # None: a cached step uses every unit
+    refresh_running: bool = False  # a cached step's running units refresh their state (else it is kept)
 
 
 def plan_stack_units(stack: BlockStack) -> list[CacheUnit]:
@@ -68,6 +96,12 @@ def plan_stack_units(stack: BlockStack) -> list[CacheUnit]:
 
 def residual_branches(block: Block, streams: list[fx.Node]) -> list[fx.Node]:
     """The ungated branch outputs F(x) of the residual adds ``x + gate * F(x)`` inside one block."""
+    return residual_structure(block, streams)[0]
+
+
+def residual_structure(block: Block, streams: list[fx.Node]) -> tuple[list[fx.Node], set[fx.Node]]:
+    """``(branches, carried)``: the ungated branch outputs and the residual stream's own values (the streams,
+    their moves and the residual sums) inside one block."""
     members = set(block.nodes)
     dependent = descendants(streams, within=members)
     carried = set(streams)
@@ -86,7 +120,7 @@ def residual_branches(block: Block, streams: list[fx.Node]) -> list[fx.Node]:
             elif b in carried and a in dependent and a not in carried:
                 branches.append(_ungate(a, dependent))
                 carried.add(node)
-    return branches
+    return branches, carried
 
 
 def _ungate(contribution: fx.Node, dependent: set[fx.Node]) -> fx.Node:

@@ -4,7 +4,8 @@ Precondition: ``block_stack``. Postcondition: ``cache_plan`` with two kinds of u
 ``front*`` = (stream entering block ``split``) - (stream entering the region), ``rear*`` = (region output)
 - (stream entering block ``split``), per hidden stream (matched by shape; a stream without a match is
 cached as is). Cached steps before step ``boundary`` run the front blocks and add the rear delta; from
-``boundary`` on they add the front delta and run the rear blocks. Graph unchanged.
+``boundary`` on they add the front delta and run the rear blocks (``boundary=None``: no phases, cached steps
+replace both). Graph unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from graphcache.errors import PolicyConfigError
 
 from .base import Pass, PassResult, analysis
 from .graph_utils import descendants, same_tensor_type
-from .plan_cache_units import CachePlan, CacheUnit, Phases
+from .plan_cache_units import CachePlan, CacheUnit, Phase, StepBelow
 
 
 def _match(values: list[fx.Node], bases: list[fx.Node]) -> list[tuple[fx.Node, fx.Node | None]]:
@@ -32,9 +33,10 @@ def _match(values: list[fx.Node], bases: list[fx.Node]) -> list[tuple[fx.Node, f
     return pairs
 
 
-def plan_delta_units(stack: BlockStack, split: int) -> list[CacheUnit]:
+def plan_delta_units(stack: BlockStack, split: int | None) -> list[CacheUnit]:
+    """Front and rear units around block ``split`` (None: half of the blocks; negative: from the end)."""
     blocks = [(st, block) for st in stack.stacks for block in st.blocks]
-    split = len(blocks) // 2 if split < 0 else split
+    split = len(blocks) // 2 if split is None else split + len(blocks) if split < 0 else split
     if not 1 <= split < len(blocks):
         raise PolicyConfigError(f"option deltadit.split={split} is invalid: this model has {len(blocks)} blocks; "
                                 f"split must be in 1..{len(blocks) - 1}")
@@ -51,8 +53,8 @@ def plan_delta_units(stack: BlockStack, split: int) -> list[CacheUnit]:
 class PlanDeltaUnits(Pass):
     """Record Delta-DiT's :class:`CachePlan`: front and rear block-range deltas with a stage boundary."""
 
-    split: int = -1  # first rear block; -1: half of the blocks
-    boundary: int = 0
+    split: int | None = None  # first rear block; None: half of the blocks; negative: counted from the end
+    boundary: int | None = 0  # None: no phases, a cached step replaces both (SpeCa's split before the last block)
     name = "plan_delta_units"
     requires = ("block_stack",)
     provides = ("cache_plan",)
@@ -61,5 +63,6 @@ class PlanDeltaUnits(Pass):
         units = plan_delta_units(analysis(gm)["block_stack"], self.split)
         early = frozenset(u.name for u in units if u.name.startswith("rear"))
         late = frozenset(u.name for u in units if u.name.startswith("front"))
-        analysis(gm)["cache_plan"] = CachePlan("delta", units, Phases(self.boundary, early, late))
+        phases = None if self.boundary is None else (Phase(early, StepBelow(self.boundary)), Phase(late))
+        analysis(gm)["cache_plan"] = CachePlan("delta", units, phases)
         return PassResult(gm, modified=False)

@@ -209,3 +209,66 @@ def hand_written_unet(batch: int = 2) -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     return HandWrittenUNet().eval(), lambda t: {"image": x, "level": torch.full((batch,), t)}
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, context: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(context, width), nn.Linear(context, width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        q, k, v = (p(s).unflatten(-1, (self.heads, -1)).transpose(1, 2) for p, s in ((self.q, x), (self.k, ctx),
+                                                                                       (self.v, ctx)))
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class _VideoLayer(nn.Module):
+    """Latte-style layer on a [B, frames * patches, C] stream: attention within each frame (spatial), across
+    frames at each patch (temporal), to text tokens (cross), then an MLP; adaLN gates."""
+
+    def __init__(self, width: int, frames: int, text: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.mod = nn.Linear(width, 4 * width)
+        self.spatial, self.temporal, self.cross = _Attention(width, width), _Attention(width, width), _Attention(
+            width, text)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        f, p = self.frames, n // self.frames
+        s1, g1, s2, g2 = self.mod(F.silu(c)).unsqueeze(1).chunk(4, dim=-1)
+        h = (F.layer_norm(x, (w,)) * (1 + s1)).reshape(b * f, p, w)
+        x = x + g1 * self.spatial(h, h).reshape(b, n, w)
+        h = F.layer_norm(x, (w,)).reshape(b, f, p, w).transpose(1, 2).reshape(b * p, f, w)
+        x = x + self.temporal(h, h).reshape(b, p, f, w).transpose(1, 2).reshape(b, n, w)
+        x = x + self.cross(F.layer_norm(x, (w,)), text)
+        return x + g2 * self.mlp(F.layer_norm(x, (w,)) * (1 + s2))
+
+
+class HandWrittenVideoDiT(nn.Module):
+    def __init__(self, width: int = 32, depth: int = 3, frames: int = 3, text: int = 24) -> None:
+        super().__init__()
+        self.width = width
+        self.embed = nn.Linear(4, width)
+        self.time = nn.Linear(width, width)
+        self.layers = nn.ModuleList([_VideoLayer(width, frames, text) for _ in range(depth)])
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, video: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        angles = t.float()[:, None] * torch.arange(1, self.width // 2 + 1, dtype=torch.float32)
+        c = self.time(torch.cat([angles.sin(), angles.cos()], -1))
+        x = self.embed(video)
+        for layer in self.layers:
+            x = layer(x, c, prompt)
+        return self.head(F.layer_norm(x, x.shape[-1:]))
+
+
+def hand_written_video_dit(batch: int = 2) -> tuple[nn.Module, Any]:
+    """Spatial, temporal and cross-attention in every layer: 3 frames of 4 patches, 5 text tokens."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x, text = torch.randn(batch, 12, 4, generator=g), torch.randn(batch, 5, 24, generator=g)
+    return HandWrittenVideoDiT().eval(), lambda t: {"video": x, "t": torch.full((batch,), t), "prompt": text}

@@ -1,4 +1,4 @@
-"""Every registered policy (and decisions composed with forecasts; DeepCache on a U-Net):
+"""Every registered policy (and decisions composed with forecasts; DeepCache on a U-Net, PAB on PixArt):
 torch.compile(fullgraph=True) with Inductor gives one graph, 0 graph breaks and 0 recompiles over two
 generations, and the same outputs."""
 
@@ -11,26 +11,29 @@ from graphcache.backend import make_backend
 from graphcache.policies import available
 
 from helpers import generation, moving_latent, timesteps
-from models import tiny_dit, tiny_unet
+from models import tiny_dit, tiny_pixart, tiny_unet
 
 STEPS = 12
 OPTIONS = {  # options that give cached steps on the tiny DiT within 12 steps
     "adacache": {}, "dbcache": {"threshold": 0.15, "warmup": 1}, "easycache": {"tau": 10.0, "warmup": 2},
-    "fbcache": {"threshold": 0.15}, "teacache": {}, "magcache": {},
+    "fbcache": {"threshold": 0.15}, "teacache": {}, "magcache": {}, "pab": {}, "fastercache": {"num_steps": STEPS},
+    "speca": {"num_steps": STEPS},
 }
-CASES = [*available(), "fbcache{forecast=foca,threshold=0.15}", "dbcache{forecast=taylor:2,warmup=1,threshold=0.15}",
-         "teacache{forecast=ab:3}"]
+MODELS = {"deepcache": tiny_unet, "pab": tiny_pixart}  # U-Net skips; self- and cross-attention phases
+WRAPPING = {"cfgcache"}  # wraps the call, no graph passes: one graph / no recompiles in tests/test_cfgcache.py
+CASES = [*sorted(set(available()) - WRAPPING), "fbcache{forecast=foca,threshold=0.15}",
+         "dbcache{forecast=taylor:2,warmup=1,threshold=0.15}", "teacache{forecast=ab:3}"]
 
 
 def test_every_registered_policy_is_covered():
     static = {"fora", "taylorseer", "hicache", "foca", "abcache", "deepcache", "deltadit"}
-    assert set(OPTIONS) | static >= set(available())
+    assert set(OPTIONS) | static | WRAPPING >= set(available())
 
 
 @pytest.mark.parametrize("policy", CASES)
 def test_fullgraph_inductor_two_generations_no_recompiles(dit_calibration, policy):
     name = policy.split("{")[0]
-    model, fixed = tiny_unet() if name == "deepcache" else tiny_dit(num_layers=3, batch=2)
+    model, fixed = MODELS[name]() if name in MODELS else tiny_dit(num_layers=3, batch=2)
     inputs = moving_latent(fixed) if name == "easycache" else fixed
     options = dict(OPTIONS.get(name, {})) if "{" not in policy else {}
     if name in ("teacache", "magcache"):

@@ -160,11 +160,14 @@ def test_every_dynamic_policy_exports_in_graph(tmp_path):
     ("dit", "fbcache", "in-graph", {"threshold": 0.3, "forecast": "taylor:1"}),
     ("dit", "deltadit", "in-graph", {"boundary": 4}),  # a nested If: the stage boundary
     ("unet", "deepcache", "unrolled", {}),  # input and output both named 'sample' in diffusers
+    ("video", "pab", "in-graph", {}),  # a chain of Ifs: which of spatial / temporal / cross attention a step skips
+    ("dit", "fastercache", "in-graph", {"num_steps": STEPS}),
+    ("dit", "speca", "in-graph", {"num_steps": STEPS}),  # the last block copied before the If (verification)
 ])
 def test_predictive_policies_export(tmp_path, model_name, policy, form, options):
-    from models import tiny_unet
+    from models import hand_written_video_dit, tiny_unet
 
-    model, inputs = {"dit": tiny_dit, "unet": tiny_unet}[model_name]()
+    model, inputs = {"dit": tiny_dit, "unet": tiny_unet, "video": hand_written_video_dit}[model_name]()
     exported = export_model(model, inputs(999.0), tmp_path, policy, "onnx", form, steps=STEPS, **options)
     _, diffs, decisions = run_both(exported, inputs)
     assert max(diffs) < 1e-4, diffs

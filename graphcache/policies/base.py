@@ -116,11 +116,11 @@ def per_sample_option() -> Any:
                   "cache); False: one decision from the batch-mean indicator")
 
 
-def forecast_option() -> Any:
+def forecast_option(default: str = "reuse") -> Any:
     """The ``forecast`` field: compose the policy's decision with any predictor (see ``predictor()``)."""
     from graphcache.predictors import FORECAST_HELP
 
-    return option("reuse", FORECAST_HELP)
+    return option(default, FORECAST_HELP)
 
 
 def pooled(signal: torch.Tensor, per_sample: bool) -> torch.Tensor:

@@ -42,5 +42,5 @@ class DeltaDiT(PolicyConfig):
         from graphcache.predictors import Reuse
 
         return default_pipeline("delta", Reuse(), self.rule,
-                                plan=PlanDeltaUnits(split=self.split or -1, boundary=self.boundary),
+                                plan=PlanDeltaUnits(split=self.split, boundary=self.boundary),
                                 find=FindBlockStack())

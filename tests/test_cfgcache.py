@@ -1,0 +1,106 @@
+"""CFG-Cache: a guided batch's unconditional half rebuilt from the conditional one and stored FFT deltas,
+in one graph; against a NumPy reference of the published rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphcache
+from graphcache.backend import make_backend
+from graphcache.errors import PolicyConfigError, UnsupportedGraphError
+
+from helpers import timesteps
+from models import hand_written_dit, tiny_unet
+
+STEPS = 12  # with the default window (0, 641): steps 4..10 inside
+
+
+def numpy_low_pass(d):
+    """Low frequencies of d over its last two axes: circle of radius min(H, W) // 5 on the shifted spectrum."""
+    h, w = d.shape[-2:]
+    y, x = np.mgrid[:h, :w]
+    mask = ((x - w // 2) ** 2 + (y - h // 2) ** 2 <= (min(h, w) // 5) ** 2).astype(np.float64)
+    spectrum = np.fft.fftshift(np.fft.fft2(d), axes=(-2, -1)) * mask
+    return np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1))).real
+
+
+def reference(model, inputs, ts, interval, low_growth=1.15, high_growth=1.25, window=(0.0, 641.0)):
+    """The rule written out: full steps keep d = eps_u - eps_c split by the low-pass; cached steps run the
+    conditional half and add the scaled parts ([uncond; cond] batches)."""
+    outputs, decisions, low, high, scales = [], [], None, None, [1.0, 1.0]
+    for i, t in enumerate(ts):
+        kw = inputs(t)
+        full = i == 0 or not window[0] < t < window[1] or i % interval == 0
+        with torch.no_grad():
+            if full:
+                eps = model(**kw).sample
+                d = (eps.chunk(2)[0] - eps.chunk(2)[1]).double().numpy()
+                low = numpy_low_pass(d)
+                high, scales = d - low, [1.0, 1.0]
+            else:
+                half = {k: v.chunk(2)[1] if torch.is_tensor(v) and v.shape[:1] == eps.shape[:1] else v
+                        for k, v in kw.items()}
+                eps_c = model(**half).sample
+                scales = [scales[0] * low_growth, scales[1]] if t >= 500 else [scales[0], scales[1] * high_growth]
+                eps_u = eps_c.double().numpy() + scales[0] * low + scales[1] * high
+                eps = torch.cat([torch.from_numpy(eps_u).float(), eps_c])
+        outputs.append(eps)
+        decisions.append("computed" if full else "cached")
+    return outputs, decisions
+
+
+def run(optimized, inputs, ts):
+    with torch.no_grad():
+        return [optimized(**inputs(t)).sample for t in ts]
+
+
+def test_cached_steps_follow_the_rule():
+    model, inputs = tiny_unet(batch=4)
+    ts = timesteps(STEPS)
+    optimized = graphcache.optimize(model, "cfgcache", backend="eager", interval=3)
+    outputs = run(optimized, inputs, ts)
+    want, decisions = reference(model, inputs, ts, interval=3)
+    assert graphcache.decisions(optimized) == decisions
+    assert decisions.count("cached") == 5
+    for i, (out, ref) in enumerate(zip(outputs, want, strict=True)):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5, msg=f"step {i}")
+        if decisions[i] == "computed":
+            assert torch.equal(out, ref)
+
+
+def test_fullgraph_inductor_one_graph_no_recompiles():
+    model, inputs = tiny_unet(batch=4)
+    ts = timesteps(STEPS)
+    graphs = []
+
+    def counting(gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx
+
+        graphs.append(gm)
+        return compile_fx(gm, example_inputs)
+
+    optimized = graphcache.optimize(model, "cfgcache", backend="eager", interval=3)
+    optimized(**inputs(ts[0]))  # builds the wrapper
+    compiled = torch.compile(optimized.__dict__["_compiled"], backend=counting, fullgraph=True, dynamic=False)
+    optimized.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        first = [compiled(**inputs(t)).sample for t in ts]
+        second = [compiled(**inputs(t)).sample for t in ts]
+    assert len(graphs) == 1
+    want, _ = reference(model, inputs, ts, interval=3)
+    for a, b, ref in zip(first, second, want, strict=True):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_errors_are_named():
+    model, inputs = tiny_unet(batch=3)
+    with pytest.raises(UnsupportedGraphError, match=r"needs a guided batch .* batch 3"):
+        graphcache.optimize(model, "cfgcache", backend="eager")(**inputs(999))
+    dit, dit_inputs = hand_written_dit(batch=2)
+    with pytest.raises(UnsupportedGraphError, match=r"one output shaped \[batch, channels, height, width\]"):
+        graphcache.optimize(dit, "cfgcache", backend="eager")(**dit_inputs(999))
+    with pytest.raises(PolicyConfigError, match=r"apply it with graphcache.optimize"):
+        make_backend("cfgcache")
