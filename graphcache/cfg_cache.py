@@ -47,10 +47,20 @@ class CFGCache(torch.nn.Module):
     """Wraps a denoiser called on guided batches; built from one example call (see :func:`wrap`)."""
 
     def __init__(self, full: torch.nn.Module, half: torch.nn.Module, config: Any, signature: inspect.Signature,
-                 batch: int, output: torch.Tensor, spec: pytree.TreeSpec) -> None:
+                 batch: int, output: torch.Tensor, spec: pytree.TreeSpec, features: Any = None) -> None:
         super().__init__()
         self.full_graph, self.half_graph = full, half  # the model captured at the guided batch and at its half
         self.config, self.signature, self.batch, self.spec = config, signature, batch, spec
+        self.fills = dict(FILLS)
+        self.feature_inputs: list[str] = []
+        self.feature_state: list[str] = []
+        if features is not None:  # a FunctionalGraph: the guided batch's graph rewritten by another policy
+            self.feature_inputs = [s.name for s in features.inputs]
+            for s in features.state:
+                name = f"_gc_features_{s.name}"
+                self.register_buffer(name, s.initial(output.device), persistent=False)
+                self.feature_state.append(name)
+                self.fills[name] = s.fill
         half_shape = (batch // 2, *output.shape[1:])
         buffers = {"_gc_step": torch.zeros((), dtype=torch.int64), "_gc_last_t": torch.zeros(()),
                    "_gc_log": torch.zeros(LOG_CAPACITY, dtype=LOG_DTYPE), "_gc_d_low": output.new_zeros(half_shape),
@@ -63,18 +73,23 @@ class CFGCache(torch.nn.Module):
     def reset(self) -> None:
         """The next call starts a generation (and is a full step)."""
         with torch.no_grad():
-            for name, fill in FILLS.items():
+            for name, fill in self.fills.items():
                 self.get_buffer(name).fill_(fill)
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         first, second = x.chunk(2)
         return (second, first) if self.config.uncond_first else (first, second)
 
-    def _call(self, bound: dict[str, Any], cond_only: bool) -> torch.Tensor:
-        if cond_only:
-            half = conditional_half(bound, self.batch, self.config.uncond_first)
-            return pytree.tree_leaves(self.half_graph(**half))[0]
-        return pytree.tree_leaves(self.full_graph(**bound))[0]
+    def _guided(self, bound: dict[str, Any], features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The guided batch's output and the feature policy's new state."""
+        if not self.feature_state:
+            return (pytree.tree_leaves(self.full_graph(**bound))[0],)
+        out = self.full_graph(*[bound[n] for n in self.feature_inputs], *features)
+        return (out[0], *[s.clone() for s in out[len(out) - len(features):]])
+
+    def _conditional(self, bound: dict[str, Any]) -> torch.Tensor:
+        half = conditional_half(bound, self.batch, self.config.uncond_first)
+        return pytree.tree_leaves(self.half_graph(**half))[0]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         bound = dict(self.signature.bind(*args, **kwargs).arguments)
@@ -89,25 +104,28 @@ class CFGCache(torch.nn.Module):
         early = scaled >= c.split_timestep
         mask = self.get_buffer("_gc_mask")
 
-        def full(d_low: torch.Tensor, d_high: torch.Tensor, scales: torch.Tensor, early: torch.Tensor
-                 ) -> tuple[torch.Tensor, ...]:
-            eps = self._call(bound, cond_only=False)
+        def full(d_low: torch.Tensor, d_high: torch.Tensor, scales: torch.Tensor, early: torch.Tensor,
+                 *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            eps, *new_features = self._guided(bound, features)
             eps_c, eps_u = self._halves(eps)
             d = eps_u - eps_c
             low = low_frequencies(d, mask)
-            return eps.clone(), low, d - low, torch.ones_like(scales)
+            return eps.clone(), low, d - low, torch.ones_like(scales), *new_features
 
-        def cached(d_low: torch.Tensor, d_high: torch.Tensor, scales: torch.Tensor, early: torch.Tensor
-                   ) -> tuple[torch.Tensor, ...]:
-            eps_c = self._call(bound, cond_only=True)
+        def cached(d_low: torch.Tensor, d_high: torch.Tensor, scales: torch.Tensor, early: torch.Tensor,
+                   *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            eps_c = self._conditional(bound)
             growth = torch.stack([torch.where(early, c.low_growth, 1.0), torch.where(early, 1.0, c.high_growth)])
             new_scales = scales * growth
             eps_u = eps_c + new_scales[0] * d_low + new_scales[1] * d_high
             pair = (eps_u, eps_c) if c.uncond_first else (eps_c, eps_u)
-            return torch.cat(pair), d_low.clone(), d_high.clone(), new_scales
+            return torch.cat(pair), d_low.clone(), d_high.clone(), new_scales, *[f.clone() for f in features]
 
-        eps, d_low, d_high, scales = torch.cond(full_step, full, cached, (
-            state["_gc_d_low"], state["_gc_d_high"], state["_gc_scales"], early))
+        features = [self.get_buffer(name) for name in self.feature_state]
+        eps, d_low, d_high, scales, *new_features = torch.cond(full_step, full, cached, (
+            state["_gc_d_low"], state["_gc_d_high"], state["_gc_scales"], early, *features))
+        for buffer, value in zip(features, new_features, strict=True):
+            buffer.copy_(value)
         slot = torch.arange(LOG_CAPACITY, device=i.device) == i % LOG_CAPACITY
         log = torch.where(new_generation, torch.full_like(state["_gc_log"], -1), state["_gc_log"])
         new = {"_gc_d_low": d_low, "_gc_d_high": d_high, "_gc_scales": scales, "_gc_step": i, "_gc_last_t": t,
@@ -135,8 +153,9 @@ class CFGState:
         return []
 
     def cache_bytes(self) -> int:
-        deltas = (self.module.get_buffer(name) for name in ("_gc_d_low", "_gc_d_high"))
-        return sum(b.numel() * b.element_size() for b in deltas)
+        """The deltas and the feature policy's state (its clock and log included)."""
+        names = ("_gc_d_low", "_gc_d_high", *self.module.feature_state)
+        return sum(b.numel() * b.element_size() for b in map(self.module.get_buffer, names))
 
 
 def conditional_half(bound: dict[str, Any], batch: int, uncond_first: bool) -> dict[str, Any]:
@@ -167,6 +186,14 @@ def wrap(model: torch.nn.Module, config: Any, args: tuple[Any, ...], kwargs: dic
     if len(leaves) != 1 or not isinstance(out, torch.Tensor) or out.dim() < 4 or out.shape[0] != batch:
         raise UnsupportedGraphError(f"CFG-Cache needs one output shaped [batch, channels, height, width] with the "
                                     f"input's batch {batch}; got {[getattr(x, 'shape', x) for x in leaves]}")
-    full, _ = capture_export(model, bound)
     half, _ = capture_export(model, conditional_half(bound, batch, config.uncond_first))
-    return CFGCache(full, half, config, signature, batch, out, spec)
+    if config.features is None:
+        full, _ = capture_export(model, bound)
+        return CFGCache(full, half, config, signature, batch, out, spec)
+    from graphcache.export.functional import functionalize
+    from graphcache.exported import optimize_exported
+    from graphcache.passes.dense_cond_operands import DenseCondOperands
+
+    guided = optimize_exported(model, bound, config.features, lowering=(DenseCondOperands(),))
+    features = functionalize(guided, bound)
+    return CFGCache(features.module, half, config, signature, batch, out, spec, features)

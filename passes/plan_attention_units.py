@@ -39,15 +39,16 @@ SOFTMAX = frozenset({"softmax", "_softmax", "_safe_softmax"})
 MATMUL = frozenset({"bmm", "matmul", "baddbmm"})
 
 
-def _own_nodes(branch: fx.Node, carried: set[fx.Node], members: set[fx.Node]) -> list[fx.Node]:
-    """``F``'s nodes: ancestors of the branch inside the block, not entering the residual stream."""
+def _own_nodes(branch: fx.Node, carried: set[fx.Node], block: list[fx.Node]) -> list[fx.Node]:
+    """``F``'s nodes in graph order: ancestors of the branch inside the block, not entering the stream."""
+    members = set(block)
     seen, todo = {branch}, [branch]
     while todo:
         for inp in todo.pop().all_input_nodes:
             if inp in members and inp not in carried and inp not in seen:
                 seen.add(inp)
                 todo.append(inp)
-    return [n for n in seen]
+    return [n for n in block if n in seen]
 
 
 def _keys(attention: fx.Node) -> tuple[fx.Node, int] | None:
@@ -84,7 +85,7 @@ def attention_branches(stack: BlockStack) -> list[AttentionBranch]:
             members = set(block.nodes)
             from_streams = descendants(streams, within=members)
             for j, branch in enumerate(branches):
-                ops = [n for n in _own_nodes(branch, carried, members) if op_name(n) in FUSED_ATTENTION | SOFTMAX]
+                ops = [n for n in _own_nodes(branch, carried, block.nodes) if op_name(n) in FUSED_ATTENTION | SOFTMAX]
                 keys = [k for k in map(_keys, ops) if k is not None]
                 if keys:
                     key, length = keys[0]

@@ -10,9 +10,10 @@ import torch
 import graphcache
 from graphcache.backend import make_backend
 from graphcache.errors import PolicyConfigError, UnsupportedGraphError
+from graphcache.policies.cfgcache import CFGCacheConfig
 
 from helpers import timesteps
-from models import hand_written_dit, tiny_unet
+from models import hand_written_dit, tiny_dit, tiny_unet
 
 STEPS = 12  # with the default window (0, 641): steps 4..10 inside
 
@@ -70,8 +71,12 @@ def test_cached_steps_follow_the_rule():
             assert torch.equal(out, ref)
 
 
-def test_fullgraph_inductor_one_graph_no_recompiles():
-    model, inputs = tiny_unet(batch=4)
+@pytest.mark.parametrize("maker, config", [
+    (lambda: tiny_unet(batch=4), CFGCacheConfig(interval=3)),
+    (lambda: tiny_dit(batch=4), CFGCacheConfig(interval=2, features="fastercache{window_high=1000,num_steps=12}")),
+])
+def test_fullgraph_inductor_one_graph_no_recompiles(maker, config):
+    model, inputs = maker()
     ts = timesteps(STEPS)
     graphs = []
 
@@ -81,18 +86,51 @@ def test_fullgraph_inductor_one_graph_no_recompiles():
         graphs.append(gm)
         return compile_fx(gm, example_inputs)
 
-    optimized = graphcache.optimize(model, "cfgcache", backend="eager", interval=3)
-    optimized(**inputs(ts[0]))  # builds the wrapper
+    optimized = graphcache.optimize(model, config, backend="eager")
+    want = run(optimized, inputs, ts)
     compiled = torch.compile(optimized.__dict__["_compiled"], backend=counting, fullgraph=True, dynamic=False)
     optimized.reset()
     with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
         first = [compiled(**inputs(t)).sample for t in ts]
         second = [compiled(**inputs(t)).sample for t in ts]
     assert len(graphs) == 1
-    want, _ = reference(model, inputs, ts, interval=3)
+    assert "cached" in graphcache.decisions(optimized)
     for a, b, ref in zip(first, second, want, strict=True):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fastercache_as_published_attention_extrapolation_inside_the_full_steps():
+    """cfgcache{features=fastercache}: full steps run the attention-extrapolating graph (its own calls count
+    its steps), cached steps the plain conditional half."""
+    from graphcache.exported import optimize_exported
+
+    model, inputs = tiny_dit(batch=4)
+    ts = timesteps(STEPS)
+    inner = "fastercache{window_low=0,window_high=1000,num_steps=12}"
+    optimized = graphcache.optimize(model, CFGCacheConfig(interval=2, uncond_first=False, features=inner),
+                                    backend="eager")
+    outputs = run(optimized, inputs, ts)
+    decisions = graphcache.decisions(optimized)
+    guided = optimize_exported(model, inputs(ts[0]), inner)
+    low = high = None
+    scales = [1.0, 1.0]
+    for i, t in enumerate(ts):
+        kw = inputs(t)
+        if decisions[i] == "computed":
+            want = guided(**kw).sample
+            d = (want.chunk(2)[1] - want.chunk(2)[0]).double().numpy()
+            low = numpy_low_pass(d)
+            high, scales = d - low, [1.0, 1.0]
+        else:
+            with torch.no_grad():
+                eps_c = model(**{k: v[:2] for k, v in kw.items()}).sample
+            scales = [scales[0] * 1.15, scales[1]] if t >= 500 else [scales[0], scales[1] * 1.25]
+            want = torch.cat([eps_c, torch.from_numpy(eps_c.double().numpy() + scales[0] * low + scales[1] * high
+                                                      ).float()])
+        torch.testing.assert_close(outputs[i], want, rtol=1e-4, atol=1e-5, msg=f"step {i}")
+    assert decisions.count("computed") == 9 and guided.state.decisions().count("cached") == 4
+    assert optimized.cache_bytes() > 2 * outputs[0][:2].numel() * 4  # the deltas and the attention cache
 
 
 def test_errors_are_named():
@@ -104,3 +142,5 @@ def test_errors_are_named():
         graphcache.optimize(dit, "cfgcache", backend="eager")(**dit_inputs(999))
     with pytest.raises(PolicyConfigError, match=r"apply it with graphcache.optimize"):
         make_backend("cfgcache")
+    with pytest.raises(PolicyConfigError, match=r"cfgcache.features='cfgcache' is invalid: must be a graph policy"):
+        CFGCacheConfig(features="cfgcache")

@@ -80,6 +80,22 @@ def test_dbcache_with_taylor_forecast_pooled():
     assert any(not torch.equal(a, b) for a, b, d in zip(out_t, out_r, decisions, strict=True) if d == "cached")
 
 
+def test_dynamic_forecast_from_reuses_before_the_step():
+    """dbcache{forecast=taylor:1,forecast_from=S}: cached steps before S equal plain reuse, later ones forecast."""
+    model, inputs = tiny_dit(num_layers=4, batch=2)
+    ts = timesteps(12)
+    options = {"threshold": 0.3, "warmup": 2, "per_sample": False}
+    reuse = generation(optimize_exported(model, inputs(ts[0]), "dbcache", **options), inputs, ts)
+    late = optimize_exported(model, inputs(ts[0]), "dbcache", forecast="taylor:1", forecast_from=7, **options)
+    outputs, decisions = generation(late, inputs, ts), late.state.decisions()
+    cached = [i for i, d in enumerate(decisions) if d == "cached"]
+    assert any(i < 7 for i in cached) and any(i >= 7 for i in cached), decisions
+    for i in cached:
+        assert torch.equal(outputs[i], reuse[i]) == (i < 7), i
+    with pytest.raises(PolicyConfigError, match=r"fbcache.forecast_from=-1 is invalid: must be an integer >= 0"):
+        make_policy("fbcache", forecast="foca", forecast_from=-1)
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("magic", r"fbcache.forecast='magic' is invalid: choose one of reuse \| taylor:M"),
     ("taylor:x", r"the order after ':' must be an integer, e.g. taylor:2"),

@@ -58,5 +58,5 @@ def test_bad_spec_syntax():
 
 def test_field_docs_cover_every_field():
     names = [row[0] for row in FORA.field_docs()]
-    assert names == ["interval", "warmup", "granularity", "num_steps", "compute_last", "forecast"]
+    assert names == ["interval", "warmup", "granularity", "num_steps", "compute_last", "forecast", "forecast_from"]
     assert all(row[3] for row in FORA.field_docs())

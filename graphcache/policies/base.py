@@ -41,10 +41,13 @@ class PolicyConfig:
     def predictor(self) -> Any:
         """What cached steps use: the predictor the ``forecast`` field names (:func:`forecast_option`),
         plain reuse for a policy without one. Raises :class:`PolicyConfigError` for a bad name."""
-        from graphcache.predictors import Reuse, parse_forecast
+        from graphcache.predictors import FromStep, Reuse, parse_forecast
 
         spec = getattr(self, "forecast", None)
-        return Reuse() if spec is None else parse_forecast(spec, f"{self.name}.forecast")
+        predictor = Reuse() if spec is None else parse_forecast(spec, f"{self.name}.forecast")
+        start = getattr(self, "forecast_from", 0)
+        require(isinstance(start, int) and start >= 0, self.name, "forecast_from", start, "must be an integer >= 0")
+        return FromStep(predictor, start) if start > 0 and not isinstance(predictor, Reuse) else predictor
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         """Static schedule: compute at step index ``i`` (a tensor); traced into the graph."""
@@ -121,6 +124,12 @@ def forecast_option(default: str = "reuse") -> Any:
     from graphcache.predictors import FORECAST_HELP
 
     return option(default, FORECAST_HELP)
+
+
+def forecast_from_option() -> Any:
+    """The ``forecast_from`` field: reuse before that step, forecast from it on (see ``predictor()``)."""
+    return option(0, "cached steps before this step reuse the last computed value; the forecast starts here "
+                  "(graphcache's knob for models whose early features do not extrapolate)")
 
 
 def pooled(signal: torch.Tensor, per_sample: bool) -> torch.Tensor:

@@ -33,6 +33,8 @@ class CFGCacheConfig(PolicyConfig):
     high_growth: float = option(1.25, "the high-frequency delta's scale grows by this per cached step, late")
     split_timestep: float = option(500.0, "early = timestep >= this (on the 1000 scale)")
     timestep_scale: float = option(1.0, "multiplies the model's timestep input onto the 1000 scale (Flux: 1000)")
+    features: str | None = option(None, "a policy applied to the guided batch's graph on full steps, e.g. "
+                                  "'fastercache' (FasterCache as published: attention extrapolation + CFG-Cache)")
 
     def validate(self) -> None:
         require_int(self, "interval", 1)
@@ -40,6 +42,12 @@ class CFGCacheConfig(PolicyConfig):
                 f"must be >= 0 and below window_high={self.window_high}")
         for key in ("low_growth", "high_growth", "timestep_scale"):
             require(getattr(self, key) > 0, self.name, key, getattr(self, key), "must be > 0")
+        if self.features is not None:
+            from graphcache.policies import make_policy
+
+            inner = make_policy(self.features)
+            require(not getattr(inner, "wraps_model", False), self.name, "features", self.features,
+                    "must be a graph policy (fastercache, fora, ...), not another wrapper")
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         """The schedule of a generation inside the window."""

@@ -9,6 +9,7 @@ import torch
 
 from graphcache.policies.base import (
     PolicyConfig,
+    forecast_from_option,
     forecast_option,
     option,
     per_sample_option,
@@ -41,6 +42,7 @@ class DBCache(PolicyConfig):
     max_continuous_cached_steps: int = option(-1, "at most this many cached steps in a row (-1: no cap)")
     per_sample: bool = per_sample_option()
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()

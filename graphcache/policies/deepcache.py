@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_option, option, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class DeepCache(PolicyConfig):
     skip: int = option(1, "skip connection whose deep side is cached, 0 = outermost (1: DeepCache's branch 0)")
     warmup: int = option(0, "the first `warmup` steps are always computed")
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_option, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class EasyCache(PolicyConfig):
     warmup: int = option(10, "the first `warmup` steps are always computed (at least 2: k needs two)")
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()

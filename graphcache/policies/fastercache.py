@@ -13,9 +13,10 @@ from graphcache.policies.pab import PAB
 class FasterCache(PAB):
     """FasterCache's dynamic feature reuse: PAB's attention units and timestep window, but a cached step
     extrapolates each attention output from its last two computed values,
-    ``F_a + (F_a - F_b) * max(0.5, i / (T-1))``, instead of reusing it. Defaults follow diffusers'
-    ``FasterCacheConfig`` (spatial attention every 2nd step below timestep 681). FasterCache's CFG-Cache
-    (running only the conditional half of a guided batch) is not part of this policy."""
+    ``F_a + (F_a - F_b) * max(0.5, i / (T-1))``, instead of reusing it. Defaults: spatial and temporal
+    attention recomputed every 2nd step below timestep 681 (the window of diffusers' ``FasterCacheConfig``).
+    FasterCache's CFG-Cache is the ``cfgcache`` policy; ``cfgcache{features=fastercache}`` runs both, as
+    published."""
 
     name = "fastercache"
     summary = "attention outputs extrapolated from their last two computed values inside a timestep window"

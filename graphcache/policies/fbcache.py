@@ -9,6 +9,7 @@ import torch
 
 from graphcache.policies.base import (
     PolicyConfig,
+    forecast_from_option,
     forecast_option,
     option,
     per_sample_option,
@@ -38,6 +39,7 @@ class FBCache(PolicyConfig):
     warmup: int = option(0, "the first `warmup` steps are always computed")
     per_sample: bool = per_sample_option()
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()

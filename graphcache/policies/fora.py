@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_option, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,7 @@ class FORA(PolicyConfig):
     num_steps: int | None = option(None, "steps per generation; only needed by compute_last")
     compute_last: bool = option(False, "always compute the last step (needs num_steps)")
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()

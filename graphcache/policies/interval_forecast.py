@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, option, require_int
 from graphcache.predictors import FromStep
 
 
@@ -19,8 +19,7 @@ class IntervalForecast(PolicyConfig):
     interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0")
     warmup: int = option(3, "the first `warmup` steps are computed (they also seed the forecast)")
     lite: bool = option(False, "forecast only the residual of the whole stack: memory O(1) in depth")
-    forecast_from: int = option(0, "cached steps before this step reuse the last computed value; the forecast "
-                                "starts here (graphcache's knob for models whose early features do not extrapolate)")
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         require_int(self, "interval", 1)

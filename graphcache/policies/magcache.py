@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, forecast_option, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,7 @@ class MagCache(PolicyConfig):
     retention: float = option(0.1, "R: the first ceil(R*T) steps (of the calibration run) are computed")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()

@@ -10,6 +10,7 @@ import torch
 from graphcache.errors import PolicyConfigError
 from graphcache.policies.base import (
     PolicyConfig,
+    forecast_from_option,
     forecast_option,
     option,
     per_sample_option,
@@ -55,6 +56,7 @@ class TeaCache(PolicyConfig):
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     per_sample: bool = per_sample_option()
     forecast: str = forecast_option()
+    forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()
