@@ -212,28 +212,31 @@ def hand_written_unet(batch: int = 2) -> tuple[nn.Module, Any]:
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, context: int, heads: int = 2) -> None:
+    def __init__(self, width: int, context: int, heads: int = 2, manual: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.manual = heads, manual
         self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(context, width), nn.Linear(context, width)
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         q, k, v = (p(s).unflatten(-1, (self.heads, -1)).transpose(1, 2) for p, s in ((self.q, x), (self.k, ctx),
                                                                                        (self.v, ctx)))
-        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+        if self.manual:  # softmax(q k^T / sqrt(d)) v written out
+            a = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v)
+        return self.out(a.transpose(1, 2).flatten(2))
 
 
 class _VideoLayer(nn.Module):
     """Latte-style layer on a [B, frames * patches, C] stream: attention within each frame (spatial), across
     frames at each patch (temporal), to text tokens (cross), then an MLP; adaLN gates."""
 
-    def __init__(self, width: int, frames: int, text: int) -> None:
+    def __init__(self, width: int, frames: int, text: int, manual: bool = False) -> None:
         super().__init__()
         self.frames = frames
         self.mod = nn.Linear(width, 4 * width)
-        self.spatial, self.temporal, self.cross = _Attention(width, width), _Attention(width, width), _Attention(
-            width, text)
+        self.spatial, self.temporal, self.cross = (_Attention(width, c, manual=manual) for c in (width, width, text))
         self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -249,12 +252,12 @@ class _VideoLayer(nn.Module):
 
 
 class HandWrittenVideoDiT(nn.Module):
-    def __init__(self, width: int = 32, depth: int = 3, frames: int = 3, text: int = 24) -> None:
+    def __init__(self, width: int = 32, depth: int = 3, frames: int = 3, text: int = 24, manual: bool = False) -> None:
         super().__init__()
         self.width = width
         self.embed = nn.Linear(4, width)
         self.time = nn.Linear(width, width)
-        self.layers = nn.ModuleList([_VideoLayer(width, frames, text) for _ in range(depth)])
+        self.layers = nn.ModuleList([_VideoLayer(width, frames, text, manual) for _ in range(depth)])
         self.head = nn.Linear(width, 4)
 
     def forward(self, video: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
@@ -266,9 +269,11 @@ class HandWrittenVideoDiT(nn.Module):
         return self.head(F.layer_norm(x, x.shape[-1:]))
 
 
-def hand_written_video_dit(batch: int = 2) -> tuple[nn.Module, Any]:
-    """Spatial, temporal and cross-attention in every layer: 3 frames of 4 patches, 5 text tokens."""
+def hand_written_video_dit(batch: int = 2, manual: bool = False) -> tuple[nn.Module, Any]:
+    """Spatial, temporal and cross-attention in every layer: 3 frames of 4 patches, 5 text tokens
+    (``manual``: attention written as softmax(q k^T) v instead of the fused op)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     x, text = torch.randn(batch, 12, 4, generator=g), torch.randn(batch, 5, 24, generator=g)
-    return HandWrittenVideoDiT().eval(), lambda t: {"video": x, "t": torch.full((batch,), t), "prompt": text}
+    model = HandWrittenVideoDiT(manual=manual).eval()
+    return model, lambda t: {"video": x, "t": torch.full((batch,), t), "prompt": text}

@@ -101,8 +101,9 @@ def test_fastercache_extrapolates_attention_outputs_like_hooks():
     assert not torch.allclose(outputs[3], plain[3])  # step 3 extrapolates (w = 0.5) rather than reuses
 
 
-def test_kinds_found_by_structure_and_mlps_not_cached():
-    model, inputs = hand_written_video_dit()
+@pytest.mark.parametrize("manual", [False, True])
+def test_kinds_found_by_structure_and_mlps_not_cached(manual):
+    model, inputs = hand_written_video_dit(manual=manual)
     cached = optimize_exported(model, inputs(999), "pab")
     plan = analysis(cached.module)["cache_plan"]
     names = [u.name for u in plan.units]
