@@ -24,6 +24,8 @@ from torch.utils import _pytree as pytree
 from graphcache.capture import capture_export
 from graphcache.errors import UnsupportedGraphError
 from graphcache.passes.add_cache_state import LOG_CAPACITY, LOG_DTYPE
+from graphcache.passes.insert_decision import log_slot, logged, next_step
+from graphcache.policies.base import in_window
 from graphcache.state import log_decisions
 
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "noise_level")
@@ -65,7 +67,7 @@ class CFGCache(torch.nn.Module):
         buffers = {"_gc_step": torch.zeros((), dtype=torch.int64), "_gc_last_t": torch.zeros(()),
                    "_gc_log": torch.zeros(LOG_CAPACITY, dtype=LOG_DTYPE), "_gc_d_low": output.new_zeros(half_shape),
                    "_gc_d_high": output.new_zeros(half_shape), "_gc_scales": torch.ones(2),
-                   "_gc_mask": low_pass_mask(*output.shape[-2:]).to(output.device)}
+                   "_gc_mask": low_pass_mask(*output.shape[-2:])}
         for name, value in buffers.items():
             self.register_buffer(name, value.to(output.device), persistent=False)
         self.reset()
@@ -75,10 +77,6 @@ class CFGCache(torch.nn.Module):
         with torch.no_grad():
             for name, fill in self.fills.items():
                 self.get_buffer(name).fill_(fill)
-
-    def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = x.chunk(2)
-        return (second, first) if self.config.uncond_first else (first, second)
 
     def _guided(self, bound: dict[str, Any], features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The guided batch's output and the feature policy's new state."""
@@ -95,19 +93,17 @@ class CFGCache(torch.nn.Module):
         bound = dict(self.signature.bind(*args, **kwargs).arguments)
         c = self.config
         state = {name: self.get_buffer(name) for name in FILLS}
-        t = next(bound[n] for n in TIMESTEP_NAMES if n in bound).reshape(-1).to(torch.float32).amax(0)
-        new_generation = t >= state["_gc_last_t"]
-        i = torch.where(new_generation, torch.zeros_like(state["_gc_step"]), state["_gc_step"] + 1)
-        scaled = t * c.timestep_scale
-        inside = (scaled > c.window_low) & (scaled < c.window_high)
+        timestep = next(bound[n] for n in TIMESTEP_NAMES if n in bound)
+        t, new_generation, i = next_step(timestep, state["_gc_last_t"], state["_gc_step"])
+        inside = in_window(t, c.window_low, c.window_high, c.timestep_scale)
         full_step = new_generation | ~inside | (i % c.interval == 0)
-        early = scaled >= c.split_timestep
+        early = t * c.timestep_scale >= c.split_timestep
         mask = self.get_buffer("_gc_mask")
 
         def full(d_low: torch.Tensor, d_high: torch.Tensor, scales: torch.Tensor, early: torch.Tensor,
                  *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
             eps, *new_features = self._guided(bound, features)
-            eps_c, eps_u = self._halves(eps)
+            eps_c, eps_u = guided_halves(eps, c.uncond_first)
             d = eps_u - eps_c
             low = low_frequencies(d, mask)
             return eps.clone(), low, d - low, torch.ones_like(scales), *new_features
@@ -118,18 +114,17 @@ class CFGCache(torch.nn.Module):
             growth = torch.stack([torch.where(early, c.low_growth, 1.0), torch.where(early, 1.0, c.high_growth)])
             new_scales = scales * growth
             eps_u = eps_c + new_scales[0] * d_low + new_scales[1] * d_high
-            pair = (eps_u, eps_c) if c.uncond_first else (eps_c, eps_u)
-            return torch.cat(pair), d_low.clone(), d_high.clone(), new_scales, *[f.clone() for f in features]
+            kept = [f.clone() for f in features]
+            return guided_batch(eps_c, eps_u, c.uncond_first), d_low.clone(), d_high.clone(), new_scales, *kept
 
         features = [self.get_buffer(name) for name in self.feature_state]
         eps, d_low, d_high, scales, *new_features = torch.cond(full_step, full, cached, (
             state["_gc_d_low"], state["_gc_d_high"], state["_gc_scales"], early, *features))
         for buffer, value in zip(features, new_features, strict=True):
             buffer.copy_(value)
-        slot = torch.arange(LOG_CAPACITY, device=i.device) == i % LOG_CAPACITY
-        log = torch.where(new_generation, torch.full_like(state["_gc_log"], -1), state["_gc_log"])
+        log = logged(state["_gc_log"], log_slot(state["_gc_log"], i), new_generation, full_step)
         new = {"_gc_d_low": d_low, "_gc_d_high": d_high, "_gc_scales": scales, "_gc_step": i, "_gc_last_t": t,
-               "_gc_log": torch.where(slot, full_step.to(LOG_DTYPE), log)}
+               "_gc_log": log}
         for name, value in new.items():
             state[name].copy_(value)
         return pytree.tree_unflatten([eps], self.spec)
@@ -158,12 +153,22 @@ class CFGState:
         return sum(b.numel() * b.element_size() for b in map(self.module.get_buffer, names))
 
 
+def guided_halves(x: torch.Tensor, uncond_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(conditional, unconditional)`` halves of a guided batch."""
+    first, second = x.chunk(2)
+    return (second, first) if uncond_first else (first, second)
+
+
+def guided_batch(cond: torch.Tensor, uncond: torch.Tensor, uncond_first: bool) -> torch.Tensor:
+    """The guided batch of two halves, in the pipeline's order."""
+    return torch.cat((uncond, cond) if uncond_first else (cond, uncond))
+
+
 def conditional_half(bound: dict[str, Any], batch: int, uncond_first: bool) -> dict[str, Any]:
     """The arguments with every tensor of the guided batch cut to its conditional half."""
     def cut(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch:
-            return v[batch // 2:] if uncond_first else v[: batch // 2]
-        return v
+        batched = isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch
+        return guided_halves(v, uncond_first)[0] if batched else v
 
     return {k: cut(v) for k, v in bound.items()}
 

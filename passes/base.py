@@ -40,6 +40,13 @@ def mark(node: fx.Node, pass_name: str, role: str) -> fx.Node:
     return node
 
 
+def mark_new(graph: fx.Graph, before: set[fx.Node], pass_name: str, role: str) -> None:
+    """:func:`mark` every node of ``graph`` that is not in ``before`` (the nodes a pass just added)."""
+    for node in graph.nodes:
+        if node not in before:
+            mark(node, pass_name, role)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pass:
     """Base of every graphcache pass: subclasses set ``name`` and implement ``call``."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -79,6 +80,14 @@ def ancestors(node: fx.Node) -> set[fx.Node]:
                 seen.add(inp)
                 todo.append(inp)
     return seen
+
+
+def emit_traced(graph: fx.Graph, fn: Callable[..., Any], args: list[fx.Node]) -> Any:
+    """``fn`` (plain tensor code) traced with torch.fx and copied into ``graph`` on ``args`` at the current
+    insertion point; returns the copied output node (or tuple of nodes)."""
+    traced = fx.symbolic_trace(fn)
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    return graph.graph_copy(traced.graph, dict(zip(placeholders, args, strict=True)))
 
 
 def tensor_val(node: fx.Node) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 
 from .add_cache_state import LOG_CAPACITY, LOG_DTYPE, StateSpec
-from .base import Pass, PassResult, analysis, mark
+from .base import Pass, PassResult, analysis, mark_new
 from .graph_utils import per_sample_where, tensor_val
 
 Rule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
@@ -45,6 +45,28 @@ MAX_SIGNALS = 4
 MAX_ACCUMULATORS = 4
 
 
+def next_step(t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(t_now, new_generation, i)``: the call's timestep (the batch's largest), whether it starts a
+    generation (the timestep did not decrease) and the step index (0 then, else one past the last)."""
+    t_now = t.reshape(-1).to(torch.float32).amax(0)  # explicit dim: ONNX ReduceMax needs it
+    new_generation = t_now >= last_t
+    return t_now, new_generation, torch.where(new_generation, torch.zeros_like(step), step + 1)
+
+
+def log_slot(log: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """The ring-log position of step ``i`` as a mask over the (1-D) log."""
+    positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on the log's device
+    return positions == (i % LOG_CAPACITY)
+
+
+def logged(log: torch.Tensor, slot: torch.Tensor, new_generation: torch.Tensor, value: torch.Tensor
+           ) -> torch.Tensor:
+    """``log`` with ``value`` written at ``slot``, cleared to -1 first when a generation starts."""
+    cleared = torch.where(new_generation, torch.full_like(log, -1), log)
+    return torch.where(slot, value.to(LOG_DTYPE), cleared)
+
+
 def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool,
                  reads_timestep: bool = False) -> Callable[..., tuple[torch.Tensor, ...]]:
     def decide(
@@ -54,9 +76,7 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         a0: torch.Tensor | None = None, a1: torch.Tensor | None = None, a2: torch.Tensor | None = None,
         a3: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        t_now = t.reshape(-1).to(torch.float32).amax(0)  # explicit dim: ONNX ReduceMax needs it
-        new_generation = t_now >= last_t
-        i = torch.where(new_generation, torch.zeros_like(step), step + 1)
+        t_now, new_generation, i = next_step(t, last_t, step)
         signals = [s0, s1, s2, s3][:n_signals]
         accumulators = [a0, a1, a2, a3][:n_accumulators]
         clock = (i, t_now) if reads_timestep else (i,)
@@ -64,10 +84,8 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         mask, new_accumulators = (result[0], list(result[1:])) if isinstance(result, tuple) else (result, [])
         mask = mask | new_generation
         compute = mask.reshape(-1).any(0) if per_sample else mask
-        positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on log's device
-        slot = positions == (i % LOG_CAPACITY)
-        cleared = torch.where(new_generation, torch.full_like(log, -1), log)
-        new_log = torch.where(slot, compute.to(LOG_DTYPE), cleared)
+        slot = log_slot(log, i)
+        new_log = logged(log, slot, new_generation, compute)
         # the clock: per sample (history [B, H], count [B]) when each sample decides, else one per batch
         n_before = torch.where(new_generation, torch.zeros_like(n_computed), n_computed)
         pushed = torch.cat([torch.zeros_like(history[..., :1]) + i, history[..., :-1]], -1)
@@ -75,8 +93,7 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         new_n = n_before + (mask if per_sample else compute).to(torch.int64)
         out = [compute, i, t_now, new_log, new_history, new_n, history, n_before, mask]
         if sample_log is not None:
-            cleared_samples = torch.where(new_generation, torch.full_like(sample_log, -1), sample_log)
-            out.append(torch.where(slot.unsqueeze(1), mask.to(LOG_DTYPE).unsqueeze(0), cleared_samples))
+            out.append(logged(sample_log, slot.unsqueeze(1), new_generation, mask.unsqueeze(0)))
         return (*out, *new_accumulators)
 
     return decide
@@ -141,9 +158,7 @@ class InsertDecision(Pass):
                         gm.graph.call_function(torch.ops.aten.where.self, (pred, fresh, buffer)))
                 updates.append((buffer, kept))
             updates.extend(analysis(gm).get("refresh_always", []))
-        for node in gm.graph.nodes:
-            if node not in before:
-                mark(node, self.name, "decision")
+        mark_new(gm.graph, before, self.name, "decision")
         analysis(gm)["decision"] = Decision(pred, updates, [step, history_before, n_before],
                                             mask if per_sample else None)
         return PassResult(gm, modified=True)

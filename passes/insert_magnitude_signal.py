@@ -14,7 +14,8 @@ import dataclasses
 import torch
 import torch.fx as fx
 
-from .base import Pass, PassResult, analysis, mark
+from .base import Pass, PassResult, analysis, mark_new
+from .graph_utils import emit_traced
 
 
 def interpolate(t: torch.Tensor, knots: torch.Tensor, steps: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
@@ -50,16 +51,9 @@ class InsertMagnitudeSignal(Pass):
         before = set(graph.nodes)
         with graph.inserting_before(stack.region[0]):
             consts = [graph.get_attr(n) for n in ("_gc_mag_knots", "_gc_mag_steps", "_gc_mag_first")]
-            t = graph.graph_copy(*_traced(timestep_vector, [stack.timestep]))
-            gamma = graph.graph_copy(*_traced(interpolate, [stack.timestep, *consts]))
-        for node in graph.nodes:
-            if node not in before:
-                mark(node, self.name, "decision")
+            t = emit_traced(graph, timestep_vector, [stack.timestep])
+            gamma = emit_traced(graph, interpolate, [stack.timestep, *consts])
+        mark_new(graph, before, self.name, "decision")
         found.setdefault("signals", []).extend([gamma, t])
         return PassResult(gm, modified=True)
 
-
-def _traced(fn, args: list[fx.Node]):  # type: ignore[no-untyped-def]
-    traced = fx.symbolic_trace(fn)
-    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    return traced.graph, dict(zip(placeholders, args, strict=True))

@@ -18,8 +18,8 @@ import torch.fx as fx
 
 from graphcache.errors import UnsupportedGraphError
 
-from .base import Pass, PassResult, analysis, mark
-from .graph_utils import tensor_val
+from .base import Pass, PassResult, analysis, mark_new
+from .graph_utils import emit_traced, tensor_val
 from .insert_probe_indicator import relative_l1
 
 
@@ -92,12 +92,8 @@ class InsertModulatedIndicator(Pass):
             for node in block.nodes:
                 if node in needed:
                     env[node] = graph.node_copy(node, lambda a: env.get(a, a))
-            traced = fx.symbolic_trace(relative_l1)
-            placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-            rel = graph.graph_copy(traced.graph, dict(zip(placeholders, [env[target], prev], strict=True)))
-        for node in graph.nodes:
-            if node not in before:
-                mark(node, self.name, "decision")
+            rel = emit_traced(graph, relative_l1, [env[target], prev])
+        mark_new(graph, before, self.name, "decision")
         found.setdefault("signals", []).append(rel)
         found.setdefault("refresh_always", []).append((prev, env[target]))
         found["indicator"] = target.name

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from .base import Pass, PassResult, analysis, mark
-from .graph_utils import tensor_val
+from .graph_utils import emit_traced, tensor_val
 
 
 def relative_l1(r: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -41,10 +41,8 @@ class InsertProbeIndicator(Pass):
                                  stack.region[0], self.name)
         with graph.inserting_before(stack.region[0]):
             residual = graph.call_function(torch.ops.aten.sub.Tensor, (probe.outputs[0], probe.inputs[0]))
-            traced = fx.symbolic_trace(relative_l1)
-            placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
             before = set(graph.nodes)
-            rel = graph.graph_copy(traced.graph, dict(zip(placeholders, [residual, ref], strict=True)))
+            rel = emit_traced(graph, relative_l1, [residual, ref])
         for node in graph.nodes:
             if node not in before or node in (ref, residual):
                 mark(node, self.name, "decision")

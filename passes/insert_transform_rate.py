@@ -19,8 +19,8 @@ import torch.fx as fx
 
 from graphcache.errors import UnsupportedGraphError
 
-from .base import Pass, PassResult, analysis, mark
-from .graph_utils import tensor_val
+from .base import Pass, PassResult, analysis, mark_new
+from .graph_utils import emit_traced, tensor_val
 
 
 def predicted_change(x: torch.Tensor, x_prev: torch.Tensor, x_a: torch.Tensor, x_a2: torch.Tensor,
@@ -58,14 +58,9 @@ class InsertTransformRate(Pass):
         delta_a = state.caches[unit.name][0]
         graph = gm.graph
         before = set(graph.nodes)
-        traced = fx.symbolic_trace(predicted_change)
-        placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
         with graph.inserting_before(anchor):
-            signal = graph.graph_copy(traced.graph, dict(zip(placeholders, [x, x_prev, x_a, x_a2, delta_a, delta_a2],
-                                                             strict=True)))
-        for node in graph.nodes:
-            if node not in before:
-                mark(node, self.name, "decision")
+            signal = emit_traced(graph, predicted_change, [x, x_prev, x_a, x_a2, delta_a, delta_a2])
+        mark_new(graph, before, self.name, "decision")
         found.setdefault("signals", []).append(signal)
         found.setdefault("refresh_always", []).append((x_prev, x))
         found.setdefault("refresh_on_compute", []).extend([(x_a, x), (x_a2, x_a), (delta_a2, delta_a)])

@@ -20,8 +20,8 @@ import torch.fx as fx
 from graphcache.errors import UnsupportedGraphError
 from graphcache.predictors import Clock, Predictor, Reuse, call
 
-from .base import Pass, PassResult, analysis, mark
-from .graph_utils import batched_val
+from .base import Pass, PassResult, analysis, mark_new
+from .graph_utils import batched_val, emit_traced
 
 
 def relative_l2(real: torch.Tensor, forecast: torch.Tensor) -> torch.Tensor:
@@ -73,18 +73,13 @@ class InsertVerificationSignal(Pass):
             for u in rear:
                 delta = _forecast(graph, self.predictor, state.caches[u.name], clock, u.node)
                 out_hat = call(graph, torch.ops.aten.add.Tensor, env[u.base], delta)
-                traced = fx.symbolic_trace(relative_l2)
-                placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-                errors.append(graph.graph_copy(traced.graph, dict(zip(placeholders, [env[u.node], out_hat],
-                                                                        strict=True))))
+                errors.append(emit_traced(graph, relative_l2, [env[u.node], out_hat]))
             error = errors[0]
             for other in errors[1:]:
                 error = call(graph, torch.ops.aten.maximum.default, error, other)
             latest = call(graph, torch.ops.aten.select.int, state.history, -1, 0)
             since = call(graph, torch.ops.aten.sub.Tensor, step, latest)
             since = call(graph, torch.ops.aten.add.Tensor, since, call(graph, torch.ops.aten.zeros_like.default, error))
-        for node in graph.nodes:
-            if node not in before:
-                mark(node, self.name, "decision")
+        mark_new(graph, before, self.name, "decision")
         found.setdefault("signals", []).extend([error, since])
         return PassResult(gm, modified=True)

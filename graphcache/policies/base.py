@@ -144,6 +144,19 @@ def require_int(config: PolicyConfig, key: str, minimum: int, note: str = "") ->
             f"must be an integer >= {minimum}{note}")
 
 
+def require_window(config: PolicyConfig) -> None:
+    """The timestep window options (``window_low`` < ``window_high`` on the 1000 scale, ``timestep_scale``)."""
+    low, high, scale = config.window_low, config.window_high, config.timestep_scale  # type: ignore[attr-defined]
+    require(0 <= low < high, config.name, "window_low", low, f"must be >= 0 and below window_high={high}")
+    require(scale > 0, config.name, "timestep_scale", scale, "must be > 0")
+
+
+def in_window(t: torch.Tensor, low: float, high: float, scale: float) -> torch.Tensor:
+    """``low < t * scale < high``: the timestep (brought to the 1000 scale) inside an open window."""
+    scaled = t * scale
+    return (scaled > low) & (scaled < high)
+
+
 def require(condition: bool, policy: str, key: str, value: Any, rule: str) -> None:
     """Raise a :class:`PolicyConfigError` unless ``condition``: ``fora.interval=0: must be >= 1``."""
     if not condition:

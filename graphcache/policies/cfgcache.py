@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, option, require, require_int
+from graphcache.policies.base import PolicyConfig, option, require, require_int, require_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +38,8 @@ class CFGCacheConfig(PolicyConfig):
 
     def validate(self) -> None:
         require_int(self, "interval", 1)
-        require(0 <= self.window_low < self.window_high, self.name, "window_low", self.window_low,
-                f"must be >= 0 and below window_high={self.window_high}")
-        for key in ("low_growth", "high_growth", "timestep_scale"):
+        require_window(self)
+        for key in ("low_growth", "high_growth"):
             require(getattr(self, key) > 0, self.name, key, getattr(self, key), "must be > 0")
         if self.features is not None:
             from graphcache.policies import make_policy

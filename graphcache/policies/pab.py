@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, option, require
+from graphcache.policies.base import PolicyConfig, in_window, option, require, require_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,7 @@ class WindowRule:
         low, high, scale = self.low, self.high, self.scale
 
         def rule(i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            inside = (t * scale > low) & (t * scale < high)
-            return (~inside) | (i % period == 0)
+            return (~in_window(t, low, high, scale)) | (i % period == 0)
 
         return rule
 
@@ -59,9 +58,7 @@ class PAB(PolicyConfig):
                     "must be an integer >= 1 or None")
         require(any(getattr(self, k) is not None for k in ("spatial", "temporal", "cross")), self.name, "spatial",
                 self.spatial, "at least one of spatial/temporal/cross needs a range")
-        require(0 <= self.window_low < self.window_high, self.name, "window_low", self.window_low,
-                f"must be >= 0 and below window_high={self.window_high}")
-        require(self.timestep_scale > 0, self.name, "timestep_scale", self.timestep_scale, "must be > 0")
+        require_window(self)
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         """The schedule of a generation that lies inside the window, on a model with every kind."""
