@@ -3,13 +3,15 @@
 A :class:`PlanRunner` is called like the denoiser (``runner(**inputs)``). It keeps the cache state in the
 backend's own buffers between steps (OrtValues, device tensors): nothing goes through NumPy per step.
 In-graph form: the one graph runs every step and decides inside. Step-unrolled form: the plan's schedule
-names the graph of each step; a generation starts when the timestep does not decrease (as in the graph),
-or after ``reset()``.
+names the graph of each step; a generation starts when the timestep repeats or moves against the model's
+direction (as in the graph), or after ``reset()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,8 +36,22 @@ class Backend(Protocol):
         """A state buffer's value as a CPU tensor (for decisions(); not used per step)."""
 
 
+@dataclasses.dataclass
+class _Stream:
+    """One stream's state handles and, for the step-unrolled form, its place in the schedule."""
+
+    state: dict[str, Any]
+    step: int = -1
+    last_t: float = float("-inf")
+    direction: float = 0.0  # -1 / +1 once the first generation's first move is seen (as in the graph)
+
+
 class PlanRunner:
-    """A whole-generation runner of an exported plan."""
+    """A whole-generation runner of an exported plan.
+
+    Streams as in the Python module: ``with runner.cache_context("uncond"):`` names one; without contexts the
+    k-th call in a row at one timestep is stream k (CFG as two calls, Heun's stages), each with its own state.
+    """
 
     def __init__(self, plan: Plan, backend: Backend) -> None:
         self.plan = plan
@@ -44,22 +60,57 @@ class PlanRunner:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the current generation: fresh state, the next call is step 0."""
-        self.state = {s.name: self.backend.allocate(s.name) for s in self.plan.state}
-        self.step = -1
-        self.last_t = float("-inf")
+        """Forget every stream: fresh state, the next call is step 0."""
+        self.streams: dict[str, _Stream] = {}
+        self.active = ""
+        self._explicit = 0
+        self._last_call: float | None = None
+        self._repeat = 0
+
+    def _stream(self, name: str) -> _Stream:
+        if name not in self.streams:
+            self.streams[name] = _Stream({s.name: self.backend.allocate(s.name) for s in self.plan.state})
+        return self.streams[name]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._stream(self.active).state
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str) -> Iterator[None]:
+        previous, self.active = self.active, name
+        self._explicit += 1
+        try:
+            yield
+        finally:
+            self._explicit -= 1
+            self.active = previous
+
+    def _route(self, kwargs: dict[str, Any]) -> None:
+        if self._explicit or self.plan.timestep not in kwargs:
+            return
+        t = float(_as_tensor(kwargs[self.plan.timestep], self.plan.timestep).detach().reshape(-1).max())
+        self._repeat = self._repeat + 1 if t == self._last_call else 0
+        self._last_call = t
+        self.active = "" if self._repeat == 0 else f"stream {self._repeat}"
 
     def graph_for_step(self, kwargs: dict[str, Any]) -> str:
         if self.plan.schedule is None:
             return next(iter(self.plan.graphs))
+        stream = self._stream(self.active)
         timestep = _as_tensor(kwargs[self.plan.timestep], self.plan.timestep)
         t_now = float(timestep.detach().reshape(-1).to(torch.float32).max())
-        self.step = 0 if t_now >= self.last_t else self.step + 1
-        self.last_t = t_now
-        if self.step >= len(self.plan.schedule):
-            raise ExportError(f"step {self.step} is past the exported schedule of {len(self.plan.schedule)} steps; "
-                              "export with --steps matching the generation (the unrolled form is per step count)")
-        return self.plan.schedule[self.step]
+        moving = 0.0 if stream.step < 0 else t_now - stream.last_t
+        new_generation = stream.step < 0 or moving == 0 or moving * stream.direction < 0
+        if not new_generation and stream.direction == 0:
+            stream.direction = 1.0 if moving > 0 else -1.0
+        stream.step = 0 if new_generation else stream.step + 1
+        stream.last_t = t_now
+        if stream.step >= len(self.plan.schedule):
+            raise ExportError(f"step {stream.step} is past the exported schedule of {len(self.plan.schedule)} "
+                              "steps; export with --steps matching the generation (the unrolled form is per step "
+                              "count)")
+        return self.plan.schedule[stream.step]
 
     def __call__(self, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
         missing = [n for n in self.input_names if n not in kwargs]
@@ -70,17 +121,20 @@ class PlanRunner:
             if tuple(tensor.shape) != spec.shape:
                 raise ExportError(f"input '{spec.name}' has shape {tuple(tensor.shape)}; the export was traced with "
                                   f"{spec.shape} (static shapes: export again for this shape)")
+        self._route(kwargs)
         graph = self.graph_for_step(kwargs)
-        outputs, written = self.backend.run(graph, inputs, self.state)
-        self.state.update(written)
+        stream = self._stream(self.active)
+        outputs, written = self.backend.run(graph, inputs, stream.state)
+        stream.state.update(written)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def decisions(self) -> list[str]:
-        """``'computed'`` / ``'cached'`` per step of the current generation (read from the in-graph log)."""
-        step = int(self.backend.read(self.state["step"]).item())
-        if torch.isinf(self.backend.read(self.state["last_t"])).item():
+        """``'computed'`` / ``'cached'`` per step of the active stream's current generation (the in-graph log)."""
+        state = self.state
+        step = int(self.backend.read(state["step"]).item())
+        if torch.isinf(self.backend.read(state["last_t"])).item():
             return []
-        log = self.backend.read(self.state["log"]).tolist()
+        log = self.backend.read(state["log"]).tolist()
         first = max(0, step + 1 - len(log))
         return ["computed" if log[i % len(log)] == 1 else "cached" for i in range(first, step + 1)]
 

@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 
 from graphcache.errors import ExportError
+from graphcache.passes.dead_code import eliminate_dead_code
 
 from .functional import FunctionalGraph, state_input
 
@@ -102,7 +103,7 @@ def specialize(fg: FunctionalGraph, compute: bool) -> FunctionalGraph:
             writes.append(name)
             new_state.append(value)
     output.args = ((*values[:n_out], *new_state),)
-    graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
+    eliminate_dead_code(graph)
     graph.lint()
     gm.recompile()
     for name in branches:

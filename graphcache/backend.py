@@ -14,7 +14,8 @@ import torch
 import torch.fx as fx
 
 from graphcache.capture import prepare_dynamo_graph
-from graphcache.errors import PolicyConfigError
+from graphcache.errors import DataDependentShapeError, NoStackError, PolicyConfigError
+from graphcache.passes.base import analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import make_policy
 from graphcache.rewrite import rewrite
@@ -24,9 +25,16 @@ INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 def make_backend(
-    policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, **policy_options: Any
+    policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
+    pieces: list[str] | None = None, used: list[CacheState] | None = None, **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
-    """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given."""
+    """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
+    ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
+    inputs of the call being compiled, and refuse a mismatch (:mod:`graphcache.self_check`).
+    ``pieces``: when given, the model may come in several graphs (graph breaks): a graph without a block stack
+    is lowered as it is and the reason is appended there; otherwise such a graph raises :class:`NoStackError`.
+    ``used``: when given, each call of a rewritten graph puts its state there first (``used[0]``: the state of
+    the graph in use, when several shapes have their own graphs)."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -34,24 +42,53 @@ def make_backend(
         config.passes()  # raises: such a policy wraps the call, it has no passes for a captured graph
 
     def graphcache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-        new = prepare_dynamo_graph(gm, example_inputs)
         lowering = [DenseCondOperands()] if inner == "inductor" else []
-        state = rewrite(new, example_inputs, config, lowering)
+        try:
+            new = prepare_dynamo_graph(gm, example_inputs)
+            state = rewrite(new, example_inputs, config, lowering, self_check)
+        except (NoStackError, DataDependentShapeError) as err:
+            if pieces is None:
+                raise
+            n_compute = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method"))
+            short = err.short if isinstance(err, NoStackError) else "shapes computed from values"
+            pieces.append(f"graph {len(pieces) + 1} ({n_compute} compute nodes): {short}")
+            return lower(gm, example_inputs, inner)
         register(state, [x for x in example_inputs if isinstance(x, torch.nn.Parameter)])
         if sink is not None:
             sink.append(state)
-        if inner == "eager":
-            return new
-        if inner == "aot_eager":
-            from torch._dynamo.backends.common import aot_autograd
-            from torch._functorch.aot_autograd import make_boxed_compiler
-
-            return aot_autograd(fw_compiler=make_boxed_compiler(lambda g, _: g))(new, example_inputs)  # type: ignore[no-any-return]
-        from torch._inductor.compile_fx import compile_fx
-
-        return compile_fx(new, list(example_inputs))  # type: ignore[return-value]
+        if pieces is not None:
+            pieces.append(f"graph {len(pieces) + 1}: the cached region ({analysis(new)['block_stack'].num_blocks} "
+                          "blocks)")
+        compiled = lower(new, example_inputs, inner)
+        return compiled if used is None else _recording(compiled, state, used)
 
     return graphcache_backend
+
+
+def _recording(compiled: Callable[..., Any], state: CacheState, used: list[CacheState]) -> Callable[..., Any]:
+    """``compiled``, noting ``state`` as the one in use at each call (dynamo's boxed convention kept)."""
+    boxed = getattr(compiled, "_boxed_call", False)
+
+    def run(*args: Any) -> Any:
+        used[:] = [state]
+        return compiled(*args)
+
+    run._boxed_call = boxed  # type: ignore[attr-defined]
+    return run
+
+
+def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], inner: str) -> Callable[..., Any]:
+    """Hand a (rewritten or untouched) graph to the inner backend."""
+    if inner == "eager":
+        return gm
+    if inner == "aot_eager":
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._functorch.aot_autograd import make_boxed_compiler
+
+        return aot_autograd(fw_compiler=make_boxed_compiler(lambda g, _: g))(gm, example_inputs)  # type: ignore[no-any-return]
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, list(example_inputs))  # type: ignore[return-value]
 
 
 def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str, Any] | None = None,
@@ -60,4 +97,5 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
     options = dict(options or {})
     policy = options.pop("policy", "fora")
     inner = options.pop("backend", "inductor")
-    return make_backend(policy, inner, **options)(gm, example_inputs)
+    self_check = options.pop("self_check", True)
+    return make_backend(policy, inner, self_check=self_check, **options)(gm, example_inputs)

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch.fx import _pytree as fx_pytree
 
-from graphcache.errors import UnsupportedGraphError
+from graphcache.errors import DataDependentShapeError, UnsupportedGraphError
 from graphcache.passes.base import analysis, propagate_meta
 
 
@@ -34,8 +34,26 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     analysis(gm)["user_inputs"] = [n.name for n in placeholders]
     analysis(gm)["capture"] = "export"
-    propagate_meta(gm, flat)
+    propagate_shapes(gm, flat, type(model).__name__)
     return gm, list(flat)
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], what: str) -> None:
+    """:func:`propagate_meta`, with data-dependent shapes (``nonzero``, ``.item()`` feeding a shape, boolean
+    masks) refused by name: graphcache's passes need every value's shape at capture time."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    try:
+        propagate_meta(gm, example_inputs)
+    except (DynamicOutputShapeException, DataDependentOutputException, GuardOnDataDependentSymNode) as err:
+        where = next((line.strip() for line in str(err).splitlines() if line.strip().startswith("While executing")),
+                     "")
+        raise DataDependentShapeError(
+            f"{what} computes a shape from tensor values ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0][:120]}; {where[:200]}): graphcache's passes need static shapes in "
+            "the captured graph. Build such masks / indices outside the denoiser, or from sizes, not values"
+        ) from err
 
 
 def dynamo_user_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[str]:
@@ -51,6 +69,16 @@ def dynamo_user_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> lis
     return names
 
 
+def input_sources(gm: fx.GraphModule) -> dict[str, str]:
+    """Each placeholder's dynamo source (``L['timestep']``): where in the call its value comes from."""
+    sources = {}
+    for node in gm.graph.find_nodes(op="placeholder"):
+        grapharg = node.meta.get("grapharg")
+        if grapharg is not None and getattr(grapharg, "source", None) is not None:
+            sources[node.name] = grapharg.source.name
+    return sources
+
+
 def prepare_dynamo_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """A copy of dynamo's graph (dynamo's own must stay untouched) with meta vals and user inputs recorded."""
     import copy
@@ -58,6 +86,7 @@ def prepare_dynamo_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> f
     graph = copy.deepcopy(gm.graph)
     new = fx.GraphModule(gm, graph)
     analysis(new)["user_inputs"] = dynamo_user_inputs(gm, example_inputs)
+    analysis(new)["input_sources"] = input_sources(gm)
     analysis(new)["capture"] = "dynamo"
-    propagate_meta(new, example_inputs)
+    propagate_shapes(new, example_inputs, "the model")
     return new

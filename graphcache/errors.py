@@ -11,6 +11,21 @@ class UnsupportedGraphError(GraphcacheError):
     """The captured graph lacks the structure a pass requires (e.g. no stack of repeated blocks)."""
 
 
+class NoStackError(UnsupportedGraphError):
+    """A graph holds no stack of repeated blocks (or no timestep input): under ``torch.compile`` with graph
+    breaks, such a graph is a piece outside the cached region and runs as it is. ``short`` says it in a few
+    words."""
+
+    def __init__(self, message: str, short: str = "") -> None:
+        super().__init__(message)
+        self.short = short or message
+
+
+class DataDependentShapeError(UnsupportedGraphError):
+    """A captured graph computes a shape from tensor values (``nonzero``, a boolean mask): graphcache's passes
+    cannot follow it. Under ``torch.compile`` with graph breaks, such a graph outside the blocks runs as is."""
+
+
 class PolicyConfigError(GraphcacheError, ValueError):
     """An unknown policy, an unknown option, or an option value out of range."""
 

@@ -36,11 +36,12 @@ class ExportedCache:
 
 def optimize_exported(
     model: torch.nn.Module, example_kwargs: Mapping[str, Any], policy: str | PolicyConfig = "fora",
-    lowering: tuple[Any, ...] = (), **options: Any,
+    lowering: tuple[Any, ...] = (), self_check: bool = True, **options: Any,
 ) -> ExportedCache:
-    """Capture ``model`` with torch.export on ``example_kwargs`` and apply ``policy`` to the graph."""
+    """Capture ``model`` with torch.export on ``example_kwargs`` and apply ``policy`` to the graph (checked
+    against the captured graph on ``example_kwargs`` unless ``self_check=False``)."""
     config = make_policy(policy, **options)
     config.check_model(model)
     gm, flat_inputs = capture_export(model.eval(), example_kwargs)
-    state = rewrite(gm, flat_inputs, config, lowering)
+    state = rewrite(gm, flat_inputs, config, lowering, self_check)
     return ExportedCache(gm, state, config)

@@ -1,4 +1,4 @@
-"""Run a policy's passes over a captured graph."""
+"""Run a policy's passes over a captured graph, check a computed step against the model, then lower."""
 
 from __future__ import annotations
 
@@ -9,14 +9,25 @@ import torch.fx as fx
 
 from graphcache.passes.base import PassManager
 from graphcache.policies import PolicyConfig
+from graphcache.self_check import check_compute_step, snapshot
 from graphcache.state import CacheState
 
 
 def rewrite(
-    gm: fx.GraphModule, example_inputs: Sequence[Any], policy: PolicyConfig, lowering: Sequence[Any] = ()
+    gm: fx.GraphModule, example_inputs: Sequence[Any], policy: PolicyConfig, lowering: Sequence[Any] = (),
+    self_check: bool = True,
 ) -> CacheState:
-    """Apply ``policy``'s passes, then the ``lowering`` passes, to ``gm`` (captured with meta) in place."""
-    manager = PassManager([*policy.passes(), *lowering], example_inputs)
-    new = manager(gm)
+    """Apply ``policy``'s passes, then the ``lowering`` passes, to ``gm`` (captured with meta) in place.
+
+    With ``self_check`` (the default) the rewritten graph's first, computed, step is run on
+    ``example_inputs`` (when they are real tensors) and must equal the captured graph's outputs exactly:
+    :class:`graphcache.self_check.SelfCheckError` otherwise, naming the first diverging node.
+    """
+    original = snapshot(gm) if self_check else None
+    new = PassManager(list(policy.passes()), example_inputs)(gm)
     assert new is gm, "graphcache passes edit the GraphModule in place"
+    if original is not None:
+        check_compute_step(original, gm, example_inputs)
+    if lowering:
+        PassManager(list(lowering), example_inputs)(gm)
     return CacheState(gm, policy.name)

@@ -1,8 +1,8 @@
 """Lowering pass for Inductor: give the cache ``cond`` dense operands.
 
 Precondition: ``cache_branch`` (a ``higher_order.cond`` built by insert_cache_branch).
-Postcondition: every cond operand whose ``meta["val"]`` is a view or not contiguous, or that a ``cat``
-also reads, is replaced by a contiguous clone made before the cond.
+Postcondition: every cond operand whose ``meta["val"]`` is a view or not contiguous is replaced by a
+contiguous clone made before the cond; every other operand computed in the graph has its layout frozen.
 
 Why: Inductor compiles each branch with the operand strides seen at trace time, but may lay out a
 strided prologue output (e.g. the patch embedding's ``flatten(2).transpose(1, 2)``) differently in the
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch._prims_common import make_contiguous_strides_for
 
 from .base import Pass, PassResult, analysis, mark
 from .graph_utils import op_name, tensor_val
@@ -44,8 +45,12 @@ class DenseCondOperands(Pass):
             for k, op in enumerate(operands):
                 val = tensor_val(op)
                 dense = val is not None and val.is_contiguous() and val.storage_offset() == 0
+                # a value computed in the graph may be laid out by Inductor with other strides than traced
+                # (WanVACE: a transposed layout for a contiguous value): freeze its layout; graph inputs
+                # and buffers have theirs already
+                computed = self.freeze_concat_operands and op.op in ("call_function", "call_method")
                 concatenated = self.freeze_concat_operands and any(op_name(user) == "cat" for user in op.users)
-                if val is None or op.op == "get_attr" or (dense and not concatenated):
+                if val is None or op.op == "get_attr" or (dense and not (concatenated or computed)):
                     continue
                 with gm.graph.inserting_before(node):
                     if dense:  # Inductor drops a same-strides clone; fixing the layout keeps the cat off it
@@ -53,6 +58,9 @@ class DenseCondOperands(Pass):
                     else:
                         fixed = gm.graph.call_function(
                             torch.ops.aten.clone.default, (op,), {"memory_format": torch.contiguous_format})
+                        if self.freeze_concat_operands:  # Inductor may fuse the clone into a strided layout
+                            fixed = gm.graph.call_function(_force_stride_order(), (
+                                mark(fixed, self.name, "layout"), list(make_contiguous_strides_for(val.shape))))
                     operands[k] = mark(fixed, self.name, "layout")
                 modified = True
             node.args = (*node.args[:3], tuple(operands))

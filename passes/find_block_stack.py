@@ -20,12 +20,14 @@ from typing import Any
 import torch.fx as fx
 
 from graphcache.blockstack import Block, BlockStack, Stack
-from graphcache.errors import UnsupportedGraphError
+from graphcache.errors import NoStackError, UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
+from .cost import flops
 from .graph_utils import STRUCTURAL_OPS, clean_path, descendants, is_compute, module_stack, op_name, tensor_val
 
 TIMESTEP_NAME_HINTS = ("timestep", "time", "sigma", "t")
+MIN_REGION_SHARE = 0.5  # of the step's FLOPs: a smaller stack is refused (caching it would not pay)
 
 
 @dataclasses.dataclass
@@ -132,6 +134,38 @@ def _find_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[list[_Run]]:
     return chains
 
 
+def _find_alternating_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[list[_Run]]:
+    """Stacks whose repeated unit is a *pair* of calls (Latte: a spatial then a temporal block; ACE-Step:
+    sliding-window then full attention layers): sibling calls that alternate between two different
+    structures, each reading the previous one's output, are chained pairwise as one unit."""
+    groups: dict[tuple[str, ...], list[_Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.instance[:-1]].append(run)
+    chains: list[list[_Run]] = []
+    for members in groups.values():
+        members.sort(key=lambda r: r.start)
+        for offset in (0, 1):
+            pairs: list[_Run | None] = []
+            for a, b in zip(members[offset::2], members[offset + 1 :: 2], strict=False):
+                if a.end < b.start and _signature(a, nodes) != _signature(b, nodes) and _feeds(a, b, nodes):
+                    pairs.append(_Run(a.instance, f"{a.path}+{b.path}", a.class_name, a.start, b.end))
+                else:
+                    pairs.append(None)
+            chain: list[_Run] = []
+            for pair in [*pairs, None]:
+                if pair is not None and (not chain or _follows(chain[-1], pair, nodes)):
+                    chain.append(pair)
+                    continue
+                if len(chain) > 1:
+                    chains.append(chain)
+                chain = [pair] if pair is not None else []
+    return chains
+
+
+def _feeds(prev: _Run, run: _Run, nodes: list[fx.Node]) -> bool:
+    return any(inp in _glue_fed(prev, run, nodes) for inp in _block_of(run, nodes).inputs)
+
+
 # Between two blocks of a stack only glue may stand: views, concatenations, and the elementwise ops of a
 # residual connection written in the parent (x = x + block(x)); no matmul, attention or normalisation.
 GLUE_OPS = STRUCTURAL_OPS | {"add", "add_", "sub", "mul", "div", "neg"}
@@ -148,8 +182,7 @@ def _follows(prev: _Run, run: _Run, nodes: list[fx.Node]) -> bool:
     to_v and to_out of one attention are not a stack)."""
     if prev.end >= run.start or _signature(prev, nodes) != _signature(run, nodes):
         return False
-    feeding = _glue_fed(prev, run, nodes)
-    return any(inp in feeding for inp in _block_of(run, nodes).inputs)
+    return _feeds(prev, run, nodes)
 
 
 def _top_level(chains: list[list[_Run]]) -> list[list[_Run]]:
@@ -205,9 +238,10 @@ def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
             candidates.append(ph)
     if not candidates:
         names = [p.name for p in placeholders]
-        raise UnsupportedGraphError(
+        raise NoStackError(
             f"no timestep input found among the user inputs {names}: graphcache needs a scalar or per-sample "
-            "(batch,) timestep input that feeds a sinusoidal embedding (sin/cos); pass the timestep as a tensor"
+            "(batch,) timestep input that feeds a sinusoidal embedding (sin/cos); pass the timestep as a tensor",
+            f"no timestep input among {len(names)} inputs",
         )
 
     def rank(node: fx.Node) -> tuple[int, int]:
@@ -221,9 +255,9 @@ def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
 def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:
     nodes = list(gm.graph.nodes)
     runs = _collect_runs(nodes)
-    chains = _top_level(_find_chains(nodes, runs))
+    chains = _top_level(_find_chains(nodes, runs) + _find_alternating_chains(nodes, runs))
     if not chains:
-        raise UnsupportedGraphError(_no_stack_message(nodes, runs))
+        raise NoStackError(_no_stack_message(nodes, runs), "no stack of repeated blocks")
     selected = _select(chains, nodes)
     stacks = [_make_stack(c, nodes) for c in selected]
     start, end = selected[0][0].start, selected[-1][-1].end
@@ -237,6 +271,7 @@ def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:
             f"found {first.describe()} but it has no hidden stream in and out; graphcache needs blocks that "
             "read the previous block's output and a stack output used after the stack"
         )
+    _check_share(nodes, region, stacks)
     timestep = find_timestep(gm, user_inputs)
     shared = [first.blocks[0].inputs[k] for k in first.shared_slots]
     modulation = [n for n in shared if n is not timestep and _depends_on(n, timestep)]
@@ -245,6 +280,23 @@ def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:
     return BlockStack(
         stacks, region, region_inputs, region_outputs, stream_inputs, prologue, epilogue, timestep, modulation
     )
+
+
+def _check_share(nodes: list[fx.Node], region: list[fx.Node], stacks: list[Stack]) -> None:
+    """Refuse a stack that holds too little of the step's work (:mod:`passes.cost`): caching it would not pay
+    (a U-Net's few repeated ResNet blocks; DeepCache is the U-Net policy)."""
+    total = flops(n for n in nodes if is_compute(n))
+    if total <= 0:  # the cost model knows none of the ops: nothing to say
+        return
+    share = flops(region) / total
+    if share < MIN_REGION_SHARE:
+        found = "; ".join(s.describe() for s in stacks)
+        raise NoStackError(
+            f"the stack of repeated blocks found ({found}) holds {share:.0%} of the step's multiply-accumulate "
+            f"work: a cached step would still cost {1 - share:.0%} of a computed one. graphcache caches stacks "
+            f"that hold at least {MIN_REGION_SHARE:.0%}; for a U-Net use policy 'deepcache' (the deep path "
+            "behind a skip connection)", f"a stack of {share:.0%} of the work",
+        )
 
 
 def _depends_on(node: fx.Node, source: fx.Node) -> bool:

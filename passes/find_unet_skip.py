@@ -21,7 +21,7 @@ import dataclasses
 import torch.fx as fx
 
 from graphcache.blockstack import BlockStack
-from graphcache.errors import UnsupportedGraphError
+from graphcache.errors import NoStackError, UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
 from .find_block_stack import boundary, find_timestep
@@ -76,7 +76,7 @@ def deep_region(graph: fx.Graph, chosen: SkipConcat) -> list[fx.Node]:
 def analyze_unet(gm: fx.GraphModule, user_inputs: list[str], skip: int) -> BlockStack:
     concats = skip_concats(gm.graph)
     if not concats:
-        raise UnsupportedGraphError(
+        raise NoStackError(
             "no skip connections found: DeepCache needs a U-Net whose up path concatenates features computed "
             "from the down path's outputs (torch.cat along channels)"
         )

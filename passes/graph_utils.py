@@ -112,7 +112,12 @@ def batched_val(node: fx.Node, what: str) -> torch.Tensor:
 
 def per_sample_where(graph: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Node, like: fx.Node) -> fx.Node:
     """``where(mask[b], fresh[b], old[b])`` for each sample b: the [B] mask viewed to broadcast over the other
-    dimensions of ``like`` (an outer-graph node of the same shape, which carries ``meta["val"]``)."""
+    dimensions of ``like`` (an outer-graph node of the same shape, which carries ``meta["val"]``). A value
+    whose first dimension is not the batch is taken fresh: every sample gets the model's own value."""
+    val = tensor_val(like)
+    samples = tensor_val(mask)
+    if val is not None and samples is not None and (val.dim() == 0 or val.shape[0] != samples.shape[0]):
+        return fresh  # not laid out by sample (packed tokens of the whole batch): the fresh value is the model's
     val = batched_val(like, "per-sample caching")
     view = graph.call_function(torch.ops.aten.view.default, (mask, [-1] + [1] * (val.dim() - 1)))
     return graph.call_function(torch.ops.aten.where.self, (view, fresh, old))

@@ -29,25 +29,47 @@ from graphcache.predictors import Clock, Predictor, Reuse, clone
 
 from .add_cache_state import StateSpec
 from .base import Pass, PassResult, analysis, mark
+from .dead_code import eliminate_dead_code, storage_key
 from .graph_utils import batched_val, per_sample_where, tensor_val
 from .insert_decision import Decision
 from .plan_cache_units import CachePlan, CacheUnit, Phase
 
 
-def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node]) -> fx.Node:
-    """``node`` itself when it is a dense tensor computed in this branch, else a contiguous clone of it."""
+def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node], taken: set[int]) -> fx.Node:
+    """``node`` itself when it is a dense tensor computed in this branch that shares no storage with an
+    operand or an earlier output (``taken``: those storages), else a contiguous clone of it. No-op ops
+    (``.contiguous()``, ``.to()`` of the same dtype) return their input itself: only storage tells."""
     if node.target is torch.ops.aten.clone.default:
         return node
     val = tensor_val(node)
-    if node in placeholders or val is None or val._is_view() or val.storage_offset() != 0 or not val.is_contiguous():
+    key = storage_key(node)
+    if (node in placeholders or val is None or key is None or key in taken or val._is_view()
+            or val.storage_offset() != 0 or not _canonical(val)):
         return clone(g, node)
+    taken.add(key)
     return node
+
+
+def _dense_outputs(g: fx.Graph, results: list[fx.Node], placeholders: set[fx.Node]) -> list[fx.Node]:
+    taken = {k for k in (storage_key(p) for p in placeholders) if k is not None}
+    return [_dense(g, r, placeholders, taken) for r in results]
+
+
+def _canonical(val: torch.Tensor) -> bool:
+    """Row-major strides exactly, size-1 dimensions included: ``is_contiguous()`` ignores their strides, but
+    torch.cond compares them between its branches (batch 1 through ``nn.MultiheadAttention`` differs)."""
+    from torch._prims_common import make_contiguous_strides_for
+
+    return tuple(val.stride()) == tuple(make_contiguous_strides_for(val.shape)) if val.dim() else True
 
 
 def _new_branch(operands: list[fx.Node]) -> tuple[fx.Graph, dict[fx.Node, fx.Node], set[fx.Node], Clock]:
     """A branch graph: one placeholder per operand, then the three clock placeholders."""
     g = fx.Graph()
     env = {op: g.placeholder(op.name) for op in operands}
+    for op, ph in env.items():  # the branch's inputs carry the outer values' meta (shapes for the cost model)
+        if "val" in op.meta:
+            ph.meta["val"] = op.meta["val"]
     ticks = Clock(g.placeholder("clock_step"), g.placeholder("clock_history"), g.placeholder("clock_n_computed"))
     return g, env, {*env.values(), ticks.step, ticks.history, ticks.n_computed}, ticks
 
@@ -67,7 +89,7 @@ def _finish(root: fx.GraphModule, g: fx.Graph, outputs: list[fx.Node]) -> fx.Gra
             outputs[k] = clone(g, node)
         seen.add(node)
     g.output(tuple(outputs))
-    g.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))
+    eliminate_dead_code(g)
     g.lint()
     return fx.GraphModule(root, g)
 
@@ -91,7 +113,7 @@ def build_compute_branch(
         mask = env[sample_mask]
         results = [per_sample_where(g, mask, fresh, old, ref) for fresh, old, ref in zip(
             results, cached, [*outputs, *state.cache_nodes()], strict=True)]
-    return _finish(root, g, [_dense(g, r, phs) for r in results])
+    return _finish(root, g, _dense_outputs(g, results, phs))
 
 
 def _fresh_value(g: fx.Graph, env: dict[fx.Node, fx.Node], unit: CacheUnit) -> fx.Node:
@@ -136,7 +158,7 @@ def build_cached_branch(
 ) -> fx.GraphModule:
     g, env, phs, ticks = _new_branch(operands)
     results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks, per_sample, cached_units)
-    return _finish(root, g, [_dense(g, r, phs) for r in results])
+    return _finish(root, g, _dense_outputs(g, results, phs))
 
 
 def build_phased_branch(
@@ -159,6 +181,23 @@ def build_phased_branch(
     count = len(outputs) + len(state.cache_nodes())
     g.output(tuple(g.call_function(operator.getitem, (cond, k)) for k in range(count)))
     return fx.GraphModule({"here": here, "other": other}, g)
+
+
+def _distinct_storages(graph: fx.Graph, operands: list[fx.Node]) -> list[fx.Node]:
+    """The cond's operands, each on a storage of its own: torch.cond refuses operands that alias each other
+    (CogVideoX hands its blocks two slices of one concatenated tensor), so a later operand that shares an
+    earlier one's storage is passed as a clone (one copy per step, of that operand only)."""
+    seen: set[int] = set()
+    distinct = []
+    for op in operands:
+        key = storage_key(op)
+        if key is not None and key in seen:
+            op = graph.call_function(torch.ops.aten.clone.default, (op,),
+                                     {"memory_format": torch.contiguous_format})
+        elif key is not None:
+            seen.add(key)
+        distinct.append(op)
+    return distinct
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,16 +233,17 @@ class InsertCacheBranch(Pass):
         gm.add_submodule("_gc_cached", cached)
         graph = gm.graph
         with graph.inserting_before(region[0]):
+            distinct = _distinct_storages(graph, operands)
             true_fn, false_fn = graph.get_attr("_gc_compute"), graph.get_attr("_gc_cached")
             cond = graph.call_function(
-                torch.ops.higher_order.cond, (decision.pred, true_fn, false_fn, (*operands, *decision.clock))
+                torch.ops.higher_order.cond, (decision.pred, true_fn, false_fn, (*distinct, *decision.clock))
             )
             results = [graph.call_function(operator.getitem, (cond, k)) for k in range(len(outputs) + len(
                 state.cache_nodes()))]
             new_outputs, new_caches = results[: len(outputs)], results[len(outputs) :]
             writes = list(decision.updates) + list(zip(state.cache_nodes(), new_caches, strict=True))
             copies = [graph.call_function(torch.ops.aten.copy_.default, (buf, new)) for buf, new in writes]
-        for node in (true_fn, false_fn, cond, *results, *copies):
+        for node in (true_fn, false_fn, cond, *results, *copies, *(d for d in distinct if d not in operands)):
             mark(node, self.name, "cache_branch")
         for old, new in zip(outputs, new_outputs, strict=True):
             old.replace_all_uses_with(new, delete_user_cb=lambda user: user not in region_set)

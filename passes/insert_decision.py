@@ -2,9 +2,10 @@
 
 Precondition: ``state`` and ``block_stack``. Postcondition: ``decision`` recorded: ``pred`` (0-d bool,
 True = the branch that computes runs), the new step index, timestep and decision log, all graph nodes
-placed before the block region. A generation starts when the timestep does not decrease (or after
-``reset()``, which sets the last timestep to -inf): the step index restarts at 0, the log is cleared and
-the step is computed.
+placed before the block region. A generation starts when the timestep repeats or moves against the model's
+direction, learned from the first generation's first move (``_gc_direction``: -1 most models, +1 for
+models whose time runs up), or after ``reset()`` (which sets the last timestep to -inf): the step index
+restarts at 0, the log is cleared and the step is computed.
 
 The policy contributes ``rule(i, *signals, *accumulators)`` (traced into the graph with torch.fx; with
 ``reads_timestep`` ``rule(i, t, ...)``, ``t`` the timestep value: PAB's window), which returns the compute
@@ -54,6 +55,21 @@ def next_step(t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor
     return t_now, new_generation, torch.where(new_generation, torch.zeros_like(step), step + 1)
 
 
+def next_step_directed(t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor, direction: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`next_step` for models whose timestep may run either way: ``direction`` is -1 (t decreases along a
+    generation, most models), +1 (t increases: Lumina-Next, Z-Image) or 0 (not known yet: the second call of
+    the first generation sets it from its move). A generation starts on the first call (or after ``reset()``),
+    when the timestep repeats, or when it moves against the direction. Returns ``(t_now, new_generation, i,
+    new_direction)``."""
+    t_now = t.reshape(-1).to(torch.float32).amax(0)
+    started = torch.isinf(last_t)
+    moving = torch.where(started, torch.zeros_like(t_now), t_now - last_t)
+    new_generation = started | (moving == 0) | (moving * direction < 0)
+    new_direction = torch.where((direction == 0) & ~new_generation, torch.sign(moving), direction)
+    return t_now, new_generation, torch.where(new_generation, torch.zeros_like(step), step + 1), new_direction
+
+
 def log_slot(log: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """The ring-log position of step ``i`` as a mask over the (1-D) log."""
     positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on the log's device
@@ -70,13 +86,14 @@ def logged(log: torch.Tensor, slot: torch.Tensor, new_generation: torch.Tensor, 
 def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool,
                  reads_timestep: bool = False) -> Callable[..., tuple[torch.Tensor, ...]]:
     def decide(
-        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor, history: torch.Tensor,
-        n_computed: torch.Tensor, sample_log: torch.Tensor | None = None, s0: torch.Tensor | None = None,
+        t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, direction: torch.Tensor, log: torch.Tensor,
+        history: torch.Tensor, n_computed: torch.Tensor, sample_log: torch.Tensor | None = None,
+        s0: torch.Tensor | None = None,
         s1: torch.Tensor | None = None, s2: torch.Tensor | None = None, s3: torch.Tensor | None = None,
         a0: torch.Tensor | None = None, a1: torch.Tensor | None = None, a2: torch.Tensor | None = None,
         a3: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        t_now, new_generation, i = next_step(t, last_t, step)
+        t_now, new_generation, i, new_direction = next_step_directed(t, last_t, step, direction)
         signals = [s0, s1, s2, s3][:n_signals]
         accumulators = [a0, a1, a2, a3][:n_accumulators]
         clock = (i, t_now) if reads_timestep else (i,)
@@ -91,7 +108,7 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         pushed = torch.cat([torch.zeros_like(history[..., :1]) + i, history[..., :-1]], -1)
         new_history = torch.where(mask.unsqueeze(-1) if per_sample else compute, pushed, history)
         new_n = n_before + (mask if per_sample else compute).to(torch.int64)
-        out = [compute, i, t_now, new_log, new_history, new_n, history, n_before, mask]
+        out = [compute, i, t_now, new_log, new_history, new_n, history, n_before, mask, new_direction]
         if sample_log is not None:
             out.append(logged(sample_log, slot.unsqueeze(1), new_generation, mask.unsqueeze(0)))
         return (*out, *new_accumulators)
@@ -141,17 +158,19 @@ class InsertDecision(Pass):
         decide = _decision_fn(rule, len(signals), len(self.accumulators), per_sample, self.reads_timestep)
         traced = _trace(decide, used)
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-        inputs = [stack.timestep, state.step, state.last_t, state.log, state.history, state.n_computed, *extra]
+        direction = state.add(gm, "_gc_direction", torch.zeros(()), anchor, self.name, 0.0)
+        inputs = [stack.timestep, state.step, state.last_t, direction, state.log, state.history, state.n_computed,
+                  *extra]
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(anchor):
             out = gm.graph.graph_copy(traced.graph, dict(zip(placeholders, inputs, strict=True)))
         assert isinstance(out, tuple)
-        pred, step, t_now, log, history, n_computed, history_before, n_before, mask = out[:9]
-        updates = [(state.step, step), (state.last_t, t_now), (state.log, log), (state.history, history),
-                   (state.n_computed, n_computed)]
+        pred, step, t_now, log, history, n_computed, history_before, n_before, mask, new_direction = out[:10]
+        updates = [(state.step, step), (state.last_t, t_now), (direction, new_direction), (state.log, log),
+                   (state.history, history), (state.n_computed, n_computed)]
         if per_sample:
-            updates.append((extra[0], out[9]))
-            updates.extend(zip(extra[1 + len(signals):], out[10:], strict=True))
+            updates.append((extra[0], out[10]))
+            updates.extend(zip(extra[1 + len(signals):], out[11:], strict=True))
         with gm.graph.inserting_before(anchor):
             for buffer, fresh in analysis(gm).get("refresh_on_compute", []):
                 kept = (per_sample_where(gm.graph, mask, fresh, buffer, fresh) if per_sample else

@@ -40,3 +40,16 @@ def dit_calibration(tmp_path_factory):
     path = tmp_path_factory.mktemp("cal") / "dit.json"
     calibration.save(path, model, CALIBRATION_STEPS, **calibration.fit(rows))
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The zoo's counts at the end of the run (class x policy: supported / refused / failures)."""
+    zoo_tests = sys.modules.get("test_zoo")
+    results = getattr(zoo_tests, "_RESULTS", None)
+    if results:
+        from zoo.matrix import summary
+
+        cases = [c for name in sorted(results) for c in results[name]]
+        supported = sum(all(c.status == "ok" for c in cs) for cs in results.values())
+        terminalreporter.write_line(f"zoo: {len(results)} diffusers denoisers, {supported} supported under every "
+                                    f"policy; {summary(cases)}")

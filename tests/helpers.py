@@ -40,6 +40,23 @@ def assert_exact_iff_computed(outputs, reference, per_sample_decisions, exact_on
             assert same if d == "computed" else (exact_only or not same), (b, d)
 
 
+def assert_exact_on_computed_steps(model, inputs, ts, policy, reference_model=None, backend="eager"):
+    """Optimize ``model`` with ``policy``, run a generation over ``ts``: outputs equal ``reference_model``'s (the
+    model itself by default) exactly on computed steps and differ on cached ones; something is cached.
+    Returns the decisions."""
+    import graphcache
+
+    reference = generation(model if reference_model is None else reference_model, inputs, ts)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, policy=policy, backend=backend)
+    outputs = generation(fast, inputs, ts)
+    decisions = graphcache.decisions(fast)
+    assert "cached" in decisions, decisions
+    assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [
+        d == "computed" for d in decisions], decisions
+    return decisions
+
+
 def moving_latent(inputs):
     """``inputs`` with a latent that moves along the generation, as in a sampler (EasyCache reads its change)."""
     def moved(t):
@@ -76,3 +93,21 @@ def run_with_stream_hooks(model, kwargs, split, replace):
         for h in handles:
             h.remove()
     return sample, seen
+
+
+def digits_pipeline():
+    """The reference digits pipeline with a fresh random-weight denoiser (seed 0), progress bar off."""
+    from diffusers import DDIMScheduler
+
+    from graphcache.reference.model import SCHEDULER_CONFIG, build_denoiser
+    from graphcache.reference.pipeline import DigitsPipeline
+
+    torch.manual_seed(0)
+    pipe = DigitsPipeline(transformer=build_denoiser().eval(), scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_digits(pipe, steps=8):
+    return pipe(class_labels=[1, 7], num_inference_steps=steps, guidance_scale=1.5,
+                generator=torch.Generator().manual_seed(0))

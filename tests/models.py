@@ -107,15 +107,58 @@ class _Layer(nn.Module):
         return x + g2 * self.down(F.gelu(self.up(h)))
 
 
+class _RopeLayer(_Layer):
+    """Rotary embeddings written in place, as Wan, CogView4 and EasyAnimate write them
+    (``out[..., 0::2] = ...`` into an ``empty_like``, ``k[..., n:] = ...``)."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.mod(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + s1) + b1
+        q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        angles = torch.arange(x.shape[1], dtype=torch.float32)[:, None] * torch.arange(q.shape[-1] // 2) * 0.1
+        cos, sin = angles.cos(), angles.sin()
+        rotated = torch.empty_like(q)
+        rotated[..., 0::2] = q[..., 0::2] * cos - q[..., 1::2] * sin
+        rotated[..., 1::2] = q[..., 0::2] * sin + q[..., 1::2] * cos
+        k = k.clone()
+        half = k.shape[-1] // 2
+        k[..., half:] = k[..., half:] * cos[:, : k.shape[-1] - half]
+        a = F.scaled_dot_product_attention(rotated, k, v).transpose(1, 2).flatten(2)
+        x = x + g1 * self.proj(a)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + s2) + b2
+        return x + g2 * self.down(F.gelu(self.up(h)))
+
+
+class _TorchMHALayer(nn.Module):
+    """adaLN layer around ``torch.nn.MultiheadAttention`` (its output's strides differ at batch 1)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.mod = nn.Linear(width, 6 * width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.mod(F.silu(c)).unsqueeze(1).chunk(6, dim=-1)
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + s1) + b1
+        x = x + g1 * self.attn(h, h, h, need_weights=False)[0]
+        h = F.layer_norm(x, x.shape[-1:]) * (1 + s2) + b2
+        return x + g2 * self.down(F.gelu(self.up(h)))
+
+
+LAYERS = {"plain": _Layer, "rope": _RopeLayer, "mha": _TorchMHALayer}
+
+
 class HandWrittenDiT(nn.Module):
     def __init__(self, width: int = 32, depth: int = 4, heads: int = 2, channels: int = 4,
-                 trunk_name: str = "trunk") -> None:
+                 trunk_name: str = "trunk", layer: str = "plain") -> None:
         super().__init__()
         self.width = width
         self.trunk_name = trunk_name
         self.embed_in = nn.Linear(channels, width)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.add_module(trunk_name, nn.ModuleList([_Layer(width, heads) for _ in range(depth)]))
+        kinds = [("plain", "rope")[k % 2] for k in range(depth)] if layer == "alternating" else [layer] * depth
+        self.add_module(trunk_name, nn.ModuleList([LAYERS[kind](width, heads) for kind in kinds]))
         self.head = nn.Linear(width, channels)
 
     def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
@@ -125,13 +168,19 @@ class HandWrittenDiT(nn.Module):
         c = self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
         x = self.embed_in(latent)
         for layer in getattr(self, self.trunk_name):
-            x = layer(x, c)
+            x = self.between_blocks(layer(x, c))
         return self.head(F.layer_norm(x, x.shape[-1:]))
 
+    def between_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Glue after each block (identity; a subclass puts data-dependent Python there)."""
+        return x
 
-def hand_written_dit(batch: int = 2, trunk_name: str = "trunk") -> tuple[nn.Module, Any]:
+
+def hand_written_dit(batch: int = 2, trunk_name: str = "trunk", layer: str = "plain") -> tuple[nn.Module, Any]:
+    """``layer``: ``plain``, ``rope`` (rotary embeddings written in place), ``mha`` (nn.MultiheadAttention) or
+    ``alternating`` (plain and rope layers in turn: the repeated unit is a pair of calls, as in Latte)."""
     torch.manual_seed(0)
-    model = HandWrittenDiT(trunk_name=trunk_name).eval()
+    model = HandWrittenDiT(trunk_name=trunk_name, layer=layer).eval()
     x = torch.randn(batch, 10, 4, generator=torch.Generator().manual_seed(1))
 
     def inputs(t: float) -> dict[str, Any]:

@@ -144,3 +144,22 @@ def test_errors_are_named():
         make_backend("cfgcache")
     with pytest.raises(PolicyConfigError, match=r"cfgcache.features='cfgcache' is invalid: must be a graph policy"):
         CFGCacheConfig(features="cfgcache")
+
+
+def test_batch_and_resolution_changes_get_their_own_wrapper():
+    """Guidance off (no CFG pair), another batch or resolution between pipeline calls: each input signature
+    gets its own captured halves and state, equal to a fresh optimized model's, instead of failing."""
+    model, inputs4 = tiny_dit(batch=4)
+    _, inputs6 = tiny_dit(batch=6)
+    ts = timesteps(6)
+    optimized = graphcache.optimize(model, "cfgcache", backend="eager", interval=3)
+    first = run(optimized, inputs4, ts)
+    six = run(optimized, inputs6, ts)
+    again = run(optimized, inputs4, ts)
+    assert len(optimized.states) == 2
+    fresh_model, _ = tiny_dit(batch=6)
+    fresh = run(graphcache.optimize(fresh_model, "cfgcache", backend="eager", interval=3), inputs6, ts)
+    assert all(torch.equal(a, b) for a, b in zip(six, fresh, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    decisions = graphcache.decisions(optimized)  # of the wrapper the last call used (batch 4)
+    assert len(decisions) == len(ts) and "cached" in decisions

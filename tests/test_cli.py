@@ -85,7 +85,7 @@ def test_model_without_stack(tmp_path):
     )
     result = CliRunner().invoke(main, ["optimize", str(model_file), "--steps", "2"], terminal_width=200)
     assert result.exit_code == 2
-    assert "UnsupportedGraphError" in result.output and "no stack of repeated blocks" in result.output
+    assert "NoStackError" in result.output and "no stack of repeated blocks" in result.output
 
 
 def test_bench_on_a_model_file(root):

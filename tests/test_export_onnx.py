@@ -172,3 +172,34 @@ def test_predictive_policies_export(tmp_path, model_name, policy, form, options)
     _, diffs, decisions = run_both(exported, inputs)
     assert max(diffs) < 1e-4, diffs
     assert all(a == b and "cached" in a for a, b in decisions)
+
+
+@pytest.mark.parametrize("form", ["in-graph", "unrolled"])
+def test_runner_keeps_one_state_per_stream(tmp_path, form):
+    """CFG as two calls through the ONNX Runtime runner: with cache contexts or routed by the repeated
+    timestep, each stream's outputs are those of the stream run alone by a fresh runner."""
+    model, inputs = tiny_dit()
+    exported = export_model(model, inputs(999.0), tmp_path, "fora", "onnx", form, steps=6)
+    cond = inputs
+    other = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+
+    def uncond(t):
+        return {**inputs(t), "hidden_states": other}
+
+    ts = timesteps(6)
+    alone = {}
+    for name, stream in (("cond", cond), ("uncond", uncond)):
+        runner = load(exported.directory)
+        alone[name] = [runner(**stream(t)).clone() for t in ts]
+    for contexts in (True, False):
+        runner = load(exported.directory)
+        got = {"cond": [], "uncond": []}
+        for t in ts:
+            for name, stream in (("cond", cond), ("uncond", uncond)):
+                if contexts:
+                    with runner.cache_context(name):
+                        got[name].append(runner(**stream(t)).clone())
+                else:
+                    got[name].append(runner(**stream(t)).clone())
+        for name in got:
+            assert all(torch.equal(a, b) for a, b in zip(got[name], alone[name], strict=True)), (contexts, name)

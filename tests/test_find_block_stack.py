@@ -128,3 +128,29 @@ def test_residual_written_in_the_parent_still_chains_blocks():
     gm, _ = capture_export(model, {"x": torch.randn(2, 8), "t": torch.ones(2)})
     FindBlockStack()(gm)
     assert [len(s.blocks) for s in analysis(gm)["block_stack"].stacks] == [3]
+
+
+def test_a_stack_holding_little_of_the_work_is_refused_with_the_policy_to_use():
+    """A U-Net's only repeated blocks (two ResNet blocks of its mid block) hold ~10% of its FLOPs: a cached
+    step would cost as much as a computed one, so the stack is refused and DeepCache is named."""
+    from models import tiny_unet
+
+    with pytest.raises(UnsupportedGraphError, match=r"holds \d+% of the step's multiply-accumulate work.*"
+                                                    r"for a U-Net use policy 'deepcache'"):
+        export_stack(tiny_unet)
+
+
+def test_alternating_blocks_form_a_stack_of_pairs():
+    """Latte alternates spatial and temporal blocks, ACE-Step sliding-window and full-attention layers: the
+    repeated unit is a pair of calls, found as such."""
+    stack = export_stack(hand_written_dit, layer="alternating")
+    assert len(stack.stacks) == 1 and len(stack.stacks[0].blocks) == 2
+    assert stack.stacks[0].blocks[0].path == "trunk.0+trunk.1"
+
+
+@pytest.mark.parametrize("policy", ["fora", "fora{granularity=block}", "taylorseer"])
+def test_alternating_blocks_compute_steps_exact(policy):
+    from helpers import assert_exact_on_computed_steps, timesteps
+
+    model, inputs = hand_written_dit(layer="alternating")
+    assert_exact_on_computed_steps(model, inputs, timesteps(7), policy)

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from diffusers import DDIMScheduler
-
 import graphcache
-from graphcache.reference.model import SCHEDULER_CONFIG, build_denoiser
-from graphcache.reference.pipeline import DigitsPipeline
 
+from helpers import digits_pipeline, generate_digits
 
-def _pipe() -> DigitsPipeline:
-    torch.manual_seed(0)
-    pipe = DigitsPipeline(transformer=build_denoiser().eval(), scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _generate(pipe, steps=8):
-    return pipe(class_labels=[1, 7], num_inference_steps=steps, guidance_scale=1.5,
-                generator=torch.Generator().manual_seed(0))
+_pipe, _generate = digits_pipeline, generate_digits
 
 
 def test_never_caching_policy_is_bit_exact_through_the_pipeline():

@@ -88,3 +88,34 @@ def test_same_model_optimized_twice_keeps_separate_state():
     generation(b, inputs, timesteps(5))
     assert graphcache.decisions(a) == ["computed", "cached"] * 2
     assert graphcache.decisions(b) == ["computed", "cached", "cached", "computed", "cached"]
+
+
+def test_timesteps_that_increase_cache_and_start_generations_when_they_fall():
+    """Lumina-Next / Z-Image run t from 0 up: the direction is learned from the first move, so those models
+    cache, and a timestep that falls back starts a new generation."""
+    from models import hand_written_dit
+
+    model, inputs = hand_written_dit()
+    ts = torch.linspace(0.0, 900.0, 7).tolist()
+    reference = generation(model, inputs, ts)
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    for _ in range(2):
+        outputs = generation(fast, inputs, ts)
+        decisions = graphcache.decisions(fast)
+        assert decisions == ["computed", "cached", "cached"] * 2 + ["computed"]
+        assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [
+            d == "computed" for d in decisions]
+    graphcache.reset(fast)  # forgets the direction too: a decreasing run is learned afresh
+    generation(fast, inputs, list(reversed(ts)))
+    assert graphcache.decisions(fast) == ["computed", "cached", "cached"] * 2 + ["computed"]
+
+
+def test_repeated_timestep_is_another_stream_not_the_next_step():
+    """The second call at a timestep (CFG's second call, Heun's second stage) goes to a stream of its own,
+    which starts computed; the first stream's generation goes on."""
+    model, inputs = tiny_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    generation(fast, inputs, [999.0, 800.0, 800.0])
+    assert graphcache.decisions(fast) == ["computed"]
+    generation(fast, inputs, [600.0])
+    assert graphcache.decisions(fast) == ["computed", "cached", "cached"]

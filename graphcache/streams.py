@@ -1,0 +1,133 @@
+"""Named cache contexts: one set of cache state per stream of calls (diffusers' ``cache_context``).
+
+Pipelines call the denoiser in several streams per step: ``with transformer.cache_context("cond")`` then
+``("uncond")`` for classifier-free guidance as two calls (Wan, Flux true-CFG, QwenImage). Each stream must see
+its own cache, as if it ran alone. The rewritten graph owns one set of state buffers; switching context points
+those buffers at the context's own storage (``Tensor.set_``: no copy, the compiled graph keeps its buffers),
+and a context used for the first time starts from the fills of a new generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+DEFAULT = ""  # the context of calls made outside any cache_context
+
+
+def _live(state: Any) -> dict[str, torch.Tensor]:
+    gm = getattr(state, "gm", None)  # CFG-Cache's state wraps the call, it has no graph buffers
+    return {} if gm is None else {n: b for n, b in gm.named_buffers() if n.split(".")[-1].startswith("_gc_")}
+
+
+class StateSets:
+    """The cache state of each named context, for every graph of one optimized module."""
+
+    def __init__(self) -> None:
+        self.active = DEFAULT
+        self._saved: dict[str, dict[int, dict[str, torch.Tensor]]] = {}  # context -> state index -> buffers
+        self._owner: dict[int, str] = {}  # state index -> the context its live buffers belong to
+
+    def switch(self, states: Sequence[Any], name: str) -> None:
+        """Make ``name`` the context whose state the graphs read and write."""
+        for k, state in enumerate(states):
+            owner = self._owner.setdefault(k, self.active)
+            if owner == name:
+                continue
+            live = _live(state)
+            self._saved.setdefault(owner, {})[k] = {n: _point(torch.empty(0, dtype=b.dtype, device=b.device), b)
+                                                    for n, b in live.items()}
+            target = self._saved.get(name, {}).pop(k, None)
+            if target is None:
+                target = {n: _fresh(state, n, b) for n, b in live.items()}
+            with torch.no_grad():
+                for n, b in live.items():
+                    _point(b, target[n])
+            self._owner[k] = name
+        self.active = name
+
+    def reset(self, states: Sequence[Any]) -> None:
+        """Forget every context: the next call of each starts a new generation."""
+        self._saved.clear()
+        for state in states:
+            state.reset()
+
+    def contexts(self) -> list[str]:
+        return sorted({self.active, *self._saved})
+
+
+def _point(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``tensor`` made to view ``source``'s storage (same object, new data: what the compiled graph reads)."""
+    return tensor.set_(source.untyped_storage(), source.storage_offset(), source.size(), source.stride())
+
+
+def _fresh(state: Any, name: str, like: torch.Tensor) -> torch.Tensor:
+    fill = state.spec.fills.get(name.split(".")[-1], 0.0)
+    return torch.empty_like(like).fill_(fill)
+
+
+@contextlib.contextmanager
+def cache_context(sets: StateSets, states: Sequence[Any], name: str) -> Iterator[None]:
+    if not isinstance(name, str):
+        from graphcache.errors import PolicyConfigError
+
+        raise PolicyConfigError(f"cache_context needs a name (a string), got {type(name).__name__}")
+    previous = sets.active
+    sets.switch(states, name)
+    try:
+        yield
+    finally:
+        sets.switch(states, previous)
+
+
+_SOURCE = re.compile(r"L\['(\w+)'\](?:\['(\w+)'\])?")
+
+
+Getter = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+
+def argument_getter(forward: Callable[..., Any], source: str) -> Getter | None:
+    """A function of a call's ``(args, kwargs)`` returning the argument dynamo names ``source``
+    (``L['timestep']``, ``L['kwargs']['timestep']``); None for a source of another form."""
+    match = _SOURCE.fullmatch(source)
+    if match is None:
+        return None
+    signature = inspect.signature(forward)
+    name, key = match[1], match[2]
+
+    def get(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value = signature.bind_partial(*args, **kwargs).arguments.get(name)
+        return value.get(key) if key is not None and isinstance(value, dict) else value
+
+    return get
+
+
+class StreamRouter:
+    """Without cache contexts, the k-th call in a row at one timestep belongs to stream k: CFG as two calls
+    (cond, uncond) gives streams 0 and 1, Heun's repeated timesteps a stream per stage, and each stream sees a
+    trajectory that moves one way. Reads the timestep on the host (one device sync per call on a GPU)."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.repeat = 0
+        self.get: Getter | None = None
+
+    def stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """The context of this call, or None when the timestep cannot be found."""
+        if self.get is None:
+            return None
+        t = self.get(args, kwargs)
+        if t is None:
+            return None
+        value = float(t.detach().reshape(-1).max()) if isinstance(t, torch.Tensor) else float(t)
+        self.repeat = self.repeat + 1 if value == self.last else 0
+        self.last = value
+        return DEFAULT if self.repeat == 0 else f"stream {self.repeat}"
+
+    def reset(self) -> None:
+        self.last, self.repeat = None, 0

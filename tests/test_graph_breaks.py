@@ -1,0 +1,102 @@
+"""Models that do not fit one graph: breaks outside the cached region are allowed (the graph holding the blocks
+is rewritten, the others run as torch.compile makes them); breaks inside the blocks are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphcache
+from graphcache.errors import UnsupportedGraphError
+
+from helpers import generation, timesteps
+from models import HandWrittenDiT
+
+
+class BreakBeforeBlocks(HandWrittenDiT):
+    """A data-dependent Python branch in the prologue, after the time embedding (as masks built from sequence
+    lengths are): torch.compile splits the model there."""
+
+    def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        if float(latent.abs().amax()) > 1e6:  # .item(): a graph break
+            latent = latent / 1e6
+        return super().forward(latent, noise_level)
+
+
+class BreakInsideBlocks(HandWrittenDiT):
+    def between_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.abs().amax()) > 1e6:  # data-dependent Python between every pair of blocks
+            x = x / 2
+        return x
+
+
+def _inputs(batch: int = 2):
+    x = torch.randn(batch, 10, 4, generator=torch.Generator().manual_seed(1))
+    return lambda t: {"latent": x, "noise_level": torch.full((batch,), t)}
+
+
+def test_graph_break_before_the_blocks_is_allowed_and_reported():
+    torch.manual_seed(0)
+    model, inputs = BreakBeforeBlocks().eval(), _inputs()
+    ts = timesteps(7)
+    reference = generation(model, inputs, ts)
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with pytest.warns(UserWarning, match=r"does not fit one graph; torch.compile made 2 graphs .*the cached region"):
+        outputs = generation(fast, inputs, ts)
+    decisions = graphcache.decisions(fast)
+    assert decisions == ["computed", "cached", "cached"] * 2 + ["computed"]
+    assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [d == "computed" for d in decisions]
+    assert len(fast.states) == 1 and len(fast.pieces) == 2
+
+
+def test_graph_breaks_between_the_blocks_are_refused_by_name():
+    torch.manual_seed(0)
+    model, inputs = BreakInsideBlocks().eval(), _inputs()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with pytest.raises(UnsupportedGraphError, match=r"none of the \d+ graphs torch.compile made of it holds the "
+                                                    r"stack of repeated blocks.*Graph breaks:"):
+        fast(**inputs(999.0))
+
+
+class NonzeroBeforeBlocks(HandWrittenDiT):
+    """Tokens selected by a boolean mask in the prologue (a data-dependent shape, as masks built from
+    sequence lengths are)."""
+
+    def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        keep = torch.nonzero(latent[0, :, 0] > -1e9).squeeze(-1)
+        return super().forward(latent[:, keep], noise_level)
+
+
+def test_a_data_dependent_shape_outside_the_blocks():
+    """torch.compile breaks the graph at nonzero by default: the blocks' graph is rewritten. When dynamo is told
+    to capture such ops in the graph, graphcache refuses by name instead of failing in shape propagation."""
+    torch.manual_seed(0)
+    model, inputs = NonzeroBeforeBlocks().eval(), _inputs()
+    ts = timesteps(4)
+    reference = generation(model, inputs, ts)
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with pytest.warns(UserWarning, match="does not fit one graph"):
+        outputs = generation(fast, inputs, ts)
+    assert graphcache.decisions(fast) == ["computed", "cached", "cached", "computed"]
+    assert torch.equal(outputs[0], reference[0]) and torch.equal(outputs[3], reference[3])
+
+
+def test_a_graph_that_computes_shapes_from_values_is_refused_by_name():
+    """A graph holding nonzero (dynamo captures it when told to): refused with the node, not a traceback from
+    shape propagation."""
+    from graphcache.capture import prepare_dynamo_graph
+    from graphcache.errors import DataDependentShapeError
+
+    captured = []
+
+    def keep(gm, example_inputs):
+        captured.append((gm, example_inputs))
+        return gm.forward
+
+    def select(x):
+        return x[torch.nonzero(x[:, 0] > 0).squeeze(-1)].sum(0)
+
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        torch.compile(select, backend=keep, fullgraph=True)(torch.randn(6, 3))
+    with pytest.raises(DataDependentShapeError, match=r"computes a shape from tensor values .*nonzero"):
+        prepare_dynamo_graph(*captured[0])

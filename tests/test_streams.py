@@ -1,0 +1,168 @@
+"""Streams and generations as pipelines drive a denoiser: CFG as two calls (with diffusers' cache contexts or
+without), Heun's repeated timesteps, a pipeline call after an abandoned run, several denoisers in one pipeline.
+Each stream must get exactly what it would get run alone through a fresh optimized model."""
+
+from __future__ import annotations
+
+import torch
+
+import graphcache
+
+from helpers import digits_pipeline, generate_digits, timesteps
+from models import hand_written_dit
+
+
+def _stream_inputs(seed: int):
+    x = torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(seed))
+    return lambda t: {"latent": x, "noise_level": torch.full((2,), t)}
+
+
+def _alone(inputs, ts, policy="fora"):
+    model, _ = hand_written_dit()
+    fast = graphcache.optimize(model, policy, backend="eager")
+    with torch.no_grad():
+        outs = [fast(**inputs(t)) for t in ts]
+    return outs, graphcache.decisions(fast)
+
+
+def _two_calls(fast, cond, uncond, ts, contexts: bool):
+    outs_c, outs_u = [], []
+    with torch.no_grad():
+        for t in ts:
+            if contexts:
+                with fast.cache_context("cond"):
+                    outs_c.append(fast(**cond(t)))
+                with fast.cache_context("uncond"):
+                    outs_u.append(fast(**uncond(t)))
+            else:
+                outs_c.append(fast(**cond(t)))
+                outs_u.append(fast(**uncond(t)))
+    return outs_c, outs_u
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_cfg_as_two_calls_with_cache_contexts_gives_each_stream_its_own_cache():
+    cond, uncond, ts = _stream_inputs(1), _stream_inputs(2), timesteps(7)
+    model, _ = hand_written_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    outs_c, outs_u = _two_calls(fast, cond, uncond, ts, contexts=True)
+    alone_c, decisions_c = _alone(cond, ts)
+    alone_u, _ = _alone(uncond, ts)
+    _assert_same(outs_c, alone_c)
+    _assert_same(outs_u, alone_u)
+    assert decisions_c == ["computed", "cached", "cached"] * 2 + ["computed"]
+    with fast.cache_context("cond"):
+        assert graphcache.decisions(fast) == decisions_c  # each context keeps its own log
+    assert fast.contexts.contexts() == ["", "cond", "uncond"]
+
+
+def test_cfg_as_two_calls_without_contexts_is_routed_by_the_repeated_timestep():
+    """A hand-written loop (cond then uncond at the same timestep, no contexts): the second call at a timestep
+    belongs to a second stream, never to a new generation of the first."""
+    cond, uncond, ts = _stream_inputs(1), _stream_inputs(2), timesteps(7)
+    model, _ = hand_written_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    for _ in range(2):  # a second generation too
+        outs_c, outs_u = _two_calls(fast, cond, uncond, ts, contexts=False)
+        _assert_same(outs_c, _alone(cond, ts)[0])
+        _assert_same(outs_u, _alone(uncond, ts)[0])
+
+
+def test_heun_repeated_timesteps_keep_one_trajectory_per_stage():
+    """Heun's scheduler calls t0, t1, t1, t2, t2, ...: the second call at a timestep is the other stage's
+    stream, so each stage's FORA schedule is its own (not 'computed' at every repeated timestep)."""
+    inputs = _stream_inputs(1)
+    ts = timesteps(6)
+    calls = [ts[0]] + [t for t in ts[1:] for _ in range(2)]
+    model, _ = hand_written_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with torch.no_grad():
+        outs = [fast(**inputs(t)) for t in calls]
+    first_stage = [outs[0], *outs[1::2]]
+    second_stage = outs[2::2]
+    _assert_same(first_stage, _alone(inputs, ts)[0])
+    _assert_same(second_stage, _alone(inputs, ts[1:])[0])
+    assert graphcache.decisions(fast) == ["computed", "cached", "cached", "computed", "cached"]
+
+
+def _generate(pipe):
+    return generate_digits(pipe, steps=6)
+
+
+def test_a_pipeline_call_starts_a_new_generation_after_an_abandoned_run():
+    """An abandoned run left the cache at a timestep above the next run's first one (img2img starts lower):
+    without a reset at the pipeline call, that run would continue the old cache."""
+    fresh = _generate(graphcache.optimize(digits_pipeline(), "fora", backend="eager"))
+    torch._dynamo.reset()
+    pipe = graphcache.optimize(digits_pipeline(), "fora", backend="eager")
+    with torch.no_grad():
+        pipe.transformer(torch.randn(4, 1, 16, 16), timestep=torch.full((4,), 999.9),
+                         class_labels=torch.tensor([1, 7, 10, 10]))
+    assert (_generate(pipe) == fresh).all()
+    assert graphcache.decisions(pipe) == ["computed", "cached", "cached"] * 2
+
+
+def test_every_denoiser_of_a_pipeline_is_optimized():
+    """Wan 2.2 holds ``transformer`` and ``transformer_2``: both are optimized, each with its own state."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    from graphcache.reference.model import SCHEDULER_CONFIG, build_denoiser
+    from graphcache.reference.pipeline import DigitsPipeline
+
+    class TwoDenoisers(DigitsPipeline):
+        def __init__(self, transformer, transformer_2, scheduler) -> None:
+            DiffusionPipeline.__init__(self)
+            self.register_modules(transformer=transformer, transformer_2=transformer_2, scheduler=scheduler)
+
+    torch.manual_seed(1)
+    two = TwoDenoisers(build_denoiser().eval(), build_denoiser().eval(), DDIMScheduler(**SCHEDULER_CONFIG))
+    pipe = graphcache.optimize(two, "fora", backend="eager")
+    assert pipe.graphcache_denoisers == ["transformer", "transformer_2"]
+    assert isinstance(pipe.transformer, graphcache.CachedModule)
+    assert isinstance(pipe.transformer_2, graphcache.CachedModule)
+    assert pipe.transformer_2.model is not pipe.transformer.model
+
+
+def _latent_inputs(tokens: int):
+    x = torch.randn(2, tokens, 4, generator=torch.Generator().manual_seed(tokens))
+    return lambda t: {"latent": x, "noise_level": torch.full((2,), t)}
+
+
+def test_twenty_resolutions_and_twenty_optimizations_in_one_process():
+    """Each input shape compiles a graph of its own (dynamo's default of 8 per frame would fail the 9th);
+    decisions() follows the graph the last call ran, not the last one created."""
+    model, _ = hand_written_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with torch.no_grad():
+        for tokens in range(3, 23):  # distinct timesteps: calls at one timestep would be streams
+            fast(**_latent_inputs(tokens)(999.0 - tokens))
+        assert len(fast.states) == 20
+        small, large = _latent_inputs(3), _latent_inputs(22)
+        for t in (800.0, 600.0):
+            fast(**small(t))
+        fast(**large(800.0))
+        assert graphcache.decisions(fast) == ["computed", "cached"]
+        fast(**small(400.0))
+        assert graphcache.decisions(fast) == ["computed", "cached", "cached", "computed"]
+        for _ in range(20):  # a notebook trying policies on one model
+            again = graphcache.optimize(model, "fora", backend="eager")
+            again(**small(999.0))
+        assert graphcache.decisions(again) == ["computed"]
+
+
+def test_pipeline_calls_with_other_steps_guidance_and_batch_each_equal_a_fresh_pipeline():
+    """Back to back through one optimized pipeline: 6 steps, 9 steps, guidance off (no CFG pair: another batch),
+    three prompts: each call equals that call on a freshly optimized pipeline."""
+    calls = [dict(steps=6), dict(steps=9), dict(steps=6, guidance_scale=1.0), dict(steps=6, labels=[2, 3, 4])]
+
+    def call(pipe, steps, guidance_scale=1.5, labels=(1, 7)):
+        return pipe(class_labels=list(labels), num_inference_steps=steps, guidance_scale=guidance_scale,
+                    generator=torch.Generator().manual_seed(0))
+
+    wanted = [call(graphcache.optimize(digits_pipeline(), "fora", backend="eager"), **kwargs) for kwargs in calls]
+    pipe = graphcache.optimize(digits_pipeline(), "fora", backend="eager")
+    for kwargs, want in zip(calls, wanted, strict=True):
+        assert (call(pipe, **kwargs) == want).all(), kwargs

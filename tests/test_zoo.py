@@ -1,0 +1,60 @@
+"""Every denoiser class diffusers ships, under FORA, FBCache and lite TaylorSeer: supported with exact computed
+steps and caching that happens, or refused with a GraphcacheError that names the reason. Never silently wrong.
+
+The models are tiny seeded configs (tests/zoo/); the support matrix in docs/ is generated from the same runner
+(``python -m tests.zoo.matrix --markdown docs/support_matrix.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from zoo import NOT_DENOISERS, ZOO, denoiser_classes
+from zoo.matrix import OK, POLICIES, REFUSED, Case, markdown, run_model, summary
+
+# At least this many classes optimize under every policy of the matrix (the rest are refused with a reason).
+MIN_SUPPORTED = 55
+
+_RESULTS: dict[str, list[Case]] = {}
+
+
+def test_every_diffusers_denoiser_class_is_in_the_zoo():
+    """New classes are picked up: the enumeration of diffusers' transformer and U-Net modules is the list."""
+    classes = denoiser_classes()
+    missing = [c for c in classes if c not in ZOO and c not in NOT_DENOISERS]
+    assert not missing, f"diffusers classes without a zoo entry: {missing}"
+    assert len(classes) >= 80 and set(ZOO) <= set(classes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_model(name):
+    cases = _RESULTS[name] = run_model(ZOO[name])
+    for case in cases:
+        print(f"{case.model} {case.policy}: {case.status} {case.decisions} {case.detail}")
+    failures = [c for c in cases if not c.passed]
+    assert not failures, "; ".join(f"{c.policy}: {c.status}: {c.detail}" for c in failures)
+    for case in cases:
+        if case.status == REFUSED:
+            assert len(case.detail) > 40, f"a refusal must say why: {case.detail!r}"
+        else:
+            assert case.cached_flops < 1.0, f"{case.policy}: a cached step costs a computed one's FLOPs"
+
+
+@pytest.mark.slow
+def test_zoo_counts():
+    """Runs after the per-model tests (file order) and runs whatever they did not (a run of this test alone)."""
+    for name in sorted(ZOO):
+        if name not in _RESULTS:
+            _RESULTS[name] = run_model(ZOO[name])
+    cases = [c for name in sorted(_RESULTS) for c in _RESULTS[name]]
+    print(f"\nzoo: {len(_RESULTS)} models; {summary(cases)}")
+    if os.environ.get("GRAPHCACHE_ZOO_MARKDOWN"):  # regenerate docs/support_matrix.md from this run
+        Path(os.environ["GRAPHCACHE_ZOO_MARKDOWN"]).write_text(markdown(cases))
+    assert not [c for c in cases if not c.passed]
+    supported_everywhere = [n for n, cs in _RESULTS.items() if all(c.status == OK for c in cs)]
+    assert len(supported_everywhere) >= MIN_SUPPORTED, (
+        f"{len(supported_everywhere)} of {len(_RESULTS)} models supported under {list(POLICIES)}")
