@@ -27,7 +27,7 @@ from .cost import flops
 from .graph_utils import STRUCTURAL_OPS, clean_path, descendants, is_compute, module_stack, op_name, tensor_val
 
 TIMESTEP_NAME_HINTS = ("timestep", "time", "sigma", "t")
-MIN_REGION_SHARE = 0.5  # of the step's FLOPs: a smaller stack is refused (caching it would not pay)
+MIN_REGION_SHARE = 0.25  # of the step's FLOPs: a smaller stack is refused (caching it would not pay)
 
 
 @dataclasses.dataclass
@@ -232,7 +232,8 @@ def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
     candidates = []
     for ph in placeholders:
         val = tensor_val(ph)
-        if val is None or val.dim() > 1:
+        named = any(h in ph.name.lower() for h in ("timestep", "time", "sigma"))
+        if val is None or val.dim() > 2 or (val.dim() == 2 and not named):  # (batch, frames) when named so
             continue
         if any(op_name(n) in ("sin", "cos") for n in descendants([ph]) if is_compute(n)):
             candidates.append(ph)

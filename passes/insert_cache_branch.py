@@ -50,9 +50,36 @@ def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node], taken: set[in
     return node
 
 
-def _dense_outputs(g: fx.Graph, results: list[fx.Node], placeholders: set[fx.Node]) -> list[fx.Node]:
+def _dense_outputs(g: fx.Graph, results: list[fx.Node], placeholders: set[fx.Node],
+                   outputs: list[fx.Node]) -> list[fx.Node]:
+    """Branch outputs as the cond needs them; the region outputs (the first ``len(outputs)``) keep the layout
+    the captured graph gave them, so the epilogue reads the same strides as in the model (a reduction over
+    another layout sums in another order: not bit-exact)."""
     taken = {k for k in (storage_key(p) for p in placeholders) if k is not None}
-    return [_dense(g, r, placeholders, taken) for r in results]
+    dense = []
+    for k, r in enumerate(results):
+        order = _stride_order(tensor_val(outputs[k])) if k < len(outputs) else None
+        dense.append(_dense(g, r, placeholders, taken) if order is None else _laid_out(g, r, order))
+    return dense
+
+
+def _stride_order(val: torch.Tensor | None) -> list[int] | None:
+    """Dimensions from outermost to innermost of a dense layout that is not row-major (None otherwise)."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+
+    if val is None or val.dim() < 2 or _canonical(val) or not is_non_overlapping_and_dense(val):
+        return None
+    return sorted(range(val.dim()), key=lambda d: (-val.stride()[d], d))
+
+
+def _laid_out(g: fx.Graph, node: fx.Node, order: list[int]) -> fx.Node:
+    """``node`` as a new dense tensor with the strides of dimension ``order``: permute, contiguous copy,
+    permute back (the result views a tensor made here, aliasing no operand). Always copied, in both branches:
+    a layout that follows the operands' (an elementwise add) may change when a lowering re-lays them out."""
+    inverse = sorted(range(len(order)), key=lambda d: order[d])
+    permuted = g.call_function(torch.ops.aten.permute.default, (node, order))
+    copied = g.call_function(torch.ops.aten.clone.default, (permuted,), {"memory_format": torch.contiguous_format})
+    return g.call_function(torch.ops.aten.permute.default, (copied, inverse))
 
 
 def _canonical(val: torch.Tensor) -> bool:
@@ -113,7 +140,7 @@ def build_compute_branch(
         mask = env[sample_mask]
         results = [per_sample_where(g, mask, fresh, old, ref) for fresh, old, ref in zip(
             results, cached, [*outputs, *state.cache_nodes()], strict=True)]
-    return _finish(root, g, _dense_outputs(g, results, phs))
+    return _finish(root, g, _dense_outputs(g, results, phs, outputs))
 
 
 def _fresh_value(g: fx.Graph, env: dict[fx.Node, fx.Node], unit: CacheUnit) -> fx.Node:
@@ -158,7 +185,7 @@ def build_cached_branch(
 ) -> fx.GraphModule:
     g, env, phs, ticks = _new_branch(operands)
     results = _cached_values(g, env, region, outputs, plan, state, predictor, ticks, per_sample, cached_units)
-    return _finish(root, g, _dense_outputs(g, results, phs))
+    return _finish(root, g, _dense_outputs(g, results, phs, outputs))
 
 
 def build_phased_branch(
@@ -217,6 +244,11 @@ class InsertCacheBranch(Pass):
         for node in gm.graph.nodes:
             if node.op == "call_module" and node in region_set:
                 raise UnsupportedGraphError(f"call_module node '{node.name}' inside the block region")
+            if node in region_set and isinstance(node.target, torch._ops.HigherOrderOperator):
+                raise UnsupportedGraphError(
+                    f"the blocks call {node.target.name()} ('{node.name}'), a higher-order op that torch.cond "
+                    "cannot hold in a branch here (flex attention inside a cond fails in torch's tracing); use "
+                    "scaled_dot_product_attention in the blocks to cache them")
         operands = list(stack.region_inputs) + state.cache_nodes()
         if decision.sample_mask is not None:
             operands.append(decision.sample_mask)
@@ -250,5 +282,5 @@ class InsertCacheBranch(Pass):
         for node in reversed(region):
             graph.erase_node(node)
         found["cache_branch"] = {"compute": "_gc_compute", "cached": "_gc_cached",
-                                 "num_operands": len(operands) + len(decision.clock)}
+                                 "num_operands": len(distinct) + len(decision.clock)}
         return PassResult(gm, modified=True)

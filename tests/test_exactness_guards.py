@@ -17,7 +17,7 @@ from graphcache.passes.dead_code import eliminate_dead_code, written_args
 from graphcache.self_check import SelfCheckError
 
 from helpers import assert_exact_on_computed_steps, generation, timesteps
-from models import hand_written_dit
+from models import HandWrittenDiT, hand_written_dit
 
 
 def _traced(fn, *example):
@@ -173,3 +173,30 @@ def test_operands_that_alias_each_other_are_passed_distinct(backend):
     for out, ref, d in zip(outputs, reference, decisions, strict=True):
         if d == "computed":
             assert torch.allclose(out, ref, atol=1e-6) if backend == "aot_eager" else torch.equal(out, ref)
+
+
+class ColumnMajorStream(HandWrittenDiT):
+    """The hidden stream kept in a dense but not row-major layout (ACE-Step's blocks return one): elementwise
+    ops keep it, so the epilogue reduces over that layout."""
+
+    def between_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).contiguous().transpose(1, 2) if x.stride(-1) == 1 else x
+
+
+def test_region_outputs_keep_the_captured_layout():
+    """A region output that is dense but not row-major leaves the cond with the same strides (not a row-major
+    copy): the epilogue then sums in the model's order, and computed steps stay bit-exact."""
+    torch.manual_seed(0)
+    model = ColumnMajorStream().eval()
+    x = torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(1))
+
+    def inputs(t):
+        return {"latent": x, "noise_level": torch.full((2,), t)}
+
+    assert_exact_on_computed_steps(model, inputs, timesteps(7), "fora")
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    fast(**inputs(999.0))
+    gm = fast.states[0].gm
+    cond = gm.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond)[0]
+    out = next(u for u in cond.users if u.args[1] == 0)
+    assert out.meta["val"].stride()[1] == 1  # the column-major stride of the captured stream

@@ -14,7 +14,7 @@ from graphcache.runner import first_tensor
 from helpers import timesteps
 from models import tiny_dit
 
-CLOCK = ["step", "last_t", "log", "n_computed"]
+CLOCK = ["step", "last_t", "direction", "log", "n_computed"]  # the scalars every step writes
 
 
 def _setup(policy: str, **options):

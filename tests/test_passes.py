@@ -33,8 +33,9 @@ def test_one_cond_and_state_writes_outside_branches():
     conds = gm.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond)
     assert len(conds) == 1
     copies = gm.graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default)
-    # step, last timestep, decision log, last computed step, computed count; one stack residual
-    assert len(copies) == 5 + 1
+    # step, last timestep, timestep direction, decision log, last computed steps, computed count; one stack
+    # residual
+    assert len(copies) == 6 + 1
     for branch in (gm._gc_compute, gm._gc_cached):
         assert "copy_" not in _ops(branch)
     roles = {n.meta[META_KEY]["role"] for n in gm.graph.nodes if META_KEY in n.meta}
