@@ -20,6 +20,18 @@ from graphcache.streams import StateSets, StreamRouter, argument_getter, cache_c
 RECOMPILE_LIMIT = 256
 
 
+def _unwrapped(compiled: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``compiled``; graphcache's own refusal raised inside the backend surfaces as itself, not wrapped
+    in dynamo's BackendCompilerFailed (``except GraphcacheError`` catches it)."""
+    try:
+        return compiled(*args, **kwargs)
+    except torch._dynamo.exc.BackendCompilerFailed as err:
+        inner = getattr(err, "inner_exception", None)
+        if isinstance(inner, GraphcacheError):
+            raise inner.with_traceback(None) from None
+        raise
+
+
 class CachedModule(torch.nn.Module):
     """A denoiser whose forward runs the graphcache-rewritten graph (compiled fullgraph, no recompiles).
 
@@ -62,16 +74,11 @@ class CachedModule(torch.nn.Module):
                     self.contexts.switch(self.states, stream)
             try:
                 with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                    out = self.__dict__["_compiled"](*args, **kwargs)
+                    out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
                 if not self._learned and self.states:
                     self._learned = True
                     self._learn_timestep(args, kwargs)
                 return out
-            except torch._dynamo.exc.BackendCompilerFailed as err:  # graphcache's own refusal, not dynamo's
-                inner = getattr(err, "inner_exception", None)
-                if isinstance(inner, GraphcacheError):
-                    raise inner.with_traceback(None) from None
-                raise
             except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:
                 if self.states or self.pieces or getattr(self.policy, "wraps_model", False):
                     raise
@@ -86,13 +93,7 @@ class CachedModule(torch.nn.Module):
 
         before = dict(counters["graph_break"])
         self.__dict__["_compiled"] = self._compile(fullgraph=False)
-        try:
-            out = self.__dict__["_compiled"](*args, **kwargs)
-        except torch._dynamo.exc.BackendCompilerFailed as err:
-            inner = getattr(err, "inner_exception", None)
-            if isinstance(inner, GraphcacheError):
-                raise inner.with_traceback(None) from None
-            raise
+        out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
         breaks = [f"{reason.splitlines()[0][:160]} (x{n - before.get(reason, 0)})"
                   for reason, n in counters["graph_break"].items() if n > before.get(reason, 0)]
         name = type(self._modules["model"]).__name__
