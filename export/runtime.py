@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from graphcache.errors import ExportError
+from graphcache.streams import StreamRouter
 
 from .plan import Plan, load_plan
 
@@ -64,8 +65,8 @@ class PlanRunner:
         self.streams: dict[str, _Stream] = {}
         self.active = ""
         self._explicit = 0
-        self._last_call: float | None = None
-        self._repeat = 0
+        self._router = StreamRouter()  # the module's rule: the k-th call in a row at one timestep is stream k
+        self._router.get = lambda args, kwargs: kwargs.get(self.plan.timestep)
 
     def _stream(self, name: str) -> _Stream:
         if name not in self.streams:
@@ -87,12 +88,9 @@ class PlanRunner:
             self.active = previous
 
     def _route(self, kwargs: dict[str, Any]) -> None:
-        if self._explicit or self.plan.timestep not in kwargs:
-            return
-        t = float(_as_tensor(kwargs[self.plan.timestep], self.plan.timestep).detach().reshape(-1).max())
-        self._repeat = self._repeat + 1 if t == self._last_call else 0
-        self._last_call = t
-        self.active = "" if self._repeat == 0 else f"stream {self._repeat}"
+        stream = None if self._explicit else self._router.stream((), kwargs)
+        if stream is not None:  # "" (the first stream) included
+            self.active = stream
 
     def graph_for_step(self, kwargs: dict[str, Any]) -> str:
         if self.plan.schedule is None:
