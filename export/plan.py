@@ -102,11 +102,18 @@ def load_plan(directory: str | Path, verify: bool = True) -> Plan:
     unknown = sorted({g for g in plan.schedule or [] if g not in plan.graphs})
     if unknown:
         raise ExportError(f"{path}: the schedule names graphs {unknown} that the plan does not list; {remake}")
+    root = directory.resolve()
     for name, entry in plan.graphs.items():
         file = directory / entry.file
+        if not isinstance(entry.file, str) or not file.resolve().is_relative_to(root):
+            raise ExportError(f"{path}: graph '{name}' file {entry.file!r} is outside the export folder {directory}; "
+                              f"a plan only names files inside it; {remake}")
         if not file.is_file():
             raise ExportError(f"graph '{name}' file {file} is missing; {remake}")
-        if verify and entry.sha256 and _sha256(file) != entry.sha256:
+        if verify and not (isinstance(entry.sha256, str) and len(entry.sha256) == 64):
+            raise ExportError(f"{path}: graph '{name}' has no sha256 checksum ({entry.sha256!r}): its file cannot be "
+                              f"verified; {remake}")
+        if verify and _sha256(file) != entry.sha256:
             raise ExportError(f"graph '{name}' file {file} does not match its checksum in the plan (changed or "
                               f"corrupt); {remake}")
     return plan

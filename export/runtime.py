@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from graphcache.errors import ExportError
-from graphcache.streams import StreamRouter
+from graphcache.streams import StreamRouter, starts_generation
 
 from .plan import Plan, load_plan
 
@@ -78,7 +78,10 @@ class PlanRunner:
         return self._stream(self.active).state
 
     @contextlib.contextmanager
-    def cache_context(self, name: str) -> Iterator[None]:
+    def cache_context(self, name: str, **fields: Any) -> Iterator[None]:
+        """As the module's ``cache_context``: the stream named ``name``; ``step_index=0`` starts it over."""
+        if starts_generation(name, fields):
+            self.streams.pop(name, None)
         previous, self.active = self.active, name
         self._explicit += 1
         try:
@@ -147,6 +150,8 @@ def load(directory: str | Path, device: str = "cpu", verify: bool = True) -> Pla
     """Load an export directory written by ``graphcache export`` and return its runner.
 
     ``device``: ``cpu`` or ``cuda`` (ONNX Runtime picks the CUDA / TensorRT providers when present).
+    ``verify``: check every file against the plan's sha256 first (the default). AOTInductor ``.pt2`` packages
+    and TensorRT engines are native code: load only exports you trust.
     """
     directory = Path(directory)
     plan = load_plan(directory, verify=verify)

@@ -12,7 +12,7 @@ from graphcache.backend import make_backend
 from graphcache.errors import GraphcacheError, UnsupportedGraphError
 from graphcache.pipelines import denoiser_names, optimize_pipeline, reset_pipeline
 from graphcache.policies import PolicyConfig, make_policy
-from graphcache.state import CacheState, states_of
+from graphcache.state import CacheState, compile_call_of, states_of
 from graphcache.streams import StateSets, StreamRouter, argument_getter, cache_context
 
 # Graphs one optimized module may compile for one frame (each input shape is a graph; every optimize() of the
@@ -55,34 +55,63 @@ class CachedModule(torch.nn.Module):
         self.router = StreamRouter()  # without contexts: the k-th call at one timestep is stream k
         self._explicit = 0  # depth of cache_context blocks the caller opened
         self._learned = False  # where the timestep is among the arguments: looked up after the first call
+        self._warmed = False  # one eager call made after a failed capture (see _after_capture_failed)
+        self.notes: list[str] = []  # how the model was captured, when not plainly
+        self._side_t: torch.Tensor | None = None  # with graph breaks: the call's timestep, written before each call
         compiled = None if getattr(policy, "wraps_model", False) else self._compile(fullgraph=True)
         self.__dict__["_compiled"] = compiled  # not a submodule: parameters stay listed once
 
     def _compile(self, fullgraph: bool) -> Any:
         backend = make_backend(self.policy, self.backend, self.states, self.self_check,
-                               None if fullgraph else self.pieces, self.used)
+                               None if fullgraph else self.pieces, self.used,
+                               side_timestep=None if fullgraph else self._side_t)
         return torch.compile(self._modules["model"], backend=backend, fullgraph=fullgraph, dynamic=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
-            if getattr(self.policy, "wraps_model", False):  # a policy around the call (CFG-Cache)
-                self.__dict__["_compiled"] = self._wrapper_for(args, kwargs)
-            routed = self._explicit == 0 and self.router.get is not None
-            if routed:
-                stream = self.router.stream(args, kwargs)
-                if stream is not None:
-                    self.contexts.switch(self.states, stream)
+            wraps = getattr(self.policy, "wraps_model", False)
+            if wraps and self.router.get is None:
+                self.router.get = _timestep_getter(self.model)
+            stream = self.router.stream(args, kwargs) if self._explicit == 0 and self.router.get else None
+            if wraps:  # a policy around the call (CFG-Cache): a wrapper per input signature and stream
+                self.__dict__["_compiled"] = self._wrapper_for(args, kwargs, self._cfg_stream(stream))
+            elif stream is not None:
+                self.contexts.switch(self.states, stream)
             try:
-                with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                    out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
-                if not self._learned and self.states:
-                    self._learned = True
-                    self._learn_timestep(args, kwargs)
-                return out
+                return self._call_compiled(args, kwargs)
             except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:
-                if self.states or self.pieces or getattr(self.policy, "wraps_model", False):
+                if self.states or self.pieces or wraps:
                     raise
-                return self._with_graph_breaks(err, args, kwargs)
+                return self._after_capture_failed(err, args, kwargs)
+
+    def _call_compiled(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._side_t is not None:
+            self._fill_side_timestep(args, kwargs)
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
+        self.contexts.note_call()
+        if not self._learned and self.states:
+            self._learned = True
+            self._learn_timestep(args, kwargs)
+        return out
+
+    def _after_capture_failed(self, err: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """One graph failed. Models that fill a cache on their first call with Python the compiler cannot
+        follow (Z-Image's rope table under ``with torch.device("cpu")``) fit one graph from their second call:
+        one eager call, then the capture again. Otherwise graph breaks (:meth:`_with_graph_breaks`)."""
+        if not self._warmed:
+            self._warmed = True
+            self.model(*args, **kwargs)
+            try:
+                out = self._call_compiled(args, kwargs)
+                self.notes.append(f"one graph after a first eager call (the first capture failed: "
+                                  f"{str(err).strip().splitlines()[0][:160]})")
+                return out
+            except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as again:
+                if self.states or self.pieces:
+                    raise
+                err = again
+        return self._with_graph_breaks(err, args, kwargs)
 
     def _with_graph_breaks(self, first: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The model does not fit one graph: compile it with graph breaks; the graph that holds the block
@@ -92,8 +121,9 @@ class CachedModule(torch.nn.Module):
         from torch._dynamo.utils import counters
 
         before = dict(counters["graph_break"])
+        self._offer_side_timestep(args, kwargs)
         self.__dict__["_compiled"] = self._compile(fullgraph=False)
-        out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
+        out = self._call_compiled(args, kwargs)
         breaks = [f"{reason.splitlines()[0][:160]} (x{n - before.get(reason, 0)})"
                   for reason, n in counters["graph_break"].items() if n > before.get(reason, 0)]
         name = type(self._modules["model"]).__name__
@@ -112,16 +142,49 @@ class CachedModule(torch.nn.Module):
         )
         return out
 
-    def _wrapper_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The call-wrapping policy's module for these input shapes, built on their first call: it captures
-        the model at those shapes, so another batch (guidance on or off), resolution or dtype gets its own
-        wrapper and state instead of failing inside the old one."""
+    def _cfg_stream(self, routed: str | None) -> str:
+        """The stream of a call-wrapping policy's call: the k-th call at one timestep is stream k (Heun's
+        stages), each with its own wrapper state. Inside a cache context other than ``"cond_uncond"`` the
+        pipeline runs each guidance branch as a call of its own: there is no guided batch to split."""
+        if self._explicit == 0:
+            return routed or ""
+        name = self.contexts.active
+        if name != "cond_uncond":
+            raise UnsupportedGraphError(
+                f"policy {self.policy.name!r} needs classifier-free guidance as one call on the guided batch "
+                f"(conditional and unconditional halves); this call runs in cache_context({name!r}): the pipeline "
+                "calls the denoiser once per guidance branch. Use a graph policy (fora, fbcache, taylorseer, ...): "
+                "each cache context gets its own cache.")
+        return name
+
+    def _offer_side_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """With graph breaks the graph holding the blocks may get only the timestep's embedding from the graph
+        before it: the call's timestep argument (found by its name) is then written into a tensor that graph
+        reads as an extra input, so its decisions still see the timestep."""
+        get = _timestep_getter(self.model)
+        t = get(args, kwargs) if get is not None else None
+        if isinstance(t, torch.Tensor) and t.numel() > 0:
+            self.router.get = get
+            self._side_t = torch.zeros(1, dtype=torch.float32, device=t.device)
+
+    def _fill_side_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        t = self.router.get(args, kwargs) if self.router.get is not None else None
+        if not isinstance(t, torch.Tensor):
+            raise UnsupportedGraphError("graphcache reads this model's timestep from its argument, which this call "
+                                        f"does not pass as a tensor (got {type(t).__name__})")
+        assert self._side_t is not None
+        self._side_t.copy_(t.detach().reshape(-1).max().to(torch.float32))  # on the device: no host sync
+
+    def _wrapper_for(self, args: tuple[Any, ...], kwargs: dict[str, Any], stream: str = "") -> Any:
+        """The call-wrapping policy's module for these input shapes and this stream, built on their first
+        call: it captures the model at those shapes, so another batch (guidance on or off), resolution or
+        dtype gets its own wrapper and state instead of failing inside the old one."""
         import torch.utils._pytree as pytree
 
         from graphcache.cfg_cache import CFGState
 
-        key = tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
-                    for x in pytree.tree_leaves((args, kwargs)))
+        key = (stream, *((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
+                         for x in pytree.tree_leaves((args, kwargs))))
         wrappers = self.__dict__.setdefault("_wrappers", {})
         if key not in wrappers:
             wrapper = self.policy.wrap(self._modules["model"], args, kwargs)  # type: ignore[attr-defined]
@@ -145,6 +208,8 @@ class CachedModule(torch.nn.Module):
         streams), and the first call's value."""
         from graphcache.passes.base import analysis
 
+        if self._side_t is not None:
+            return  # the timestep is read from its argument by name (_offer_side_timestep)
         found = analysis(self.states[0].gm) if hasattr(self.states[0], "gm") else {}
         stack, sources = found.get("block_stack"), found.get("input_sources", {})
         source = sources.get(stack.timestep.name) if stack is not None else None
@@ -160,25 +225,48 @@ class CachedModule(torch.nn.Module):
         self.router.reset()
 
     @contextlib.contextmanager
-    def cache_context(self, name: str) -> Iterator[None]:
+    def cache_context(self, name: str, **fields: Any) -> Iterator[None]:
         """``with model.cache_context("cond"): ...``: calls inside use the cache state of context ``name``
         (its own generations and decisions), as diffusers' ``CacheMixin.cache_context`` does; automatic
-        stream routing by repeated timesteps is off inside."""
+        stream routing by repeated timesteps is off inside. ``fields``: those of diffusers' ``CacheContext``
+        (``step_index``, ``num_inference_steps``, ``timestep``, ``sigma``); ``step_index=0`` starts a new
+        generation in this context."""
         self._explicit += 1
         try:
-            with cache_context(self.contexts, self.states, name):
+            with cache_context(self.contexts, self.states, name, **fields):
                 yield
         finally:
             self._explicit -= 1
 
-    def decisions(self) -> list[str]:
-        """The decisions of the current generation of the active cache context, in the graph the last call
-        ran (each input shape has its own)."""
+    def decisions(self, context: str | None = None) -> list[str]:
+        """The decisions of the current generation of cache context ``context`` (default: the active one once
+        it has run a call, else the first context that ran), in the graph the last call ran (each input
+        shape has its own)."""
         state = self.used[0] if self.used else (self.states[-1] if self.states else None)
-        return state.decisions() if state is not None else []
+        if state is None:
+            return []
+        name, active = self.contexts.reported(context), self.contexts.active
+        if name == active:
+            return state.decisions()
+        self.contexts.switch(self.states, name)
+        try:
+            return state.decisions()
+        finally:
+            self.contexts.switch(self.states, active)
 
     def cache_bytes(self) -> int:
         return sum(s.cache_bytes() for s in self.states)
+
+
+def _timestep_getter(model: torch.nn.Module) -> Any:
+    """For a call-wrapping policy (no graph to read it from): the timestep argument, found by its name."""
+    import inspect
+
+    from graphcache.cfg_cache import TIMESTEP_NAMES
+
+    names = inspect.signature(model.forward).parameters
+    found = next((n for n in TIMESTEP_NAMES if n in names), None)
+    return None if found is None else argument_getter(model.forward, f"L['{found}']")
 
 
 def _denoiser_name(pipe: Any) -> str:
@@ -195,6 +283,7 @@ def optimize(model_or_pipeline: Any, policy: str | PolicyConfig = "fora", backen
     ``"aot_eager"`` or ``"eager"`` (the rewritten graph run op by op: compute steps bit-exact).
     ``self_check`` (default on): on the first call, the rewritten graph's computed step is compared exactly
     with the model on those inputs before anything is cached; a mismatch raises ``SelfCheckError``.
+    The model is put in eval mode and runs under ``torch.no_grad`` (inference: outputs carry no gradient).
     """
     config = make_policy(policy, **options)
     if isinstance(model_or_pipeline, torch.nn.Module):
@@ -217,17 +306,18 @@ def _states(obj: Any) -> list[CacheState]:
     if hasattr(obj, "components") and not isinstance(obj, torch.nn.Module):
         return [s for name in denoiser_names(obj) for s in _states(getattr(obj, name))]
     if isinstance(obj, torch.nn.Module):
-        return states_of(getattr(obj, "_orig_mod", obj))
+        return states_of(getattr(obj, "_orig_mod", obj), compile_call_of(obj))
     raise GraphcacheError(f"expected a module or pipeline optimized by graphcache, got {type(obj).__name__}")
 
 
-def decisions(obj: Any) -> list[str]:
+def decisions(obj: Any, context: str | None = None) -> list[str]:
     """Per-call decisions (``'computed'`` / ``'cached'``) of the current generation of an optimized model
-    (of a pipeline: of its first denoiser, in the active cache context)."""
+    (of a pipeline: of its first denoiser). ``context``: the cache context to report (default: the active
+    one once it has run, else the first that ran; see ``CachedModule.decisions``)."""
     if hasattr(obj, "components") and not isinstance(obj, torch.nn.Module):
         obj = getattr(obj, _denoiser_name(obj))
     if isinstance(obj, CachedModule):
-        return obj.decisions()
+        return obj.decisions(context)
     states = _states(obj)
     return states[-1].decisions() if states else []
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from graphcache.capture import prepare_dynamo_graph
+from graphcache.capture import add_side_timestep, has_timestep, prepare_dynamo_graph
 from graphcache.errors import DataDependentShapeError, NoStackError, PolicyConfigError
 from graphcache.passes.base import analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
@@ -26,7 +26,8 @@ INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 
 def make_backend(
     policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
-    pieces: list[str] | None = None, used: list[CacheState] | None = None, **policy_options: Any,
+    pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
+    side_timestep: torch.Tensor | None = None, **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
     """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
     ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
@@ -34,7 +35,11 @@ def make_backend(
     ``pieces``: when given, the model may come in several graphs (graph breaks): a graph without a block stack
     is lowered as it is and the reason is appended there; otherwise such a graph raises :class:`NoStackError`.
     ``used``: when given, each call of a rewritten graph puts its state there first (``used[0]``: the state of
-    the graph in use, when several shapes have their own graphs)."""
+    the graph in use, when several shapes have their own graphs). ``owner``: the ``torch.compile`` call the
+    states are registered under (``graphcache.decisions(compiled)`` reports that compilation's only).
+    ``side_timestep``: a ``(1,)`` tensor the caller writes the call's timestep into before each call: a graph
+    after a graph break that gets only the timestep's embedding from the graph before it reads this instead
+    (an extra input, appended to those dynamo passes)."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -43,9 +48,13 @@ def make_backend(
 
     def graphcache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         lowering = [DenseCondOperands()] if inner == "inductor" else []
+        inputs = list(example_inputs)
         try:
             new = prepare_dynamo_graph(gm, example_inputs)
-            state = rewrite(new, example_inputs, config, lowering, self_check)
+            if side_timestep is not None and not has_timestep(new):
+                inputs.append(side_timestep)
+                add_side_timestep(new, inputs)
+            state = rewrite(new, inputs, config, lowering, self_check)
         except (NoStackError, DataDependentShapeError) as err:
             if pieces is None:
                 raise
@@ -53,13 +62,15 @@ def make_backend(
             short = err.short if isinstance(err, NoStackError) else "shapes computed from values"
             pieces.append(f"graph {len(pieces) + 1} ({n_compute} compute nodes): {short}")
             return lower(gm, example_inputs, inner)
-        register(state, [x for x in example_inputs if isinstance(x, torch.nn.Parameter)])
+        register(state, [x for x in example_inputs if isinstance(x, torch.nn.Parameter)], owner)
         if sink is not None:
             sink.append(state)
         if pieces is not None:
             pieces.append(f"graph {len(pieces) + 1}: the cached region ({analysis(new)['block_stack'].num_blocks} "
                           "blocks)")
-        compiled = lower(new, example_inputs, inner)
+        compiled = lower(new, inputs, inner)
+        if len(inputs) > len(example_inputs):
+            compiled = _appending(compiled, inputs[len(example_inputs):])
         return compiled if used is None else _recording(compiled, state, used)
 
     return graphcache_backend
@@ -72,6 +83,17 @@ def _recording(compiled: Callable[..., Any], state: CacheState, used: list[Cache
     def run(*args: Any) -> Any:
         used[:] = [state]
         return compiled(*args)
+
+    run._boxed_call = boxed  # type: ignore[attr-defined]
+    return run
+
+
+def _appending(compiled: Callable[..., Any], extra: list[Any]) -> Callable[..., Any]:
+    """``compiled`` called with ``extra`` after the inputs dynamo passes (dynamo's boxed convention kept)."""
+    boxed = getattr(compiled, "_boxed_call", False)
+
+    def run(*args: Any) -> Any:
+        return compiled([*args[0], *extra]) if boxed else compiled(*args, *extra)
 
     run._boxed_call = boxed  # type: ignore[attr-defined]
     return run
@@ -98,4 +120,13 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
     policy = options.pop("policy", "fora")
     inner = options.pop("backend", "inductor")
     self_check = options.pop("self_check", True)
-    return make_backend(policy, inner, self_check=self_check, **options)(gm, example_inputs)
+    return make_backend(policy, inner, self_check=self_check, owner=_compile_call(), **options)(gm, example_inputs)
+
+
+def _compile_call() -> object:
+    """The ``torch.compile`` call compiling now: dynamo calls a named backend from that call's wrapper
+    (``_TorchCompileWrapper.__call__``), so it is the caller's ``self``; None if torch changes that."""
+    import sys
+
+    caller = sys._getframe(2).f_locals.get("self")
+    return caller if isinstance(caller, torch._TorchCompileWrapper) else None

@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,16 +32,18 @@ from torch.fx import _pytree as fx_pytree
 from graphcache.errors import PolicyConfigError
 
 SCHEMA = "graphcache.calibration"
-VERSION = 1
+VERSION = 2  # 2: the fingerprint hashes every weight byte
 MAKE = "make one with `graphcache calibrate model.py -o calibration.json`"
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """Names, shapes, dtypes and the first values of every parameter: same model, same fingerprint."""
+    """A hash of every parameter and buffer: names, shapes, dtypes and all the bytes (streamed one tensor at a
+    time), so a model with one changed weight is another model."""
     digest = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
-        head = p.detach().reshape(-1)[:8].double().cpu().numpy().round(6).tolist() if p.numel() else []
-        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}:{head}".encode())
+        digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}:".encode())
+        if p.numel():
+            digest.update(p.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -109,14 +112,24 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 def fit_teacache(rows: list[dict[str, Any]], degree: int = 4) -> dict[str, Any]:
+    if not isinstance(degree, int) or isinstance(degree, bool) or degree < 1:
+        raise PolicyConfigError(f"the TeaCache polynomial's degree must be an integer >= 1, got {degree!r}")
+    if len(rows) < 2:
+        raise PolicyConfigError(f"a calibration needs at least 2 steps (step-to-step changes), got {len(rows)}")
     x = np.concatenate([_rel(r["modulated"], p["modulated"]) for p, r in itertools.pairwise(rows)])
     y = np.concatenate([_rel(r["out"], p["out"]) for p, r in itertools.pairwise(rows)])
+    if len(x) < degree + 1:
+        raise PolicyConfigError(f"a degree-{degree} polynomial needs at least {degree + 1} points, the calibration "
+                                f"run gives {len(x)} (steps - 1 per sample): calibrate with more steps or a lower "
+                                "--degree")
     coefficients = np.polyfit(x, y, degree)
     return {"coefficients": coefficients.tolist(), "degree": degree, "points": len(x),
             "indicator_range": [float(x.min()), float(x.max())]}
 
 
 def fit_magcache(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(rows) < 3:
+        raise PolicyConfigError(f"MagCache's ratios need a calibration of at least 3 steps, got {len(rows)}")
     gammas = []
     for prev, row in itertools.pairwise(rows):
         now, before = row["residual"].double().norm(dim=-1), prev["residual"].double().norm(dim=-1)
@@ -154,4 +167,29 @@ def load(path: str | Path, section: str, model: torch.nn.Module | None = None) -
                                 f"{MAKE}")
     if section not in data:
         raise PolicyConfigError(f"{path} has no '{section}' calibration; {MAKE}")
+    _check_section(path, section, data[section])
     return data[section]  # type: ignore[no-any-return]
+
+
+# The fields each section must hold: name -> (minimum length, exact length or None) of a list of numbers.
+_SECTIONS: dict[str, dict[str, tuple[int, int | None]]] = {
+    "teacache": {"coefficients": (1, None), "indicator_range": (2, 2)},
+    "magcache": {"timesteps": (2, None), "ratios": (2, None)},
+}
+
+
+def _check_section(path: Path, section: str, value: Any) -> None:
+    """Every field a policy reads is there and is a list of finite numbers of the right length."""
+    if not isinstance(value, dict):
+        raise PolicyConfigError(f"{path}: '{section}' must be an object, got {type(value).__name__}; {MAKE}")
+    for field, (minimum, exact) in _SECTIONS.get(section, {}).items():
+        numbers = value.get(field)
+        ok = isinstance(numbers, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
+        length = len(numbers) if isinstance(numbers, list) else -1
+        if not ok or length < minimum or (exact is not None and length != exact):
+            size = f"{exact}" if exact is not None else f"at least {minimum}"
+            raise PolicyConfigError(f"{path}: {section}.{field} must be a list of {size} finite numbers, got "
+                                    f"{str(numbers)[:80]}; {MAKE}")
+    if section == "magcache" and len(value["timesteps"]) != len(value["ratios"]):
+        raise PolicyConfigError(f"{path}: magcache.timesteps and magcache.ratios differ in length; {MAKE}")

@@ -25,6 +25,12 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
             program = torch.export.export(model, (), dict(kwargs), strict=False)
     except Exception as err:  # export errors are long; keep the first line and say what to change
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        eager = _eager_failure(model, kwargs)
+        if eager is not None:  # not a tracing problem: the inputs do not fit the model
+            raise UnsupportedGraphError(
+                f"{type(model).__name__} fails on these inputs even without graphcache ({eager}); check the "
+                "inputs' names, shapes and dtypes against the model's forward"
+            ) from err
         raise UnsupportedGraphError(
             f"torch.export could not capture {type(model).__name__}: {first}. graphcache needs a denoiser "
             "that torch.export can trace with tensor inputs (no data-dependent Python control flow)"
@@ -36,6 +42,17 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
     analysis(gm)["capture"] = "export"
     propagate_shapes(gm, flat, type(model).__name__)
     return gm, list(flat)
+
+
+def _eager_failure(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> str | None:
+    """The error of one plain call of ``model`` on ``kwargs`` (first line), None when it runs."""
+    try:
+        with torch.no_grad():
+            model(**kwargs)
+    except Exception as err:
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    return None
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], what: str) -> None:
@@ -90,3 +107,31 @@ def prepare_dynamo_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> f
     analysis(new)["capture"] = "dynamo"
     propagate_shapes(new, example_inputs, "the model")
     return new
+
+
+SIDE_TIMESTEP = "gc_side_timestep"
+
+
+def has_timestep(gm: fx.GraphModule) -> bool:
+    """Whether one of the graph's user inputs can be its timestep (:func:`passes.find_block_stack.find_timestep`)."""
+    from graphcache.errors import NoStackError
+    from graphcache.passes.find_block_stack import find_timestep
+
+    try:
+        find_timestep(gm, analysis(gm)["user_inputs"])
+    except NoStackError:
+        return False
+    return True
+
+
+def add_side_timestep(gm: fx.GraphModule, inputs: Sequence[Any]) -> None:
+    """A last input ``gc_side_timestep`` (``inputs[-1]``: the call's timestep, written by the caller): the
+    timestep of a graph that only receives its embedding from the graph before a graph break."""
+    placeholders = list(gm.graph.find_nodes(op="placeholder"))
+    where = gm.graph.inserting_after(placeholders[-1]) if placeholders else gm.graph.inserting_before(None)
+    with where:
+        gm.graph.placeholder(SIDE_TIMESTEP)
+    gm.recompile()
+    analysis(gm)["user_inputs"] = [*analysis(gm)["user_inputs"], SIDE_TIMESTEP]
+    analysis(gm)["side_timestep"] = SIDE_TIMESTEP
+    propagate_shapes(gm, inputs, "the model")

@@ -11,8 +11,10 @@ import click
 @click.argument("model_file", type=click.Path(path_type=Path), required=False)
 @click.option("--reference", is_flag=True, help="calibrate the shipped reference digits model along real pipeline "
               "trajectories (10 classes, guidance 1.5) instead of a MODEL_FILE")
-@click.option("--steps", default=50, show_default=True, help="denoising steps of the calibration generation")
-@click.option("--degree", default=4, show_default=True, help="degree of TeaCache's polynomial")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=3),
+              help="denoising steps of the calibration generation")
+@click.option("--degree", default=4, show_default=True, type=click.IntRange(min=1),
+              help="degree of TeaCache's polynomial")
 @click.option("--policy", "policies", type=click.Choice(["teacache", "magcache"]), multiple=True,
               default=("teacache", "magcache"), show_default=True, help="which fits to write (repeatable)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="calibration file (JSON)")

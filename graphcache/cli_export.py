@@ -15,7 +15,8 @@ import click
 @click.option("--form", type=click.Choice(["in-graph", "unrolled"]), default=None,
               help="in-graph: one graph deciding inside (If / torch.cond); unrolled: full + cached graphs and a "
                    "per-step schedule (static policies). Default: unrolled for TensorRT with a static policy")
-@click.option("--steps", default=50, show_default=True, help="steps per generation (the unrolled schedule's length)")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1),
+              help="steps per generation (the unrolled schedule's length)")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output folder")
 @click.option("--check", is_flag=True, help="compare every graph (polygraphy) and two whole generations with torch")
 @click.option("--atol", default=1e-4, show_default=True, help="--check tolerance (fp32)")
@@ -25,21 +26,25 @@ def export(model_file: Path, policy: str, sets: tuple[str, ...], fmt: str, form:
 
     Load it with ``graphcache.export.load(OUT)``, which runs whole generations (state kept between steps).
     """
+    from rich.markup import escape
+
     from graphcache.cli import _parse_sets, console
     from graphcache.export.build import export_model
     from graphcache.modelfile import load_model_file
     from graphcache.runner import cli_timesteps
 
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} is a file; --out names the folder the export is written to", param_hint="-o")
     model, inputs = load_model_file(model_file)
     with console.status("exporting") as status:
 
         def log(text: str) -> None:
             status.update(text)
-            console.print(f"  {text}", highlight=False)
+            console.print(f"  {escape(text)}", highlight=False)
 
         exported = export_model(model, inputs(999.0), out, policy, fmt, form, steps, log=log, **_parse_sets(sets))
     plan = exported.plan
-    console.print(f"[bold]{plan.format}[/], {plan.form} form, {plan.policy}")
+    console.print(f"[bold]{plan.format}[/], {plan.form} form, {escape(plan.policy)}")
     for entry in plan.graphs.values():
         size = (out / entry.file).stat().st_size
         console.print(f"  {entry.file}: {size / 2**20:.1f} MiB, reads {len(entry.reads)} / writes "
@@ -51,6 +56,6 @@ def export(model_file: Path, policy: str, sets: tuple[str, ...], fmt: str, form:
 
         with console.status("checking against torch"):
             report = check_export(exported, inputs, cli_timesteps(steps), atol=atol)
-        console.print(report.summary(), highlight=False)
+        console.print(escape(report.summary()), highlight=False)
         if not report.passed:
             raise SystemExit(1)

@@ -18,8 +18,10 @@ BACKENDS = ("eager", "inductor")
 
 def cli_timesteps(steps: int) -> list[float]:
     """``steps`` timesteps from 999 down to 0 (DDPM scale; model files rescale if they need to)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        from graphcache.errors import PolicyConfigError
+
+        raise PolicyConfigError(f"steps must be an integer >= 1, got {steps!r}")
     return torch.linspace(999.0, 0.0, steps).tolist()
 
 
@@ -60,12 +62,33 @@ def run_generation(fn: Callable[..., Any], inputs: Callable[[float], dict[str, A
 
 @dataclasses.dataclass
 class Comparison:
+    """Uncached and graphcache generations timed in turn (``repeats`` pairs); the figures are medians."""
+
     policy: PolicyConfig
     backend: str
     cached: ExportedCache
-    uncached_run: Generation
-    cached_run: Generation
+    uncached_runs: list[Generation]
+    cached_runs: list[Generation]
     decisions: list[str]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each pair's wall-time ratio (uncached / graphcache), sorted."""
+        return sorted(u.seconds / c.seconds for u, c in zip(self.uncached_runs, self.cached_runs, strict=True))
+
+    @property
+    def _median(self) -> int:
+        """The pair whose ratio is the median one (its runs give the step times and outputs)."""
+        ratios = [u.seconds / c.seconds for u, c in zip(self.uncached_runs, self.cached_runs, strict=True)]
+        return sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+
+    @property
+    def uncached_run(self) -> Generation:
+        return self.uncached_runs[self._median]
+
+    @property
+    def cached_run(self) -> Generation:
+        return self.cached_runs[self._median]
 
     @property
     def computed(self) -> int:
@@ -73,7 +96,8 @@ class Comparison:
 
     @property
     def speedup(self) -> float:
-        return self.uncached_run.seconds / self.cached_run.seconds
+        """The median pair's ratio (one pair: that pair's)."""
+        return self.ratios[len(self.ratios) // 2]
 
     @property
     def limit(self) -> float:
@@ -91,14 +115,20 @@ class Comparison:
 
 def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], policy: PolicyConfig,
             steps: int = 50, backend: str = "eager",
-            progress: Callable[[str], Callable[[Iterable[float]], Iterable[float]]] | None = None) -> Comparison:
-    """Optimize ``model`` (torch.export route) and time one generation of it against the uncached model.
+            progress: Callable[[str], Callable[[Iterable[float]], Iterable[float]]] | None = None,
+            repeats: int = 1) -> Comparison:
+    """Optimize ``model`` (torch.export route) and time generations of it against the uncached model.
 
     Both run the same way (``eager``: op by op; ``inductor``: ``torch.compile(fullgraph=True)``), each first
-    warmed up by an untimed 4-step generation (compilation), then timed on the same inputs.
+    warmed up by an untimed 4-step generation (compilation), then timed on the same inputs, ``repeats`` times
+    in turn (uncached, graphcache, uncached, ...) so that drift of a busy machine hits both.
     """
+    from graphcache.errors import PolicyConfigError
+
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise PolicyConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise PolicyConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
     timesteps = cli_timesteps(steps)
     lowering = (DenseCondOperands(),) if backend == "inductor" else ()
     cached = optimize_exported(model, inputs(timesteps[0]), policy, lowering)
@@ -110,6 +140,10 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
     bar = progress or (lambda _label: None)  # type: ignore[return-value, arg-type]
     run_generation(base, inputs, timesteps[:4], bar("warm-up uncached"))  # compiles every branch
     run_generation(fast, inputs, timesteps[:4], bar("warm-up graphcache"))
-    uncached_run = run_generation(base, inputs, timesteps, bar("uncached"))
-    cached_run = run_generation(fast, inputs, timesteps, bar(policy.name))
-    return Comparison(policy, backend, cached, uncached_run, cached_run, cached.state.decisions())
+    uncached_runs, cached_runs = [], []
+    for k in range(repeats):
+        suffix = f" {k + 1}/{repeats}" if repeats > 1 else ""
+        uncached_runs.append(run_generation(base, inputs, timesteps, bar(f"uncached{suffix}")))
+        cached.state.reset()
+        cached_runs.append(run_generation(fast, inputs, timesteps, bar(f"{policy.name}{suffix}")))
+    return Comparison(policy, backend, cached, uncached_runs, cached_runs, cached.state.decisions())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -60,17 +61,24 @@ class CacheState:
         return [["computed" if row[b] == 1 else "cached" for row in rows] for b in range(log.shape[1])]
 
     def cache_bytes(self) -> int:
-        """Bytes held by the cached features (the step counter and log, ~1 KiB, are not counted)."""
+        """Bytes held by the cached features only (what the cache stores of the model's activations)."""
         return sum(self.buffer(n).numel() * self.buffer(n).element_size() for n in self.cache_buffer_names())
+
+    def state_bytes(self) -> int:
+        """Bytes of every state buffer: the cached features plus indicators, accumulators, step clock and logs
+        (EasyCache keeps its previous input and output beside the cache: this counts them)."""
+        return sum(self.buffer(n).numel() * self.buffer(n).element_size() for n in self.spec.buffers)
 
 
 # Keyed by the id of the model's first parameter, checked through a weak reference; an entry goes away
-# with its parameter, so the states live as long as the model does.
-_LIVE: dict[int, tuple[weakref.ref[torch.Tensor], list[CacheState]]] = {}
+# with its parameter, so the states live as long as the model does. Each state is noted with the
+# ``torch.compile`` call that made it (its owner), so two compilations of one model keep their own.
+_LIVE: dict[int, tuple[weakref.ref[torch.Tensor], list[tuple[CacheState, object]]]] = {}
 
 
-def register(state: CacheState, params: list[torch.Tensor]) -> None:
-    """Remember which model a backend-created state belongs to (for ``graphcache.decisions(model)``)."""
+def register(state: CacheState, params: list[torch.Tensor], owner: object = None) -> None:
+    """Remember which model a backend-created state belongs to (for ``graphcache.decisions(model)``), and
+    which ``torch.compile`` call (``owner``, None when unknown) created it."""
     if not params:
         return
     key = id(params[0])
@@ -78,14 +86,25 @@ def register(state: CacheState, params: list[torch.Tensor]) -> None:
     if entry is None or entry[0]() is not params[0]:
         entry = (weakref.ref(params[0], lambda _: _LIVE.pop(key, None)), [])
         _LIVE[key] = entry
-    entry[1].append(state)
+    entry[1].append((state, owner))
 
 
-def states_of(model: torch.nn.Module) -> list[CacheState]:
-    """States created by ``torch.compile(model, backend="graphcache")`` for this model, oldest first."""
+def states_of(model: torch.nn.Module, owner: object = None) -> list[CacheState]:
+    """States created by ``torch.compile(model, backend="graphcache")`` for this model, oldest first; with
+    ``owner``, only those of that compilation."""
     found: list[CacheState] = []
     for p in model.parameters():
         entry = _LIVE.get(id(p))
         if entry is not None and entry[0]() is p:
-            found.extend(entry[1])
+            found.extend(state for state, made_by in entry[1] if owner is None or made_by is owner)
     return found
+
+
+def compile_call_of(compiled: object) -> object:
+    """The ``torch.compile`` call behind an ``OptimizedModule`` (what :func:`register` got as ``owner``):
+    the end of dynamo's chain of backend wrappers; None for anything else."""
+    callback: Any = getattr(getattr(compiled, "dynamo_ctx", None), "callback", None)
+    seen = 0
+    while hasattr(callback, "_torchdynamo_orig_backend") and seen < 16:
+        callback, seen = callback._torchdynamo_orig_backend, seen + 1
+    return callback if isinstance(callback, torch._TorchCompileWrapper) else None

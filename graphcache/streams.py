@@ -32,6 +32,7 @@ class StateSets:
         self.active = DEFAULT
         self._saved: dict[str, dict[int, dict[str, torch.Tensor]]] = {}  # context -> state index -> buffers
         self._owner: dict[int, str] = {}  # state index -> the context its live buffers belong to
+        self.ran: list[str] = []  # contexts that have run a call, in order of their first call
 
     def switch(self, states: Sequence[Any], name: str) -> None:
         """Make ``name`` the context whose state the graphs read and write."""
@@ -51,9 +52,21 @@ class StateSets:
             self._owner[k] = name
         self.active = name
 
+    def note_call(self) -> None:
+        if self.active not in self.ran:
+            self.ran.append(self.active)
+
+    def reported(self, name: str | None) -> str:
+        """The context ``decisions()`` reports: ``name``, else the active one once it has run, else the first
+        that ran (after a pipeline that calls only inside ``cache_context("cond")`` / ``("uncond")``: "cond")."""
+        if name is not None:
+            return name
+        return self.active if self.active in self.ran or not self.ran else self.ran[0]
+
     def reset(self, states: Sequence[Any]) -> None:
         """Forget every context: the next call of each starts a new generation."""
         self._saved.clear()
+        self.ran.clear()
         for state in states:
             state.reset()
 
@@ -71,14 +84,34 @@ def _fresh(state: Any, name: str, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like).fill_(fill)
 
 
-@contextlib.contextmanager
-def cache_context(sets: StateSets, states: Sequence[Any], name: str) -> Iterator[None]:
-    if not isinstance(name, str):
-        from graphcache.errors import PolicyConfigError
+# The fields diffusers' ``CacheContext`` accepts beside the name (pipelines pass them: Wan gives step_index,
+# sigma and num_inference_steps).
+CONTEXT_FIELDS = ("step_index", "num_inference_steps", "timestep", "sigma")
 
+
+def starts_generation(name: Any, fields: dict[str, Any]) -> bool:
+    """Check a ``cache_context(name, **fields)`` call as diffusers' ``CacheContext`` would; True when the
+    pipeline says this is the first step of its loop (``step_index=0``): the context starts a new generation."""
+    from graphcache.errors import PolicyConfigError
+
+    if not isinstance(name, str):
         raise PolicyConfigError(f"cache_context needs a name (a string), got {type(name).__name__}")
+    unknown = sorted(set(fields) - set(CONTEXT_FIELDS))
+    if unknown:
+        raise TypeError(f"cache_context() got unexpected keyword arguments {unknown}; it accepts {list(CONTEXT_FIELDS)}"
+                        " (the fields of diffusers' CacheContext)")
+    return fields.get("step_index") == 0
+
+
+@contextlib.contextmanager
+def cache_context(sets: StateSets, states: Sequence[Any], name: str, **fields: Any) -> Iterator[None]:
+    """Calls inside use context ``name``'s state; ``step_index=0`` starts a new generation in it."""
+    fresh = starts_generation(name, fields)
     previous = sets.active
     sets.switch(states, name)
+    if fresh:
+        for state in states:
+            state.reset()  # the live buffers are the context's own now: only this context starts over
     try:
         yield
     finally:

@@ -39,6 +39,7 @@ class _Run:
     end: int
     _signature: Any = None
     _block: Block | None = None
+    members: list[fx.Node] | None = None  # when not every compute node from start to end (a pair of calls)
 
 
 def _collect_runs(nodes: list[fx.Node]) -> list[_Run]:
@@ -75,7 +76,7 @@ def boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
 
 def _block_of(run: _Run, nodes: list[fx.Node]) -> Block:
     if run._block is None:
-        members = [n for n in nodes[run.start : run.end + 1] if is_compute(n)]
+        members = run.members or [n for n in nodes[run.start : run.end + 1] if is_compute(n)]
         run._block = Block(members, *boundary(members), run.path)
     return run._block
 
@@ -148,7 +149,7 @@ def _find_alternating_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[lis
             pairs: list[_Run | None] = []
             for a, b in zip(members[offset::2], members[offset + 1 :: 2], strict=False):
                 if a.end < b.start and _signature(a, nodes) != _signature(b, nodes) and _feeds(a, b, nodes):
-                    pairs.append(_Run(a.instance, f"{a.path}+{b.path}", a.class_name, a.start, b.end))
+                    pairs.append(_pair(a, b, nodes))
                 else:
                     pairs.append(None)
             chain: list[_Run] = []
@@ -160,6 +161,16 @@ def _find_alternating_chains(nodes: list[fx.Node], runs: list[_Run]) -> list[lis
                     chains.append(chain)
                 chain = [pair] if pair is not None else []
     return chains
+
+
+def _pair(a: _Run, b: _Run, nodes: list[fx.Node]) -> _Run:
+    """The unit of calls ``a`` then ``b``: their nodes and the glue carrying a's output into b. Other nodes
+    between them (Bria-Fibo 2 slicing the text bundle for the second call) are inputs of the unit, as they are
+    of a single block, so that pairs differing only in what they read stay structurally identical."""
+    carried = _glue_fed(a, b, nodes)
+    glue = [n for n in nodes[a.end + 1 : b.start] if n in carried]
+    members = [*_block_of(a, nodes).nodes, *glue, *_block_of(b, nodes).nodes]
+    return _Run(a.instance, f"{a.path}+{b.path}", a.class_name, a.start, b.end, members=members)
 
 
 def _feeds(prev: _Run, run: _Run, nodes: list[fx.Node]) -> bool:
@@ -237,6 +248,9 @@ def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
             continue
         if any(op_name(n) in ("sin", "cos") for n in descendants([ph]) if is_compute(n)):
             candidates.append(ph)
+    side = analysis(gm).get("side_timestep")
+    if not candidates and side is not None:  # given by the caller (a graph after a graph break)
+        return next(p for p in placeholders if p.name == side)
     if not candidates:
         names = [p.name for p in placeholders]
         raise NoStackError(

@@ -43,7 +43,11 @@ def dit_calibration(tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The zoo's counts at the end of the run (class x policy: supported / refused / failures)."""
+    """The zoo's counts at the end of the run (class x policy: supported / refused / failures), and the fuzz
+    tests' (inputs accepted / refused with a GraphcacheError)."""
+    fuzz = getattr(sys.modules.get("test_bad_input"), "FUZZ_COUNTS", None)
+    if fuzz:
+        terminalreporter.write_line("fuzz: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items())))
     zoo_tests = sys.modules.get("test_zoo")
     results = getattr(zoo_tests, "_RESULTS", None)
     if results:

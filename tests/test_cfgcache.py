@@ -163,3 +163,24 @@ def test_batch_and_resolution_changes_get_their_own_wrapper():
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     decisions = graphcache.decisions(optimized)  # of the wrapper the last call used (batch 4)
     assert len(decisions) == len(ts) and "cached" in decisions
+
+
+def test_streams_heun_stages_get_their_own_state_and_two_call_cfg_is_refused():
+    """Heun's repeated timesteps (t0, t1, t1, t2, t2, ...): each stage's calls equal that stage run alone.
+    Guidance as two calls in ``cache_context("cond")`` / ``("uncond")`` has no guided batch: refused by name
+    (a batch of 2 there would be two images, not two guidance branches)."""
+    model, inputs = tiny_dit(batch=4)
+    ts = timesteps(STEPS)
+    calls = [ts[0]] + [t for t in ts[1:] for _ in range(2)]
+    optimized = graphcache.optimize(model, "cfgcache", backend="eager", interval=3)
+    outs = run(optimized, inputs, calls)
+    alone = run(graphcache.optimize(tiny_dit(batch=4)[0], "cfgcache", backend="eager", interval=3), inputs, ts)
+    assert all(torch.equal(a, b) for a, b in zip([outs[0], *outs[1::2]], alone, strict=True))
+    second = run(graphcache.optimize(tiny_dit(batch=4)[0], "cfgcache", backend="eager", interval=3), inputs, ts[1:])
+    assert all(torch.equal(a, b) for a, b in zip(outs[2::2], second, strict=True))
+    assert "cached" in graphcache.decisions(optimized)
+    with optimized.cache_context("cond_uncond"):  # one call on the guided batch (LTX): allowed
+        optimized(**inputs(ts[0]))
+    with pytest.raises(UnsupportedGraphError, match=r"one call on the guided batch.*cache_context\('cond'\)"):
+        with optimized.cache_context("cond"):
+            optimized(**inputs(ts[0]))

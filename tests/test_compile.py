@@ -69,6 +69,19 @@ def test_torch_compile_backend_string_with_options():
     assert graphcache.decisions(compiled) == ["computed", "cached", "computed", "cached", "computed"]
 
 
+def test_two_compilations_of_one_model_keep_their_own_decisions_and_reset():
+    model, inputs = tiny_dit(num_layers=2)
+    every_3 = torch.compile(model, backend="graphcache", options={"backend": "eager"})
+    every_2 = torch.compile(model, backend="graphcache", options={"backend": "eager", "interval": 2})
+    generation(every_3, inputs, timesteps(4))
+    generation(every_2, inputs, timesteps(3))
+    assert graphcache.decisions(every_3) == ["computed", "cached", "cached", "computed"]
+    assert graphcache.decisions(every_2) == ["computed", "cached", "computed"]
+    graphcache.reset(every_2)
+    assert graphcache.decisions(every_2) == []
+    assert graphcache.decisions(every_3) == ["computed", "cached", "cached", "computed"]
+
+
 def test_export_route_compiled_with_inductor():
     """The CLI's route: torch.export capture, rewrite, torch.compile(fullgraph=True) of the rewritten graph."""
     from graphcache.runner import compare

@@ -194,10 +194,10 @@ def test_runner_keeps_one_state_per_stream(tmp_path, form):
     for contexts in (True, False):
         runner = load(exported.directory)
         got = {"cond": [], "uncond": []}
-        for t in ts:
+        for i, t in enumerate(ts):
             for name, stream in (("cond", cond), ("uncond", uncond)):
-                if contexts:
-                    with runner.cache_context(name):
+                if contexts:  # with the fields Wan passes; step_index=0 starts the stream over
+                    with runner.cache_context(name, step_index=i, sigma=float(t) / 1000, num_inference_steps=6):
                         got[name].append(runner(**stream(t)).clone())
                 else:
                     got[name].append(runner(**stream(t)).clone())

@@ -61,6 +61,9 @@ def test_missing_directory(tmp_path):
     (lambda d, p: (p / "cached.onnx").unlink(), "graph 'cached' file .* is missing"),
     (lambda d, p: (p / "cached.onnx").write_bytes(b"not onnx"), "does not match its checksum"),
     (lambda d, p: d.update(format="coreml"), "format 'coreml'"),
+    (lambda d, p: d["graphs"]["cached"].update(sha256=""), "graph 'cached' has no sha256 checksum"),
+    (lambda d, p: d["graphs"]["cached"].update(file="../../etc/passwd"), "is outside the export folder"),
+    (lambda d, p: d["graphs"]["cached"].update(file="/etc/hostname"), "is outside the export folder"),
 ])
 def test_bad_plans_are_explained(onnx_export, tmp_path, change, message):
     with pytest.raises(ExportError, match=message):

@@ -154,3 +154,47 @@ def test_alternating_blocks_compute_steps_exact(policy):
 
     model, inputs = hand_written_dit(layer="alternating")
     assert_exact_on_computed_steps(model, inputs, timesteps(7), policy)
+
+
+class _PairsReadingASlice(torch.nn.Module):
+    """Bria-Fibo 2's main blocks: plain and text-reading layers alternate; each text layer reads its own
+    slice ``text[:, k]``, taken between the two calls of a pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from models import LAYERS
+
+        self.time = torch.nn.Linear(16, 16)
+        self.layers = torch.nn.ModuleList([LAYERS["plain"](16, 2) if k % 2 == 0 else _TextLayer() for k in range(4)])
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        angles = timestep.float()[:, None] * torch.arange(8, dtype=torch.float32)
+        c = self.time(torch.cat([angles.sin(), angles.cos()], -1))
+        for k, layer in enumerate(self.layers):
+            x = layer(x, c) if k % 2 == 0 else layer(x, text[:, k // 2])
+        return x
+
+
+class _TextLayer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+        self.mix = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(torch.tanh(self.proj(x) + text[:, None]))
+
+
+def test_pairs_whose_second_call_reads_its_own_slice_are_one_stack():
+    from helpers import assert_exact_on_computed_steps, timesteps
+
+    torch.manual_seed(0)
+    model = _PairsReadingASlice().eval()
+    x, text = torch.randn(2, 5, 16), torch.randn(2, 2, 16)
+
+    def inputs(t):
+        return {"x": x, "timestep": torch.full((2,), t), "text": text}
+
+    stack = dynamo_stack(model, inputs)
+    assert [b.path for b in stack.stacks[0].blocks] == ["layers.0+layers.1", "layers.2+layers.3"]
+    assert_exact_on_computed_steps(model, inputs, timesteps(5), "fora")

@@ -100,3 +100,63 @@ def test_a_graph_that_computes_shapes_from_values_is_refused_by_name():
         torch.compile(select, backend=keep, fullgraph=True)(torch.randn(6, 3))
     with pytest.raises(DataDependentShapeError, match=r"computes a shape from tensor values .*nonzero"):
         prepare_dynamo_graph(*captured[0])
+
+
+class LazyTableOnFirstCall(HandWrittenDiT):
+    """A table filled on the first call under ``with torch.device("cpu")`` (Z-Image's rope table): dynamo
+    cannot enter that context manager, but from the second call the model fits one graph."""
+
+    def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "table", None) is None:
+            with torch.device("cpu"):
+                self.table = torch.ones(latent.shape[-1])
+        return super().forward(latent * self.table, noise_level)
+
+
+def test_a_cache_filled_on_the_first_call_gets_one_graph_after_an_eager_call():
+    torch.manual_seed(0)
+    model, inputs = LazyTableOnFirstCall().eval(), _inputs()
+    ts = timesteps(7)
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    outputs = generation(fast, inputs, ts)  # no graph-break warning: one graph
+    assert fast.pieces == [] and len(fast.states) == 1
+    assert fast.notes and "after a first eager call" in fast.notes[0] and "context manager" in fast.notes[0]
+    decisions = graphcache.decisions(fast)
+    assert decisions == ["computed", "cached", "cached"] * 2 + ["computed"]
+    reference = generation(model, inputs, ts)
+    assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [d == "computed" for d in decisions]
+
+
+class BreakAfterTimeEmbedding(HandWrittenDiT):
+    """The graph break falls between the time embedding and the blocks (Lumina 2, OmniGen: masks from
+    sequence lengths): the blocks' graph gets the embedding, not the timestep."""
+
+    def forward(self, latent: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        half = self.width // 2
+        freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half, dtype=torch.float32) / half)
+        angles = noise_level.float()[:, None] * freqs[None]
+        c = self.time_mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        if float(latent.abs().amax()) > 1e6:  # .item(): a graph break
+            latent = latent / 1e6
+        x = self.embed_in(latent)
+        for layer in self.trunk:
+            x = layer(x, c)
+        return self.head(torch.nn.functional.layer_norm(x, x.shape[-1:]))
+
+
+@pytest.mark.parametrize("steps", [timesteps(7), [t / 1000 for t in reversed(timesteps(7))]],
+                         ids=["decreasing", "increasing"])
+def test_blocks_after_a_break_read_the_timestep_from_the_call(steps):
+    """The call's timestep argument (found by name) is written into an extra input of the blocks' graph, so
+    generations and decisions work as in one graph, in either direction of time."""
+    torch.manual_seed(0)
+    model, inputs = BreakAfterTimeEmbedding().eval(), _inputs()
+    reference = generation(model, inputs, steps)
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with pytest.warns(UserWarning, match="does not fit one graph"):
+        outputs = generation(fast, inputs, steps)
+    again = generation(fast, inputs, steps)  # a second generation: detected from the timestep alone
+    decisions = graphcache.decisions(fast)
+    assert decisions == ["computed", "cached", "cached"] * 2 + ["computed"]
+    assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [d == "computed" for d in decisions]
+    assert all(torch.equal(a, b) for a, b in zip(outputs, again, strict=True))

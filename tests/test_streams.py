@@ -166,3 +166,28 @@ def test_pipeline_calls_with_other_steps_guidance_and_batch_each_equal_a_fresh_p
     pipe = graphcache.optimize(digits_pipeline(), "fora", backend="eager")
     for kwargs, want in zip(calls, wanted, strict=True):
         assert (call(pipe, **kwargs) == want).all(), kwargs
+
+
+def test_cache_context_fields_as_diffusers_passes_them_and_step_index_0_starts_over():
+    """Wan passes ``cache_context("cond", step_index=i, sigma=..., num_inference_steps=n)``. ``step_index=0``
+    starts that context over: a run abandoned after two steps, then one starting lower (img2img) on a raw
+    module (no pipeline reset), equals that run alone."""
+    import pytest
+
+    inputs, ts = _stream_inputs(1), timesteps(9)
+    model, _ = hand_written_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+
+    def run(steps):
+        outs = []
+        with torch.no_grad():
+            for i, t in enumerate(steps):
+                with fast.cache_context("cond", step_index=i, sigma=t / 1000, num_inference_steps=len(steps)):
+                    outs.append(fast(**inputs(t)))
+        return outs
+
+    run(ts[:2])
+    _assert_same(run(ts[3:]), _alone(inputs, ts[3:])[0])
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['stepindex'\].*step_index"):
+        with fast.cache_context("cond", stepindex=1):
+            pass

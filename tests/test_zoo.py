@@ -16,7 +16,7 @@ from zoo import NOT_DENOISERS, ZOO, denoiser_classes
 from zoo.matrix import OK, POLICIES, REFUSED, Case, markdown, run_model, summary
 
 # At least this many classes optimize under every policy of the matrix (the rest are refused with a reason).
-MIN_SUPPORTED = 58
+MIN_SUPPORTED = 64
 
 _RESULTS: dict[str, list[Case]] = {}
 

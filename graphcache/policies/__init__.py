@@ -50,6 +50,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         if "=" not in item:
             raise PolicyConfigError(f"option '{item}' in '{spec}' must be key=value")
         key, value = item.split("=", 1)
+        if key.strip() in options:
+            raise PolicyConfigError(f"option '{key.strip()}' is given twice in '{spec}'")
         options[key.strip()] = value.strip()
     return name.strip(), options
 
@@ -62,7 +64,14 @@ def make_policy(policy: str | PolicyConfig, **options: Any) -> PolicyConfig:
 
             return dataclasses.replace(policy, **options)
         return policy
+    if not isinstance(policy, str):
+        raise PolicyConfigError(f"policy must be a name, a spec string such as 'fora{{interval=3}}' or a policy "
+                                f"config; got {type(policy).__name__} ({policy!r}); available: "
+                                f"{', '.join(available())}")
     name, spec_options = parse_spec(policy)
+    twice = sorted(set(spec_options) & set(options))
+    if twice:
+        raise PolicyConfigError(f"option {twice} is given both in the spec '{policy}' and as a keyword; give it once")
     return policy_class(name).from_options({**spec_options, **options})
 
 

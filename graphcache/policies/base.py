@@ -27,7 +27,28 @@ class PolicyConfig:
     static: ClassVar[bool] = True  # the schedule depends on the step index only (expected() is exact)
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Each field holds its declared type: ``interval=True`` or ``num_steps=2.5`` are refused by name (a
+        bool is not an int here, an int is a float, None only where the field is optional)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, tp = getattr(self, f.name), hints[f.name]
+            args = typing.get_args(tp)
+            optional = type(None) in args
+            bases = tuple(a for a in args if a is not type(None)) if args and typing.get_origin(tp) is not tuple \
+                else (tp,)
+            if value is None and optional:
+                continue
+            if not all(b in (bool, int, float, str) for b in bases):
+                continue  # containers and nested configs: checked by validate()
+            ok = any(_is(value, b) for b in bases)
+            if not ok:
+                wanted = " or ".join(_type_name(b) for b in bases) + (" or None" if optional else "")
+                raise PolicyConfigError(f"option {self.name}.{f.name}={value!r} is invalid: expects {wanted}, got "
+                                        f"{type(value).__name__}")
 
     def validate(self) -> None:
         """Raise :class:`PolicyConfigError` naming the field, the value and the accepted range."""
@@ -84,6 +105,16 @@ class PolicyConfig:
             )
         values = {k: _convert(cls.name, k, v, hints[k]) for k, v in options.items()}
         return cls(**values)
+
+
+def _is(value: Any, base: type) -> bool:
+    if base is bool:
+        return isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, base)
 
 
 def _type_name(tp: Any) -> str:
