@@ -70,6 +70,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_types(path: Path, plan: Plan, remake: str) -> None:
+    """The fields the runner reads have the types it reads them as (a tampered plan fails here, by name)."""
+    problems = [name for name, ok in (
+        ("format", isinstance(plan.format, str)), ("form", isinstance(plan.form, str)),
+        ("policy", isinstance(plan.policy, str)), ("model", isinstance(plan.model, str)),
+        ("timestep", isinstance(plan.timestep, str)),
+        ("schedule", plan.schedule is None or (isinstance(plan.schedule, list)
+                                               and all(isinstance(g, str) for g in plan.schedule))),
+        ("graphs", all(isinstance(k, str) and isinstance(e.file, str) and e.file and isinstance(e.sha256, str)
+                       and all(isinstance(x, list) and all(isinstance(n, str) for n in x) for x in (e.reads, e.writes))
+                       for k, e in plan.graphs.items()) and bool(plan.graphs)),
+        ("inputs / outputs / state", all(
+            isinstance(t.name, str) and isinstance(t.dtype, str) and all(isinstance(d, int) and d >= 0
+                                                                         for d in t.shape)
+            for t in (*plan.inputs, *plan.outputs, *plan.state))),
+    ) if not ok]
+    if problems:
+        raise ExportError(f"{path}: malformed field(s) {problems}; {remake}")
+
+
 def load_plan(directory: str | Path, verify: bool = True) -> Plan:
     """Read and check ``directory/graphcache-plan.json`` (and, with ``verify``, its files' checksums)."""
     directory = Path(directory)
@@ -95,8 +115,9 @@ def load_plan(directory: str | Path, verify: bool = True) -> Plan:
             state=[TensorSpec.from_json(s) for s in data["state"]],
             graphs={k: GraphEntry(**v) for k, v in data["graphs"].items()}, schedule=data.get("schedule"),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise ExportError(f"{path} is missing or has a malformed field ({err!r}); {remake}") from err
+    _check_types(path, plan, remake)
     if plan.format not in FORMATS or plan.form not in FORMS:
         raise ExportError(f"{path}: format {plan.format!r} / form {plan.form!r}, expected one of {FORMATS} / {FORMS}")
     unknown = sorted({g for g in plan.schedule or [] if g not in plan.graphs})
@@ -105,7 +126,7 @@ def load_plan(directory: str | Path, verify: bool = True) -> Plan:
     root = directory.resolve()
     for name, entry in plan.graphs.items():
         file = directory / entry.file
-        if not isinstance(entry.file, str) or not file.resolve().is_relative_to(root):
+        if not file.resolve().is_relative_to(root):
             raise ExportError(f"{path}: graph '{name}' file {entry.file!r} is outside the export folder {directory}; "
                               f"a plan only names files inside it; {remake}")
         if not file.is_file():

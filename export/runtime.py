@@ -20,6 +20,7 @@ import torch
 from graphcache.errors import ExportError
 from graphcache.streams import StreamRouter, starts_generation
 
+from .functional import dtype_of
 from .plan import Plan, load_plan
 
 
@@ -113,7 +114,18 @@ class PlanRunner:
                               "count)")
         return self.plan.schedule[stream.step]
 
-    def __call__(self, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Called like the model: keyword inputs, or positional ones in the plan's input order."""
+        if args:
+            if len(args) > len(self.input_names):
+                raise ExportError(f"{len(args)} positional inputs; the exported graphs take {self.input_names}")
+            twice = [n for n in self.input_names[: len(args)] if n in kwargs]
+            if twice:
+                raise ExportError(f"inputs {twice} given both by position and by name")
+            kwargs = {**dict(zip(self.input_names, args, strict=False)), **kwargs}
+        unknown = sorted(set(kwargs) - set(self.input_names))
+        if unknown:
+            raise ExportError(f"unknown inputs {unknown}; the exported graphs take {self.input_names}")
         missing = [n for n in self.input_names if n not in kwargs]
         if missing:
             raise ExportError(f"missing inputs {missing}; the exported graphs take {self.input_names}")
@@ -122,6 +134,9 @@ class PlanRunner:
             if tuple(tensor.shape) != spec.shape:
                 raise ExportError(f"input '{spec.name}' has shape {tuple(tensor.shape)}; the export was traced with "
                                   f"{spec.shape} (static shapes: export again for this shape)")
+            if tensor.dtype != dtype_of(spec.dtype):
+                raise ExportError(f"input '{spec.name}' has dtype {tensor.dtype}; the export was traced with "
+                                  f"{spec.dtype}: pass .to({dtype_of(spec.dtype)}) or export again in that dtype")
         self._route(kwargs)
         graph = self.graph_for_step(kwargs)
         stream = self._stream(self.active)

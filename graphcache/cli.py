@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +34,7 @@ def _progress(label: str) -> Any:
     def wrap(items: Iterable[float]) -> Iterable[float]:
         items = list(items)
         columns = (TextColumn(f"{label:>20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as bar:
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task(label, total=len(items))
             for item in items:
                 yield item
@@ -122,8 +123,10 @@ def optimize(model_file: Path, policy: str, sets: tuple[str, ...], steps: int, b
               help="report folder: report.md, report.json, samples / decisions / step_error / speed_vs_quality.png")
 @click.option("--model", "model_file", type=click.Path(path_type=Path), default=None,
               help="a model.py instead of the reference model: speed and error vs uncached (no judge)")
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(min=1),
+              help="timed runs of each configuration; the fastest counts (the uncached one runs twice that)")
 def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float, backend: str, seed: int,
-          out: Path, model_file: Path | None) -> None:
+          out: Path, model_file: Path | None, repeats: int) -> None:
     """Uncached vs policies on the shipped reference digits model (or --model model.py), same seeds."""
     from graphcache.bench import run_bench
     from graphcache.bench_report import write_report
@@ -131,13 +134,15 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
 
     configs = [make_policy(p) for p in policies_]
     if model_file is not None:
-        _bench_model_file(model_file, configs, steps, backend)
+        _bench_model_file(model_file, configs, steps, backend, repeats)
         return
     results = run_bench(configs, samples, steps, guidance, backend, seed,
-                        status=lambda text: console.print(f"[bold]bench[/]: {text}", highlight=False))
-    command = "graphcache bench " + " ".join(sys.argv[2:])
+                        status=lambda text: console.print(f"[bold]bench[/]: {escape(text)}", highlight=False),
+                        progress=console.is_terminal, repeats=repeats)
+    command = "graphcache bench " + shlex.join(sys.argv[2:])  # quoted: specs hold braces the shell expands
     write_report(results, out, command)
-    table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}")
+    table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}; "
+                        f"wall ratio: fastest of {repeats} timed runs each")
     for column in ("policy", "settings", "wall ratio", "computed", "class acc.", "Frechet", "PSNR dB", "SSIM"):
         table.add_column(column)
     for i, r in enumerate(results):
@@ -148,17 +153,19 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
     console.print(f"report: {out}/report.md and plots in {out}/")
 
 
-def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend: str) -> None:
+def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend: str, repeats: int) -> None:
     from graphcache.modelfile import load_model_file
     from graphcache.runner import compare
 
     model, inputs = load_model_file(model_file)
-    table = Table(title=f"{model_file}, {steps} steps, {backend}")
+    table = Table(title=f"{model_file}, {steps} steps, {backend}; wall ratio: median of {repeats} pairs (range)")
     for column in ("policy", "wall ratio", "computed", "% of limit", "max |error|", "cache bytes"):
         table.add_column(column)
     for config in configs:
-        r = build_report(compare(model, inputs, config, steps, backend, progress=_progress))
-        table.add_row(r["policy"], f"{r['speedup']:.2f}x", f"{r['computed_steps']}/{r['steps']}",
+        r = build_report(compare(model, inputs, config, steps, backend, progress=_progress, repeats=repeats))
+        low, high = r["speedup_range"]
+        table.add_row(escape(r["policy"]), f"{r['speedup']:.2f}x ({low:.2f}-{high:.2f})",
+                      f"{r['computed_steps']}/{r['steps']}",
                       f"{r['percent_of_limit']:.0f}%", f"{r['max_abs_error']:.2e}", f"{r['cache_bytes']:,}")
     console.print(table)
 
@@ -166,7 +173,7 @@ def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend:
 def build_report(result: Any) -> dict[str, Any]:
     stack = result.cached.block_stack
     errors = result.errors()
-    computed_err = max((e for e, d in zip(errors, result.decisions, strict=True) if d == "computed"), default=0.0)
+    computed_err = result.computed_step_error()
     return {
         "policy": result.policy.describe(),
         "backend": result.backend,

@@ -108,6 +108,21 @@ class Comparison:
         return [float((a - b).abs().max()) for a, b in zip(self.cached_run.outputs, self.uncached_run.outputs,
                                                            strict=True)]
 
+    def computed_step_error(self) -> float:
+        """Max |error| over what was computed: whole steps, or with per-sample decisions (a step computes for
+        the samples that need it, the others keep their cache) each sample on the steps it computed; 0 where
+        graphcache promises exactness."""
+        per_sample = self.cached.state.sample_decisions()
+        worst = 0.0
+        for k, (a, b) in enumerate(zip(self.cached_run.outputs, self.uncached_run.outputs, strict=True)):
+            if per_sample and a.dim() > 0 and a.shape[0] == len(per_sample):
+                rows = [s for s in range(a.shape[0]) if per_sample[s][k] == "computed"]
+                if rows:
+                    worst = max(worst, float((a[rows] - b[rows]).abs().max()))
+            elif self.decisions[k] == "computed":
+                worst = max(worst, float((a - b).abs().max()))
+        return worst
+
     def mean_step(self, kind: str) -> float:
         times = [s for s, d in zip(self.cached_run.step_seconds, self.decisions, strict=True) if d == kind]
         return sum(times) / len(times) if times else float("nan")

@@ -17,7 +17,7 @@ from graphcache.errors import PolicyConfigError
 
 from .base import Pass, PassResult, analysis
 from .find_block_stack import boundary
-from .graph_utils import same_tensor_type
+from .graph_utils import ancestors, same_tensor_type, tensor_val
 
 
 @dataclasses.dataclass
@@ -48,6 +48,9 @@ class SplitProbeBlocks(Pass):
         pairs = [(s, o) for s in stack.stream_inputs for o in streams_in if same_tensor_type(s, o)]
         if not pairs:
             raise PolicyConfigError("the probe's input and output streams have no matching shapes")
+        latent = latent_input(gm)
+        if latent is not None:  # the published probe reads the latent's stream (Flux: hidden_states, not text)
+            pairs.sort(key=lambda pair: _not_the_latent_stream(pair[0], latent))
         stack.region = region
         stack.region_inputs, stack.region_outputs = boundary(region)
         stack.prologue = stack.prologue + moved
@@ -55,3 +58,30 @@ class SplitProbeBlocks(Pass):
         analysis(gm)["probe"] = Probe([s for s, _ in pairs[:1]], [o for _, o in pairs[:1]])
         stack.stream_inputs = streams_in
         return PassResult(gm, modified=False)
+
+
+def _not_the_latent_stream(stream: fx.Node, latent: fx.Node) -> tuple[bool, bool]:
+    """Sort key, the latent's own stream first: its tokens are the latent's (batch and token count of a
+    sequence-shaped latent: Flux), else it is computed from the latent (a text stream entering the first joint
+    block comes from the prompt alone: SD3, Flux's dual blocks)."""
+    val, lat = tensor_val(stream), tensor_val(latent)
+    same_tokens = val is not None and lat is not None and lat.dim() == 3 and tuple(val.shape[:2]) == tuple(
+        lat.shape[:2])
+    return not same_tokens, latent not in ancestors(stream)
+
+
+def latent_input(gm: fx.GraphModule) -> fx.Node | None:
+    """The noisy latent among the user inputs: the one shaped like the prediction (the graph's first tensor
+    output). None when no input or several inputs have that shape."""
+    found: list[fx.Node] = []
+    fx.node.map_arg(gm.graph.output_node().args[0], found.append)
+    prediction = tensor_val(found[0]) if found else None
+    if prediction is None:
+        return None
+    names = set(analysis(gm).get("user_inputs", []))
+    shaped = []
+    for node in gm.graph.find_nodes(op="placeholder"):
+        val = tensor_val(node)
+        if node.name in names and val is not None and val.shape == prediction.shape:
+            shaped.append(node)
+    return shaped[0] if len(shaped) == 1 else None

@@ -45,7 +45,9 @@ def dit_calibration(tmp_path_factory):
 def pytest_terminal_summary(terminalreporter):
     """The zoo's counts at the end of the run (class x policy: supported / refused / failures), and the fuzz
     tests' (inputs accepted / refused with a GraphcacheError)."""
-    fuzz = getattr(sys.modules.get("test_bad_input"), "FUZZ_COUNTS", None)
+    fuzz = dict(getattr(sys.modules.get("test_bad_input"), "FUZZ_COUNTS", None) or {})
+    fuzz.update({f"plans {k}": v for k, v in (getattr(sys.modules.get("test_export_plan"), "PLAN_FUZZ", None)
+                                               or {}).items() if v})
     if fuzz:
         terminalreporter.write_line("fuzz: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items())))
     zoo_tests = sys.modules.get("test_zoo")

@@ -225,3 +225,38 @@ def test_every_policy_documents_its_fields(name):
 
 def test_graphcache_errors_are_one_family():
     assert all(issubclass(e, GraphcacheError) for e in (PolicyConfigError, ModelFileError))
+
+
+def test_the_reference_pipeline_gives_diffusers_output_on_request():
+    from diffusers import ImagePipelineOutput
+
+    from graphcache.reference import load_pipeline
+
+    pipe = load_pipeline()
+
+    def run(**kw):
+        return pipe(class_labels=[1, 7], num_inference_steps=2, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **kw)
+
+    out = run(return_dict=True)
+    assert isinstance(out, ImagePipelineOutput) and torch.equal(out.images, run())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=_SPECS, sets=st.lists(st.tuples(_KEYS, st.sampled_from(["3", "x", "", "true", "-1", "2.5", "a=b"])),
+                                  max_size=2),
+       command=st.sampled_from(["optimize", "export", "calibrate"]))
+def test_fuzz_the_cli_exits_with_a_named_error(tmp_path, spec, sets, command):
+    """Any policy spec and --set options on a model file whose build() fails: exit 2 with 'error: <Kind>',
+    never a traceback."""
+    model_file = tmp_path / "failing.py"
+    model_file.write_text("def build():\n    raise OSError('no weights here')\n")
+    args = [command, str(model_file), "-o", str(tmp_path / "out")] if command != "optimize" else [command,
+                                                                                                    str(model_file)]
+    if command != "calibrate":
+        args += ["--policy", spec] + [a for k, v in sets for a in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    kind = "cli" if "Error: " in result.output and "error:" not in result.output else "graphcache"
+    FUZZ_COUNTS[f"cli exits ({kind})"] += 1

@@ -32,7 +32,11 @@ def test_optimize_example_dit(root, tmp_path):
     assert report["max_abs_error_computed_steps"] == 0.0
     assert report["max_abs_error"] > 0.0
     assert report["cache_bytes"] == 2 * 64 * 128 * 4
+    assert report["state_bytes"] > report["cache_bytes"]  # the clock and the decision log too
     assert report["schedule_limit"] == 7 / 3
+    assert report["repeats"] == 3 and report["speedup_range"][0] <= report["speedup"] <= report["speedup_range"][1]
+    assert "median of 3" in result.output
+    assert "\n\n" not in result.output.strip()  # not a terminal: no progress bars, no blank lines left by them
 
 
 def test_optimize_example_flux_block_granularity(root, tmp_path):

@@ -156,3 +156,20 @@ def test_easycache_decisions_match_python_rule(tau, warmup):
     assert any("cached" in d for d in expected)
     reference = generation(model, inputs, ts)
     assert_exact_iff_computed(outputs, reference, expected)
+
+
+def test_the_computed_step_error_counts_each_sample_on_its_own_computed_steps():
+    """With per-sample decisions a step computes for some samples and blends the others back to their
+    cache: the report's computed-step error (0 where exactness is promised) looks at each sample on the steps
+    it computed, not at the whole batch of every step some sample computed."""
+    from graphcache.policies import make_policy
+    from graphcache.runner import compare
+
+    model, inputs = tiny_dit(num_layers=4, batch=2)
+    result = compare(model, inputs, make_policy("dbcache", threshold=0.2, warmup=1), steps=12)
+    per_sample = result.cached.state.sample_decisions()
+    mixed = [k for k in range(12) if per_sample[0][k] != per_sample[1][k]]
+    assert mixed, "the samples must decide differently at some step for this test to mean something"
+    assert result.computed_step_error() == 0.0
+    whole_steps = max(e for e, d in zip(result.errors(), result.decisions, strict=True) if d == "computed")
+    assert whole_steps > 0.0

@@ -188,3 +188,16 @@ def test_pooled_decision_is_one_for_the_batch(dit_calibration):
         expected.append("computed" if acc >= 0.15 else "cached")
         acc = 0.0 if acc >= 0.15 else acc
     assert first == expected
+
+
+def test_magcache_retention_rounds_as_the_published_code(tmp_path):
+    """``int(R * T + 0.5)`` retained steps (MagCache's code and diffusers' MagCacheConfig), not ceil: R = 0.12
+    over a 10-step calibration keeps 1 step (ceil would keep 2)."""
+    from graphcache.policies.magcache import MagCache
+
+    model, _ = tiny_dit(num_layers=2)
+    timesteps_cal = [900.0 - 100.0 * k for k in range(9)]
+    path = calibration.save(tmp_path / "cal.json", model, 10, magcache={
+        "timesteps": timesteps_cal, "ratios": [1.0] * 9, "steps": 10})
+    assert MagCache(retention=0.12, calibration=str(path)).boundary() == timesteps_cal[0] + 1e-3
+    assert MagCache(retention=0.15, calibration=str(path)).boundary() == timesteps_cal[1] + 1e-3

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from graphcache.errors import ExportError
 from graphcache.export import export_model, load, load_plan
@@ -117,3 +119,49 @@ def test_aoti_package_runs_a_generation(tmp_path):
                 assert float((runner(**kwargs) - want).abs().max()) < 1e-4
             assert runner.decisions() == exported.cached.state.decisions()
     assert "cached" in runner.decisions()
+
+
+def test_runner_checks_dtypes_and_takes_positional_inputs(onnx_export):
+    _model, inputs = tiny_dit()
+    runner = load(onnx_export)
+    kwargs = inputs(999.0)
+    names = [s.name for s in runner.plan.inputs]
+    positional = runner(*[kwargs[n] for n in names])
+    assert torch.equal(positional, load(onnx_export)(**kwargs))
+    with pytest.raises(ExportError, match=r"input 'hidden_states' has dtype torch.float64; the export was traced "
+                                          r"with float32"):
+        runner(**{**kwargs, "hidden_states": kwargs["hidden_states"].double()})
+    with pytest.raises(ExportError, match=r"unknown inputs \['hidden'\]"):
+        runner(hidden=1, **kwargs)
+    with pytest.raises(ExportError, match=r"given both by position and by name"):
+        runner(kwargs["hidden_states"], **kwargs)
+
+
+_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2, 70), st.floats(), st.text(max_size=6)),
+                     lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                             st.dictionaries(st.text(max_size=5), inner, max_size=3)), max_leaves=6)
+_FIELDS = ["format", "form", "policy", "model", "timestep", "inputs", "outputs", "state", "graphs", "schedule",
+           "graphs.full", "graphs.cached", "graphs.cached.file", "graphs.cached.sha256", "inputs.0", "state.0.shape"]
+PLAN_FUZZ: dict[str, int] = {"loaded": 0, "refused": 0}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(_FIELDS), value=_JSON)
+def test_fuzz_tampered_plans_load_or_are_refused_by_name(onnx_export, tmp_path_factory, where, value):
+    """A plan with any field replaced by any JSON value loads, or raises ExportError: never another type."""
+    def change(data, _path):
+        *parents, key = where.split(".")
+        target = data
+        for parent in parents:
+            target = target[int(parent)] if isinstance(target, list) else target[parent]
+        if isinstance(target, list):
+            target[int(key)] = value
+        else:
+            target[key] = value
+
+    try:
+        load_plan(_edit(onnx_export, tmp_path_factory.mktemp("fuzz"), change))
+        PLAN_FUZZ["loaded"] += 1
+    except ExportError as err:
+        assert str(err).strip()
+        PLAN_FUZZ["refused"] += 1

@@ -115,3 +115,17 @@ def test_batch_of_four_equals_each_sample_alone():
         assert alone.state.decisions() == per_sample[s]
         for got, want in zip(together, outputs, strict=True):
             assert torch.allclose(got[s : s + 1], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dual", [0, 1, 2])
+def test_the_probe_reads_the_image_stream_as_published(dual):
+    """A Flux's first cached block carries the text and the image stream; the published first-block rule (and
+    diffusers' hook) probes hidden_states, the image stream: 16 image tokens here, 8 text tokens."""
+    from graphcache.passes.base import analysis
+
+    from models import tiny_flux
+
+    model, inputs = tiny_flux(dual=dual, single=2)
+    cached = optimize_exported(model, inputs(999.0), "fbcache")
+    (probe_input,) = analysis(cached.state.gm)["probe"].inputs
+    assert tuple(probe_input.meta["val"].shape) == (1, 16, 32)

@@ -87,3 +87,14 @@ def test_lite_first_order_forecast_in_the_graph_is_the_formula(forecast_from):
         r = r_a + (i - a) * (r_a - r_b) / (a - b) if i >= forecast_from else r_a
         want, _ = run_with_stream_hooks(model, inputs(t), 2, {"out": lambda seen, r=r: seen["in"] + r})
         torch.testing.assert_close(outputs[i], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_documented_mapping_from_diffusers_taylorseer_config():
+    """``taylorseer{interval=N, warmup=W+1}`` computes diffusers' steps for (N, W) plus step W, as documented."""
+    from graphcache.policies.taylorseer import TaylorSeer, diffusers_schedule
+
+    for n, w in ((5, 3), (4, 1), (6, 0)):
+        ours = TaylorSeer(interval=n, warmup=w + 1).expected(30)
+        theirs = diffusers_schedule(30, n, w)
+        assert [i for i in range(30) if ours[i] != theirs[i]] == [w]
+        assert TaylorSeer(interval=n, warmup=w).expected(30) != theirs

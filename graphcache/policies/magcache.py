@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -17,9 +16,10 @@ class MagCache(PolicyConfig):
     """Skip while the accumulated error of the calibrated residual-magnitude ratios stays small.
 
     ``gamma(t)`` = calibrated ``mean ||r_i|| / ||r_{i-1}||`` of the stack residual, interpolated at the
-    current timestep. After the first ``ceil(retention * T_cal)`` calibrated steps (a timestep boundary, so
-    any step count works): ``G *= gamma``, ``E += |1 - G|``, ``k += 1``; skip iff ``E <= threshold`` and
-    ``k <= max_skips``, else compute and reset ``G = 1, E = 0, k = 0``. Cached steps reuse the residual.
+    current timestep. After the first ``int(retention * T_cal + 0.5)`` calibrated steps (rounded as the
+    published code and diffusers do; a timestep boundary, so any step count works): ``G *= gamma``,
+    ``E += |1 - G|``, ``k += 1``; skip iff ``E <= threshold`` and ``k <= max_skips``, else compute and
+    reset ``G = 1, E = 0, k = 0``. Cached steps reuse the residual.
     """
 
     name = "magcache"
@@ -29,7 +29,7 @@ class MagCache(PolicyConfig):
 
     threshold: float = option(0.24, "accumulated ratio error allowed before a compute step")
     max_skips: int = option(5, "K: at most this many consecutive cached steps")
-    retention: float = option(0.1, "R: the first ceil(R*T) steps (of the calibration run) are computed")
+    retention: float = option(0.1, "R: the first int(R*T + 0.5) steps (of the calibration run) are computed")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
@@ -59,9 +59,10 @@ class MagCache(PolicyConfig):
         self.table(model)
 
     def boundary(self) -> float:
-        """Timestep below which caching may start: the calibration run's step ceil(R*T)."""
+        """Timestep below which caching may start: the calibration run's step int(R*T + 0.5), rounded as the
+        published MagCache code and diffusers' MagCacheConfig do."""
         table = self.table()
-        first = math.ceil(self.retention * table["steps"])
+        first = int(self.retention * table["steps"] + 0.5)
         all_t = [max(table["timesteps"]) + 1.0, *table["timesteps"]]  # step 0's t is above every recorded ratio
         return float(all_t[min(first, len(all_t) - 1)]) + 1e-3 if first > 0 else float("inf")
 

@@ -11,7 +11,14 @@ from graphcache.predictors import HISTORY, Newton, Predictor, Taylor
 
 @dataclasses.dataclass(frozen=True)
 class TaylorSeer(IntervalForecast):
-    """Static schedule (warm-up, then every ``interval``-th step computed); cached steps are forecast."""
+    """Static schedule (warm-up, then every ``interval``-th step computed); cached steps are forecast.
+
+    The schedule is TaylorSeer's released code: steps ``0 .. warmup-1`` and ``warmup + k * interval``.
+    Moving from diffusers' ``TaylorSeerCacheConfig(cache_interval=N, disable_cache_before_step=W)``: diffusers
+    computes ``0 .. W-1`` and ``W + 1 + k * N`` (its step ``W`` is forecast from ``W`` computed steps), which
+    no (interval, warmup) pair reproduces; ``taylorseer{interval=N, warmup=W+1}`` computes the same steps
+    plus step ``W`` (:func:`diffusers_schedule` gives diffusers' for comparison).
+    """
 
     name = "taylorseer"
     summary = "Taylor forecast of per-block attention/MLP outputs (or of the stack output with lite=true)"
@@ -30,3 +37,9 @@ class TaylorSeer(IntervalForecast):
 
     def predictor(self) -> Predictor:
         return Newton(order=self.order) if self.newton else Taylor(order=self.order)
+
+
+def diffusers_schedule(steps: int, cache_interval: int, disable_cache_before_step: int) -> list[bool]:
+    """diffusers' TaylorSeer hook schedule (True = computed), written out to compare with ``expected()``."""
+    w, n = disable_cache_before_step, cache_interval
+    return [i < w or (i - w - 1) % n == 0 for i in range(steps)]

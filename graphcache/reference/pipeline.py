@@ -41,7 +41,11 @@ class DigitsPipeline(DiffusionPipeline):
         output_type: str = "np",
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        return_dict: bool = False,
     ) -> Any:
+        """Digits of ``class_labels``, ``(N, 32, 32)`` in [0, 1]: a NumPy array (``output_type="np"``) or a
+        tensor (``"pt"``). Unlike diffusers' pipelines the default returns the images themselves (graphcache's
+        bench and tests read them so); ``return_dict=True`` gives diffusers' ``ImagePipelineOutput``."""
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= NULL_CLASS:
             raise GraphcacheError(f"class_labels must be digits 0..{NULL_CLASS - 1}, got {labels.tolist()}")
@@ -63,9 +67,12 @@ class DigitsPipeline(DiffusionPipeline):
             if callback is not None:
                 callback(len(self.scheduler.timesteps), int(t), sample)
         images = ((sample.clamp(-1, 1) + 1) / 2)[:, 0]
-        if output_type == "pt":
-            return images
-        return images.cpu().numpy().astype(np.float32)
+        result = images if output_type == "pt" else images.cpu().numpy().astype(np.float32)
+        if return_dict:
+            from diffusers import ImagePipelineOutput
+
+            return ImagePipelineOutput(images=result)
+        return result
 
 
 def save_denoiser(model: torch.nn.Module, path: Path) -> None:
