@@ -104,7 +104,7 @@ def export_model(
         file = _write(fmt, name, graph, example_kwargs, directory, log)
         entries[name] = GraphEntry(file, graph.reads(), list(graph.writes))
     n_params = sum(p.numel() for p in model.parameters())
-    plan = Plan(fmt, form, config.describe(), f"{type(model).__name__} ({n_params} parameters)", timestep,
+    plan = Plan(fmt, form, config.spec(), f"{type(model).__name__} ({n_params} parameters)", timestep,
                 fg.inputs, fg.outputs, fg.state, entries, schedule)
     plan.save(directory)
     log(f"wrote {directory}/ ({', '.join(e.file for e in entries.values())}, graphcache-plan.json)")

@@ -91,17 +91,22 @@ class PlanRunner:
             self._explicit -= 1
             self.active = previous
 
-    def _route(self, kwargs: dict[str, Any]) -> None:
+    def _route(self, kwargs: dict[str, Any]) -> float | None:
+        """Pick the stream of this call; the timestep value read for it (None inside a cache_context)."""
         stream = None if self._explicit else self._router.stream((), kwargs)
         if stream is not None:  # "" (the first stream) included
             self.active = stream
+        return self._router.last if stream is not None else None
 
-    def graph_for_step(self, kwargs: dict[str, Any]) -> str:
+    def graph_for_step(self, kwargs: dict[str, Any], t_now: float | None = None) -> str:
+        """The graph of this step in the unrolled schedule; ``t_now``: the timestep value when the caller has
+        read it already (routing did: one host read per call)."""
         if self.plan.schedule is None:
             return next(iter(self.plan.graphs))
         stream = self._stream(self.active)
-        timestep = _as_tensor(kwargs[self.plan.timestep], self.plan.timestep)
-        t_now = float(timestep.detach().reshape(-1).to(torch.float32).max())
+        if t_now is None:
+            timestep = _as_tensor(kwargs[self.plan.timestep], self.plan.timestep)
+            t_now = float(timestep.detach().reshape(-1).to(torch.float32).max())
         moving = 0.0 if stream.step < 0 else t_now - stream.last_t
         new_generation = stream.step < 0 or moving == 0 or moving * stream.direction < 0
         if not new_generation and stream.direction == 0:
@@ -137,8 +142,8 @@ class PlanRunner:
             if tensor.dtype != dtype_of(spec.dtype):
                 raise ExportError(f"input '{spec.name}' has dtype {tensor.dtype}; the export was traced with "
                                   f"{spec.dtype}: pass .to({dtype_of(spec.dtype)}) or export again in that dtype")
-        self._route(kwargs)
-        graph = self.graph_for_step(kwargs)
+        t_now = self._route(kwargs)
+        graph = self.graph_for_step(kwargs, t_now)
         stream = self._stream(self.active)
         outputs, written = self.backend.run(graph, inputs, stream.state)
         stream.state.update(written)

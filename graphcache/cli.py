@@ -70,10 +70,11 @@ def policies(markdown: bool) -> None:
     for name in available():
         cls = policy_class(name)
         table = Table(title=f"[bold]{name}[/]: {escape(cls.summary)}\n{cls.paper}", title_justify="left")
-        for column in ("option", "type", "default", "meaning"):
+        for column in ("option", "type", "default", "accepts", "meaning"):
             table.add_column(column)
+        accepts = cls.field_constraints()
         for field, tp, default, help_text in cls.field_docs():
-            table.add_row(field, escape(tp), escape(repr(default)), escape(help_text))
+            table.add_row(field, escape(tp), escape(repr(default)), escape(accepts.get(field, "")), escape(help_text))
         console.print(table)
 
 
@@ -176,6 +177,7 @@ def build_report(result: Any) -> dict[str, Any]:
     computed_err = result.computed_step_error()
     return {
         "policy": result.policy.describe(),
+        "spec": result.policy.spec(),
         "backend": result.backend,
         "blocks": stack.describe().splitlines(),
         "num_blocks": stack.num_blocks,

@@ -61,6 +61,7 @@ def test_fuzz_policy_options_give_a_config_or_a_named_refusal(name, options):
         return
     FUZZ_COUNTS["options accepted"] += 1
     assert config.name == name
+    assert make_policy(config.spec()) == config  # the canonical spec parses back
     for key, value in options.items():
         assert getattr(config, key) is not None or value is None or isinstance(value, str)
 
@@ -78,7 +79,8 @@ _SPECS = st.one_of(
 @given(spec=_SPECS)
 def test_fuzz_spec_strings(spec):
     try:
-        make_policy(spec)
+        config = make_policy(spec)
+        assert make_policy(config.spec()) == config
         FUZZ_COUNTS["specs accepted"] += 1
     except PolicyConfigError:
         FUZZ_COUNTS["specs refused"] += 1
@@ -213,7 +215,7 @@ def test_cli_keeps_brackets_and_refuses_bad_numbers(tmp_path):
 def test_error_text_in_brackets_survives_the_console(tmp_path):
     """Rich markup would eat ``[tensorrt]`` in ``pip install 'graphcache[tensorrt]'``: errors are escaped."""
     model_file = _model_file(tmp_path, "def build():\n    return 1\n")
-    result = CliRunner().invoke(main, ["optimize", str(model_file), "--policy", "fora{interval=[tensorrt]}"])
+    result = CliRunner().invoke(main, ["optimize", str(model_file), "--policy", "fora{interval='[tensorrt]'}"])
     assert result.exit_code == 2 and "'[tensorrt]'" in result.output, result.output
 
 

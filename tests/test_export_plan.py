@@ -48,6 +48,9 @@ def test_plan_records_schedule_state_and_checksums(onnx_export):
                                                                                 "class_labels"]
     assert all(len(e.sha256) == 64 for e in plan.graphs.values())
     assert {s.name: s.fill for s in plan.state}["last_t"] == float("-inf")
+    from graphcache.policies import make_policy
+
+    assert make_policy(plan.policy) == make_policy("fora")  # the canonical spec: it parses back
 
 
 def test_missing_directory(tmp_path):

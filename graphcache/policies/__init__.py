@@ -7,6 +7,7 @@ from typing import Any
 
 from graphcache.errors import PolicyConfigError
 from graphcache.policies.base import PolicyConfig
+from graphcache.policies.spec import format_spec, parse_spec
 
 REGISTRY: dict[str, str] = {
     "abcache": "graphcache.policies.abcache:ABCache",
@@ -35,25 +36,6 @@ def policy_class(name: str) -> type[PolicyConfig]:
         raise PolicyConfigError(f"unknown policy '{name}'; available: {', '.join(sorted(REGISTRY))}")
     module, cls = REGISTRY[key].split(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``'fora{interval=4,warmup=2}'`` -> ``('fora', {'interval': '4', 'warmup': '2'})``."""
-    spec = spec.strip()
-    if "{" not in spec:
-        return spec, {}
-    if not spec.endswith("}"):
-        raise PolicyConfigError(f"policy spec '{spec}' must look like name{{key=value,...}}")
-    name, body = spec[:-1].split("{", 1)
-    options = {}
-    for item in filter(None, (p.strip() for p in body.split(","))):
-        if "=" not in item:
-            raise PolicyConfigError(f"option '{item}' in '{spec}' must be key=value")
-        key, value = item.split("=", 1)
-        if key.strip() in options:
-            raise PolicyConfigError(f"option '{key.strip()}' is given twice in '{spec}'")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
 
 
 def make_policy(policy: str | PolicyConfig, **options: Any) -> PolicyConfig:
@@ -89,4 +71,5 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["REGISTRY", "PolicyConfig", "available", "make_policy", "markdown_table", "parse_spec", "policy_class"]
+__all__ = ["REGISTRY", "PolicyConfig", "available", "format_spec", "make_policy", "markdown_table", "parse_spec",
+           "policy_class"]

@@ -18,7 +18,7 @@ class ABCache(IntervalForecast):
     summary = "k-th order Adams-Bashforth combination of the last k computed outputs, in step distance"
     paper = "https://arxiv.org/abs/2504.10540"
 
-    interval: int = option(3, "after warm-up, compute when (step - warmup) % interval == 0")
+    interval: int = option(3, "after warm-up, compute when (step - warmup) % interval == 0", minimum=1)
     order: int = option(2, f"Adams-Bashforth order k (1..{HISTORY}; 1 is plain reuse): k tensors per unit")
 
     def validate(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option
 
 
 def parse_codebook(text: str) -> list[tuple[float, int]]:
@@ -41,14 +41,14 @@ class AdaCache(PolicyConfig):
 
     codebook: str = option("0.08:6,0.16:5,0.24:4,0.32:3,0.40:2", "distance:steps pairs, ',' or ';' between "
                            "them (published, 30 steps)")
-    default_steps: int = option(1, "steps to the next compute when the distance is above every codebook entry")
+    default_steps: int = option(1, "steps to the next compute when the distance is above every codebook entry",
+                                minimum=1)
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()
         parse_codebook(self.codebook)
-        require_int(self, "default_steps", 1)
 
     def rule(self, i: torch.Tensor, change: torch.Tensor | None = None, remaining: torch.Tensor | None = None,
              since: torch.Tensor | None = None) -> Any:

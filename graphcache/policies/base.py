@@ -12,9 +12,13 @@ import torch
 from graphcache.errors import PolicyConfigError
 
 
-def option(default: Any, help: str) -> Any:
-    """A policy field with its help text (shown by ``graphcache policies``)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
+           choices: tuple[Any, ...] | None = None, note: str = "") -> Any:
+    """A policy field with its help text (shown by ``graphcache policies``) and its constraints as data:
+    ``minimum`` / ``maximum`` (inclusive) and ``choices``, checked for every policy before ``validate()``
+    (``note`` is appended to the refusal, e.g. ``" (1 computes every step)"``)."""
+    constraints = {k: v for k, v in (("minimum", minimum), ("maximum", maximum), ("choices", choices)) if v is not None}
+    return dataclasses.field(default=default, metadata={"help": help, "note": note, **constraints})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +32,27 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        self._check_constraints()
         self.validate()
+
+    def _check_constraints(self) -> None:
+        """The constraints declared next to each field (:func:`option`); None passes (optional fields)."""
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None:
+                continue
+            low, high, choices = meta.get("minimum"), meta.get("maximum"), meta.get("choices")
+            kind = "an integer" if isinstance(value, int) and not isinstance(value, float) else "a number"
+            if choices is not None:
+                require(value in choices, self.name, f.name, value,
+                        "must be " + " or ".join(repr(c) for c in choices) + meta.get("note", ""))
+            elif low is not None and high is not None:
+                require(low <= value <= high, self.name, f.name, value,
+                        f"must be {kind} in {low}..{high}{meta.get('note', '')}")
+            elif low is not None:
+                require(value >= low, self.name, f.name, value, f"must be {kind} >= {low}{meta.get('note', '')}")
+            elif high is not None:
+                require(value <= high, self.name, f.name, value, f"must be {kind} <= {high}{meta.get('note', '')}")
 
     def _check_types(self) -> None:
         """Each field holds its declared type: ``interval=True`` or ``num_steps=2.5`` are refused by name (a
@@ -79,9 +103,32 @@ class PolicyConfig:
         i = torch.arange(steps)
         return (self.rule(i) | (i == 0)).tolist()  # type: ignore[no-any-return]
 
+    def spec(self) -> str:
+        """The canonical spec: the fields that differ from the defaults, written in the option grammar
+        (:mod:`graphcache.policies.spec`); ``make_policy(config.spec()) == config``."""
+        from graphcache.policies.spec import format_spec
+
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != defaults[f.name]}
+        return format_spec(self.name, changed)
+
     def describe(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{self.name}({fields})"
+
+    @classmethod
+    def field_constraints(cls) -> dict[str, str]:
+        """Each constrained field's accepted values, from the constraints declared with :func:`option`."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            low, high, choices = (f.metadata.get(k) for k in ("minimum", "maximum", "choices"))
+            if choices is not None:
+                out[f.name] = " | ".join(repr(c) for c in choices)
+            elif low is not None or high is not None:
+                out[f.name] = f"{low}..{high}" if low is not None and high is not None else (
+                    f">= {low}" if low is not None else f"<= {high}")
+        return out
 
     @classmethod
     def field_docs(cls) -> list[tuple[str, str, Any, str]]:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, option, require, require_int, require_window
+from graphcache.policies.base import PolicyConfig, option, require, require_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,7 @@ class CFGCacheConfig(PolicyConfig):
     static = False
     wraps_model: ClassVar[bool] = True
 
-    interval: int = option(5, "inside the window, run the whole guided batch when step % interval == 0")
+    interval: int = option(5, "inside the window, run the whole guided batch when step % interval == 0", minimum=1)
     window_low: float = option(0.0, "the window's low timestep (exclusive), on a 1000 scale")
     window_high: float = option(641.0, "the window's high timestep (exclusive), on a 1000 scale")
     uncond_first: bool = option(True, "the batch is [unconditional; conditional] (diffusers); False: cond first")
@@ -37,7 +37,6 @@ class CFGCacheConfig(PolicyConfig):
                                   "'fastercache' (FasterCache as published: attention extrapolation + CFG-Cache)")
 
     def validate(self) -> None:
-        require_int(self, "interval", 1)
         require_window(self)
         for key in ("low_growth", "high_growth"):
             require(getattr(self, key) > 0, self.name, key, getattr(self, key), "must be > 0")

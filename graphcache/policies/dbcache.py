@@ -34,10 +34,10 @@ class DBCache(PolicyConfig):
     paper = "https://github.com/vipshop/cache-dit"
     static = False
 
-    fn: int = option(1, "probe blocks at the front (published 8 for large models, 1 for small ones)")
-    bn: int = option(0, "blocks at the end that always run")
+    fn: int = option(1, "probe blocks at the front (published 8 for large models, 1 for small ones)", minimum=1)
+    bn: int = option(0, "blocks at the end that always run", minimum=0)
     threshold: float = option(0.08, "relative L1 change of the probe residual that forces a compute step")
-    warmup: int = option(8, "the first `warmup` steps are always computed")
+    warmup: int = option(8, "the first `warmup` steps are always computed", minimum=0)
     max_cached_steps: int = option(-1, "at most this many cached steps per generation (-1: no cap)")
     max_continuous_cached_steps: int = option(-1, "at most this many cached steps in a row (-1: no cap)")
     per_sample: bool = per_sample_option()
@@ -46,11 +46,8 @@ class DBCache(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require_int(self, "fn", 1)
-        require_int(self, "bn", 0)
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0")
-        require_int(self, "warmup", 0)
         require_int(self, "max_cached_steps", -1)
         require_int(self, "max_continuous_cached_steps", -1)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,17 +25,15 @@ class DeepCache(PolicyConfig):
     summary = "U-Nets: reuse the deep feature behind one skip connection; cached steps run the shallow path"
     paper = "https://arxiv.org/abs/2312.00858"
 
-    interval: int = option(3, "compute when step % interval == 0 (uniform 1:N)")
-    skip: int = option(1, "skip connection whose deep side is cached, 0 = outermost (1: DeepCache's branch 0)")
-    warmup: int = option(0, "the first `warmup` steps are always computed")
+    interval: int = option(3, "compute when step % interval == 0 (uniform 1:N)", minimum=1)
+    skip: int = option(1, "skip connection whose deep side is cached, 0 = outermost (1: DeepCache's branch 0)",
+                       minimum=0)
+    warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
         self.predictor()
-        require_int(self, "interval", 1)
-        require_int(self, "skip", 0)
-        require_int(self, "warmup", 0)
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:
         return (i % self.interval == 0) | (i < self.warmup)

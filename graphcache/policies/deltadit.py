@@ -22,15 +22,13 @@ class DeltaDiT(PolicyConfig):
     summary = "block-range deltas: skip the rear blocks before the stage boundary, the front blocks after it"
     paper = "https://arxiv.org/abs/2406.01125"
 
-    interval: int = option(2, "compute when step % interval == 0; cached steps skip one block range")
+    interval: int = option(2, "compute when step % interval == 0; cached steps skip one block range", minimum=1)
     split: int | None = option(None, "first rear block (None: half of the blocks)")
-    boundary: int = option(10, "stage boundary: steps before it skip the rear blocks, later ones the front blocks")
-    warmup: int = option(0, "the first `warmup` steps are always computed")
+    boundary: int = option(10, "stage boundary: steps before it skip the rear blocks, later ones the front blocks",
+                           minimum=0)
+    warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
 
     def validate(self) -> None:
-        require_int(self, "interval", 1)
-        require_int(self, "boundary", 0)
-        require_int(self, "warmup", 0)
         if self.split is not None:
             require_int(self, "split", 1)
 

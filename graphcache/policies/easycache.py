@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class EasyCache(PolicyConfig):
     static = False
 
     tau: float = option(0.05, "accumulated predicted relative change that forces a compute step")
-    warmup: int = option(10, "the first `warmup` steps are always computed (at least 2: k needs two)")
+    warmup: int = option(10, "the first `warmup` steps are always computed (at least 2: k needs two)", minimum=0)
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
@@ -36,7 +36,6 @@ class EasyCache(PolicyConfig):
         self.predictor()
         require(isinstance(self.tau, float | int) and self.tau >= 0, self.name, "tau", self.tau,
                 "must be a number >= 0")
-        require_int(self, "warmup", 0)
 
     def rule(self, i: torch.Tensor, change: torch.Tensor | None = None, error: torch.Tensor | None = None) -> Any:
         forced = i < max(self.warmup, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from graphcache.policies.base import option, require_int
+from graphcache.policies.base import option
 from graphcache.policies.pab import PAB
 
 
@@ -27,11 +27,10 @@ class FasterCache(PAB):
     cross: int | None = option(None, "recompute cross-attention every `cross` steps (None: always)")
     window_low: float = option(0.0, "the window's low timestep (exclusive), on a 1000 scale")
     window_high: float = option(681.0, "the window's high timestep (exclusive), on a 1000 scale")
-    num_steps: int = option(50, "steps per generation T, for the extrapolation weight max(0.5, i / (T-1))")
+    num_steps: int = option(50, "steps per generation T, for the extrapolation weight max(0.5, i / (T-1))", minimum=2)
 
     def validate(self) -> None:
         super().validate()
-        require_int(self, "num_steps", 2)
 
     def predictor(self) -> Any:
         from graphcache.predictors import Extrapolate

@@ -15,7 +15,6 @@ from graphcache.policies.base import (
     per_sample_option,
     pooled,
     require,
-    require_int,
 )
 
 
@@ -36,7 +35,7 @@ class FBCache(PolicyConfig):
     static = False
 
     threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step")
-    warmup: int = option(0, "the first `warmup` steps are always computed")
+    warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     per_sample: bool = per_sample_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
@@ -45,7 +44,6 @@ class FBCache(PolicyConfig):
         self.predictor()
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0 (0 computes every step)")
-        require_int(self, "warmup", 0)
 
     def rule(self, i: torch.Tensor, relative_change: torch.Tensor | None = None) -> torch.Tensor:
         if relative_change is None:  # the static part of the schedule only (graphcache policies, expected())

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,8 +18,9 @@ class FORA(PolicyConfig):
     summary = "static reuse every N steps (stack residual, or per-block attention/MLP outputs)"
     paper = "https://arxiv.org/abs/2407.01425"
 
-    interval: int = option(3, "compute when step % interval == 0; reuse otherwise")
-    warmup: int = option(0, "the first `warmup` steps are always computed")
+    interval: int = option(3, "compute when step % interval == 0; reuse otherwise",
+                           minimum=1, note=' (1 computes every step)')
+    warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     granularity: str = option("stack", "'stack': residual of the whole block stack; 'block': per-block "
                               "attention/MLP outputs before their gates (FORA as published)")
     num_steps: int | None = option(None, "steps per generation; only needed by compute_last")
@@ -29,8 +30,6 @@ class FORA(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require_int(self, "interval", 1, " (1 computes every step)")
-        require_int(self, "warmup", 0)
         require(self.granularity in ("stack", "block"), self.name, "granularity", self.granularity,
                 "must be 'stack' or 'block'")
         require(self.num_steps is None or self.num_steps >= 1, self.name, "num_steps", self.num_steps,

@@ -16,14 +16,12 @@ class IntervalForecast(PolicyConfig):
     """Warm-up steps, then every ``interval``-th step computed; cached steps are forecast by ``predictor()``
     from per-block attention/MLP outputs, or (``lite``) from the residual of the whole stack."""
 
-    interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0")
-    warmup: int = option(3, "the first `warmup` steps are computed (they also seed the forecast)")
+    interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0", minimum=1)
+    warmup: int = option(3, "the first `warmup` steps are computed (they also seed the forecast)", minimum=0)
     lite: bool = option(False, "forecast only the residual of the whole stack: memory O(1) in depth")
     forecast_from: int = forecast_from_option()
 
     def validate(self) -> None:
-        require_int(self, "interval", 1)
-        require_int(self, "warmup", 0)
         require_int(self, "forecast_from", 0)
 
     def rule(self, i: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require, require_int
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MagCache(PolicyConfig):
     static = False
 
     threshold: float = option(0.24, "accumulated ratio error allowed before a compute step")
-    max_skips: int = option(5, "K: at most this many consecutive cached steps")
+    max_skips: int = option(5, "K: at most this many consecutive cached steps", minimum=0)
     retention: float = option(0.1, "R: the first int(R*T + 0.5) steps (of the calibration run) are computed")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
     forecast: str = forecast_option()
@@ -38,7 +38,6 @@ class MagCache(PolicyConfig):
         self.predictor()
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0")
-        require_int(self, "max_skips", 0)
         require(isinstance(self.retention, float | int) and 0 <= self.retention <= 1, self.name, "retention",
                 self.retention, "must be in [0, 1]")
 

@@ -14,7 +14,6 @@ from graphcache.policies.base import (
     per_sample_option,
     pooled,
     require,
-    require_int,
 )
 
 
@@ -35,9 +34,10 @@ class SpeCa(PolicyConfig):
     tau0: float = option(7.0, "error threshold at step 0")
     decay: float = option(0.3, "the threshold is tau0 * decay^(i/T) at step i (T = num_steps)")
     tau_min: float = option(0.1, "lowest threshold")
-    max_forecasts: int = option(8, "forecasts in a row before a compute step is forced")
-    warmup: int = option(3, "the first `warmup` steps are computed (they seed the draft)")
-    num_steps: int = option(50, "steps per generation T, for the threshold schedule")
+    max_forecasts: int = option(8, "forecasts in a row before a compute step is forced", minimum=1)
+    warmup: int = option(3, "the first `warmup` steps are computed (they seed the draft)",
+                         minimum=1, note=' (step 0 seeds the draft)')
+    num_steps: int = option(50, "steps per generation T, for the threshold schedule", minimum=1)
     per_sample: bool = per_sample_option()
 
     def validate(self) -> None:
@@ -47,9 +47,6 @@ class SpeCa(PolicyConfig):
                     getattr(self, key), "must be a number >= 0")
         require(isinstance(self.decay, float | int) and 0 < self.decay <= 1, self.name, "decay", self.decay,
                 "must be in (0, 1]")
-        require_int(self, "max_forecasts", 1)
-        require_int(self, "warmup", 1, " (step 0 seeds the draft)")
-        require_int(self, "num_steps", 1)
 
     def threshold(self, i: torch.Tensor) -> torch.Tensor:
         return (self.tau0 * self.decay ** (i.to(torch.float32) / self.num_steps)).clamp_min(self.tau_min)

@@ -24,7 +24,8 @@ class TaylorSeer(IntervalForecast):
     summary = "Taylor forecast of per-block attention/MLP outputs (or of the stack output with lite=true)"
     paper = "https://arxiv.org/abs/2503.06923"
 
-    interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0 (DiT: 4, FLUX: 6)")
+    interval: int = option(4, "after warm-up, compute when (step - warmup) % interval == 0 (DiT: 4, FLUX: 6)",
+                           minimum=1)
     order: int = option(4, "Taylor order m: m+1 tensors kept per cached unit (DiT: 4, FLUX: 1)")
     newton: bool = option(False, "divided differences over the actual computed steps (exact for polynomials of "
                           "degree <= order) instead of the published last-gap differences (exact for lines)")

@@ -16,7 +16,6 @@ from graphcache.policies.base import (
     per_sample_option,
     pooled,
     require,
-    require_int,
 )
 
 
@@ -52,7 +51,7 @@ class TeaCache(PolicyConfig):
     coefficients: str | None = option(None, "polynomial, highest power first, comma-separated (FLUX: "
                                       "'498.65,-283.78,55.855,-3.8202,0.26423')")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (instead of coefficients)")
-    warmup: int = option(1, "the first `warmup` steps are always computed")
+    warmup: int = option(1, "the first `warmup` steps are always computed", minimum=0)
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     per_sample: bool = per_sample_option()
     forecast: str = forecast_option()
@@ -62,7 +61,6 @@ class TeaCache(PolicyConfig):
         self.predictor()
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0 (0 computes every step)")
-        require_int(self, "warmup", 0)
         if self.coefficients is not None:
             parse_coefficients(self.coefficients)
 
