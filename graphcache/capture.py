@@ -57,7 +57,8 @@ def _eager_failure(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> str | N
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], what: str) -> None:
     """:func:`propagate_meta`, with data-dependent shapes (``nonzero``, ``.item()`` feeding a shape, boolean
-    masks) refused by name: graphcache's passes need every value's shape at capture time."""
+    masks) refused by name: graphcache's passes need every value's shape at capture time. An operation that
+    fails on the inputs (a dtype or shape that does not fit the model) is refused as such."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
     from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
@@ -70,6 +71,12 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], what: st
             f"{what} computes a shape from tensor values ({type(err).__name__}: "
             f"{str(err).strip().splitlines()[0][:120]}; {where[:200]}): graphcache's passes need static shapes in "
             "the captured graph. Build such masks / indices outside the denoiser, or from sizes, not values"
+        ) from err
+    except (RuntimeError, TypeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UnsupportedGraphError(
+            f"{what}'s operations fail on these inputs ({type(err).__name__}: {first}); check the inputs' names, "
+            "shapes and dtypes against the model's forward (a float64 latent into float32 weights, ...)"
         ) from err
 
 

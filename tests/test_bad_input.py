@@ -195,6 +195,16 @@ def test_inputs_that_do_not_fit_the_model_say_so():
         capture_export(model, missing)
 
 
+def test_a_dtype_that_does_not_fit_says_so_on_the_first_call():
+    from graphcache.errors import UnsupportedGraphError
+
+    model, inputs = hand_written_dit()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    with pytest.raises(UnsupportedGraphError, match=r"fails on these inputs even without graphcache \(RuntimeError: "
+                                                    r"mat1 and mat2 must have the same dtype.*dtypes"):
+        fast(**{**inputs(999.0), "latent": inputs(999.0)["latent"].double()})
+
+
 def test_cli_keeps_brackets_and_refuses_bad_numbers(tmp_path):
     runner = CliRunner()
     listing = runner.invoke(main, ["policies"])
