@@ -140,7 +140,10 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
     results = run_bench(configs, samples, steps, guidance, backend, seed,
                         status=lambda text: console.print(f"[bold]bench[/]: {escape(text)}", highlight=False),
                         progress=console.is_terminal, repeats=repeats)
-    command = "graphcache bench " + shlex.join(sys.argv[2:])  # quoted: specs hold braces the shell expands
+    args = [a for p in policies_ for a in ("--policy", p)] + [
+        "--samples", str(samples), "--steps", str(steps), "--guidance", str(guidance), "--backend", backend,
+        "--seed", str(seed), "--repeats", str(repeats), "--out", str(out)]
+    command = "graphcache bench " + shlex.join(args)  # quoted: specs hold braces the shell would expand
     write_report(results, out, command)
     table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}; "
                         f"wall ratio: fastest of {repeats} timed runs each")

@@ -136,3 +136,11 @@ def test_calibrate_then_optimize(root, tmp_path):
     result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--policy", "magcache", "--set",
                                        f"calibration={out}", "--steps", "4"], terminal_width=200)
     assert result.exit_code == 2 and "has no 'magcache' calibration" in result.output
+
+
+def test_a_schedule_without_cached_steps_prints_no_nan(root):
+    result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--steps", "3", "--set",
+                                       "interval=1", "--repeats", "1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "cached - (none)" in result.output and "nan" not in result.output
+    assert "one run: no spread" in result.output

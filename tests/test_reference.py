@@ -64,6 +64,7 @@ def test_bench_small_run_writes_report(tmp_path):
     assert 0 < runs[("fora", "defaults")]["psnr_db"] < 100
     for name in ("samples.png", "decisions.png", "step_error.png", "speed_vs_quality.png", "report.md"):
         assert (out / name).stat().st_size > 0
+    assert "--policy 'fora{interval=2}'" in (out / "report.md").read_text()  # quoted: the shell keeps it
 
 
 def test_corrupt_weights_are_named(tmp_path):
