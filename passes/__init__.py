@@ -73,3 +73,33 @@ __all__ = [
     "SplitTailBlocks",
     "default_pipeline",
 ]
+
+
+def all_passes() -> list[type[Pass]]:
+    """Every pass class of this package, in file order."""
+    import importlib
+    import pkgutil
+
+    found: list[type[Pass]] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [v for v in vars(module).values()
+                  if isinstance(v, type) and issubclass(v, Pass) and v is not Pass and v.__module__ == module.__name__]
+    return found
+
+
+def markdown_table() -> str:
+    """passes/README.md's table of every pass, generated from the classes (a test keeps it in sync)."""
+    import inspect
+
+    def keys(names: Sequence[str]) -> str:
+        return ", ".join(f"`{n}`" for n in names) or "-"
+
+    lines = ["| pass | file | requires | provides | what it does |", "|---|---|---|---|---|"]
+    for cls in all_passes():
+        module = inspect.getmodule(cls)
+        doc = (module.__doc__ if module is not None and module.__doc__ else cls.__doc__ or "").strip()
+        summary = doc.split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".").replace("|", "/")
+        file = module.__name__.rsplit(".", 1)[-1] + ".py" if module is not None else "?"
+        lines.append(f"| `{cls.name}` | `{file}` | {keys(cls.requires)} | {keys(cls.provides)} | {summary} |")
+    return "\n".join(lines)

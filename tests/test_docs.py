@@ -26,3 +26,11 @@ def test_passes_readme_lists_every_pipeline_pass(root):
     text = (root / "passes" / "README.md").read_text()
     for p in default_pipeline("stack", Reuse(), lambda i: i == 0):
         assert f"`{p.name}`" in text
+
+
+def test_passes_readme_has_the_generated_table_of_every_pass(root):
+    from graphcache.passes import all_passes, markdown_table
+
+    text = (root / "passes" / "README.md").read_text()
+    assert markdown_table() in text, "regenerate with graphcache.passes.markdown_table() into passes/README.md"
+    assert len(all_passes()) >= 16
