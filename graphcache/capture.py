@@ -20,6 +20,9 @@ from graphcache.passes.base import analysis, propagate_meta
 
 def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[fx.GraphModule, list[Any]]:
     """``torch.export`` the model called with ``kwargs``; return the graph and its flat example inputs."""
+    import time
+
+    start = time.perf_counter()
     try:
         with torch.no_grad():
             program = torch.export.export(model, (), dict(kwargs), strict=False)
@@ -41,6 +44,7 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
     analysis(gm)["user_inputs"] = [n.name for n in placeholders]
     analysis(gm)["capture"] = "export"
     propagate_shapes(gm, flat, type(model).__name__)
+    analysis(gm)["timings"] = [("capture (torch.export)", time.perf_counter() - start, 0.0)]
     return gm, list(flat)
 
 

@@ -200,11 +200,24 @@ def build_report(result: Any) -> dict[str, Any]:
         "max_abs_error_computed_steps": computed_err,
         "cache_bytes": result.cached.state.cache_bytes(),
         "state_bytes": result.cached.state.state_bytes(),
+        "compile_seconds": {name: round(seconds, 4) for name, seconds in result.timings},
     }
 
 
 def _ms(seconds_ms: float) -> str:
     return "- (none)" if seconds_ms != seconds_ms else f"{seconds_ms:.2f} ms"  # NaN: no step of that kind
+
+
+def _compile_text(seconds: dict[str, float]) -> str:
+    """Capture, the passes (the slowest named), the self-check and the first compiled calls, in seconds."""
+    passes = {k: v for k, v in seconds.items() if not any(k.startswith(w) for w in
+                                                           ("capture", "self-check", "first call", "shape"))}
+    slowest = max(passes, key=passes.__getitem__) if passes else "-"
+    return (f"capture {seconds.get('capture (torch.export)', 0):.2f} s, passes {sum(passes.values()):.2f} s "
+            f"(shape propagation {seconds.get('shape propagation (in the passes)', 0):.2f} s; slowest "
+            f"{slowest}), self-check {seconds.get('self-check', 0):.2f} s, first call "
+            f"{seconds.get('first call, graphcache (compilation)', 0):.2f} s (uncached "
+            f"{seconds.get('first call, uncached (compilation)', 0):.2f} s)")
 
 
 def _speedup_text(r: dict[str, Any]) -> str:
@@ -233,6 +246,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("step time", f"computed {_ms(r['computed_step_ms'])}, cached {_ms(r['cached_step_ms'])}"),
         ("max |error| vs uncached", f"{r['max_abs_error']:.3e} (computed steps: "
                                     f"{r['max_abs_error_computed_steps']:.3e})"),
+        ("compile time", _compile_text(r["compile_seconds"])),
         ("cache memory", f"{r['cache_bytes']:,} bytes of cached features, {r['state_bytes']:,} bytes of state in all"),
     ]
     for key, value in rows:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch.fx as fx
 
-from graphcache.passes.base import PassManager
+from graphcache.passes.base import PassManager, analysis
 from graphcache.policies import PolicyConfig
 from graphcache.self_check import check_compute_step, snapshot
 from graphcache.state import CacheState
@@ -27,7 +28,9 @@ def rewrite(
     new = PassManager(list(policy.passes()), example_inputs)(gm)
     assert new is gm, "graphcache passes edit the GraphModule in place"
     if original is not None:
+        start = time.perf_counter()
         check_compute_step(original, gm, example_inputs)
+        analysis(gm).setdefault("timings", []).append(("self-check", time.perf_counter() - start, 0.0))
     if lowering:
         PassManager(list(lowering), example_inputs)(gm)
     return CacheState(gm, policy.name)

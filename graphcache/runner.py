@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from graphcache.exported import ExportedCache, optimize_exported
+from graphcache.passes.base import analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import PolicyConfig
 
@@ -70,6 +71,7 @@ class Comparison:
     uncached_runs: list[Generation]
     cached_runs: list[Generation]
     decisions: list[str]
+    timings: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # capture, passes, compilation
 
     @property
     def ratios(self) -> list[float]:
@@ -153,12 +155,17 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
         base = torch.compile(model, fullgraph=True, dynamic=False)
         fast = torch.compile(cached.module, fullgraph=True, dynamic=False)
     bar = progress or (lambda _label: None)  # type: ignore[return-value, arg-type]
-    run_generation(base, inputs, timesteps[:4], bar("warm-up uncached"))  # compiles every branch
-    run_generation(fast, inputs, timesteps[:4], bar("warm-up graphcache"))
+    warm_base = run_generation(base, inputs, timesteps[:4], bar("warm-up uncached"))  # compiles every branch
+    warm_fast = run_generation(fast, inputs, timesteps[:4], bar("warm-up graphcache"))
     uncached_runs, cached_runs = [], []
     for k in range(repeats):
         suffix = f" {k + 1}/{repeats}" if repeats > 1 else ""
         uncached_runs.append(run_generation(base, inputs, timesteps, bar(f"uncached{suffix}")))
         cached.state.reset()
         cached_runs.append(run_generation(fast, inputs, timesteps, bar(f"{policy.name}{suffix}")))
-    return Comparison(policy, backend, cached, uncached_runs, cached_runs, cached.state.decisions())
+    timings = [(name, seconds) for name, seconds, _ in analysis(cached.module).get("timings", [])]
+    timings.append(("shape propagation (in the passes)",
+                    sum(p for _, _, p in analysis(cached.module).get("timings", []))))
+    timings += [("first call, graphcache (compilation)", warm_fast.step_seconds[0]),
+                ("first call, uncached (compilation)", warm_base.step_seconds[0])]
+    return Comparison(policy, backend, cached, uncached_runs, cached_runs, cached.state.decisions(), timings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -112,12 +113,18 @@ class PassManager:
             if _dump_requested(p.name):
                 self._dump(gm, f"{len(done):02d}-{p.name}-before")
             try:
+                start = time.perf_counter()
                 result = p(gm)
+                propagated = 0.0
                 if result.modified:
                     result.gm.graph.lint()
                     result.gm.recompile()
+                    before = time.perf_counter()
                     propagate_meta(result.gm, self.example_inputs)
+                    propagated = time.perf_counter() - before
                     _check_meta(result.gm, p.name)
+                analysis(result.gm).setdefault("timings", []).append(
+                    (p.name, time.perf_counter() - start, propagated))
             except GraphcacheError as err:
                 if isinstance(err, PassError) or done == []:
                     raise
