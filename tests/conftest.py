@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+# torch.export captures of a model already captured in this run are copies of the first (graphcache.capture):
+# the suite exports the same small models about a hundred times.
+os.environ.setdefault("GRAPHCACHE_CAPTURE_CACHE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
