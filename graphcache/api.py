@@ -166,6 +166,8 @@ class CachedModule(torch.nn.Module):
         if isinstance(t, torch.Tensor) and t.numel() > 0:
             self.router.get = get
             self._side_t = torch.zeros(1, dtype=torch.float32, device=t.device)
+            if self._explicit == 0:
+                self.router.stream(args, kwargs)  # this first call counts for the repeated-timestep rule
 
     def _fill_side_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         t = self.router.get(args, kwargs) if self.router.get is not None else None

@@ -160,3 +160,28 @@ def test_blocks_after_a_break_read_the_timestep_from_the_call(steps):
     assert decisions == ["computed", "cached", "cached"] * 2 + ["computed"]
     assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [d == "computed" for d in decisions]
     assert all(torch.equal(a, b) for a, b in zip(outputs, again, strict=True))
+
+
+def test_cfg_as_two_calls_after_a_break_keeps_a_stream_each():
+    """Cond then uncond at each timestep, no contexts, on a model whose blocks' graph reads the side timestep:
+    the second call at a timestep is the second stream from the very first step on."""
+    torch.manual_seed(0)
+    cond = _inputs()
+    other = torch.randn(2, 10, 4, generator=torch.Generator().manual_seed(7))
+
+    def uncond(t):
+        return {**cond(t), "latent": other}
+
+    ts = timesteps(7)
+    fast = graphcache.optimize(BreakAfterTimeEmbedding().eval(), "fora", backend="eager")
+    got_c, got_u = [], []
+    with pytest.warns(UserWarning, match="does not fit one graph"), torch.no_grad():
+        for t in ts:
+            got_c.append(fast(**cond(t)))
+            got_u.append(fast(**uncond(t)))
+    for stream, got in ((cond, got_c), (uncond, got_u)):
+        torch.manual_seed(0)
+        alone = graphcache.optimize(BreakAfterTimeEmbedding().eval(), "fora", backend="eager")
+        with pytest.warns(UserWarning, match="does not fit one graph"):
+            expected = generation(alone, stream, ts)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
