@@ -184,3 +184,29 @@ def test_streams_heun_stages_get_their_own_state_and_two_call_cfg_is_refused():
     with pytest.raises(UnsupportedGraphError, match=r"one call on the guided batch.*cache_context\('cond'\)"):
         with optimized.cache_context("cond"):
             optimized(**inputs(ts[0]))
+
+
+def test_a_pipeline_call_after_an_abandoned_run_equals_a_fresh_one():
+    """CFG-Cache through a pipeline: a 24-step run abandoned after 2 steps (t near 960), then a 6-step run whose
+    first timestep (833) is below it: without the pipeline call's reset the wrapper would continue the old
+    generation (interval 3: a step count off by two changes the schedule). It equals the 6-step run of a freshly
+    optimized pipeline."""
+    from helpers import digits_pipeline, generate_digits
+
+    fresh = generate_digits(graphcache.optimize(digits_pipeline(), "cfgcache", backend="eager", interval=3),
+                            steps=6)
+    pipe = graphcache.optimize(digits_pipeline(), "cfgcache", backend="eager", interval=3)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(step, _t, _x, calls=[]):  # noqa: B006 - counts the calls of this one run
+        calls.append(step)
+        if len(calls) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipe(class_labels=[1, 7], num_inference_steps=24, guidance_scale=1.5,
+             generator=torch.Generator().manual_seed(0), callback=stop_after_two)
+    assert (generate_digits(pipe, steps=6) == fresh).all()
+    assert "cached" in graphcache.decisions(pipe)
