@@ -35,6 +35,12 @@ class RunResult:
     speedup: float = 1.0
     step_error: list[float] = dataclasses.field(default_factory=list)
     cache_bytes: int = 0
+    seconds_runs: list[float] = dataclasses.field(default_factory=list)  # every timed run (``seconds``: fastest)
+
+    @property
+    def spread(self) -> float:
+        """(slowest - fastest) / fastest over the timed runs: how noisy this row's timing was."""
+        return (max(self.seconds_runs) - min(self.seconds_runs)) / min(self.seconds_runs) if self.seconds_runs else 0.0
 
     @property
     def computed(self) -> int:
@@ -47,6 +53,7 @@ class RunResult:
             "schedule_limit": round(len(self.trajectory) / max(1, self.computed), 3),
             "class_accuracy": round(self.accuracy, 4), "frechet_distance": round(self.frechet, 3),
             "psnr_db": round(self.psnr, 2), "ssim": round(self.ssim, 4), "cache_bytes": self.cache_bytes,
+            "seconds_runs": [round(x, 3) for x in self.seconds_runs], "timing_spread": round(self.spread, 4),
         }
 
 
@@ -110,14 +117,16 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
         _generate(pipe, labels, min(steps, 4), guidance, seed)
         status(f"{label} {settings}: timed run of {samples} samples x {steps} steps")
         seconds, images, trajectory = _generate(pipe, labels, steps, guidance, seed, progress)
+        times = [seconds]
         for k in range(1, repeats):
             status(f"{label} {settings}: timed run {k + 1}/{repeats}")
-            seconds = min(seconds, _generate(pipe, labels, steps, guidance, seed, False)[0])
+            times.append(_generate(pipe, labels, steps, guidance, seed, False)[0])
         if settings == "again":
-            results[0].seconds = min(results[0].seconds, seconds)
+            results[0].seconds_runs += times
+            results[0].seconds = min(results[0].seconds_runs)
             continue
-        run = RunResult(label, settings, seconds, images, trajectory,
-                        decisions(pipe) if policy is not None else ["computed"] * steps)
+        run = RunResult(label, settings, min(times), images, trajectory,
+                        decisions(pipe) if policy is not None else ["computed"] * steps, seconds_runs=times)
         if isinstance(pipe.transformer, CachedModule):
             run.cache_bytes = pipe.transformer.cache_bytes()
         results.append(run)

@@ -147,10 +147,12 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
     write_report(results, out, command)
     table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}; "
                         f"wall ratio: fastest of {repeats} timed runs each")
-    for column in ("policy", "settings", "wall ratio", "computed", "class acc.", "Frechet", "PSNR dB", "SSIM"):
+    for column in ("policy", "settings", "wall ratio", "timing spread", "computed", "class acc.", "Frechet",
+                   "PSNR dB", "SSIM"):
         table.add_column(column)
     for i, r in enumerate(results):
-        table.add_row(r.label, r.settings, f"{r.speedup:.2f}x", f"{r.computed}/{len(r.trajectory)}",
+        table.add_row(escape(r.label), escape(r.settings), f"{r.speedup:.2f}x", f"{100 * r.spread:.1f}%",
+                      f"{r.computed}/{len(r.trajectory)}",
                       f"{100 * r.accuracy:.1f}%", f"{r.frechet:.2f}", "-" if i == 0 else f"{r.psnr:.1f}",
                       "-" if i == 0 else f"{r.ssim:.3f}")
     console.print(table)

@@ -62,6 +62,9 @@ def test_bench_small_run_writes_report(tmp_path):
     assert runs[("fora", "defaults")]["computed_steps"] == 2
     assert runs[("fora", "interval=2")]["computed_steps"] == 3
     assert 0 < runs[("fora", "defaults")]["psnr_db"] < 100
+    assert len(runs[("fora", "defaults")]["seconds_runs"]) == 2  # --repeats 2 (the default)
+    assert len(runs[("uncached", "-")]["seconds_runs"]) == 4  # before and after the policies
+    assert "timing spread" in result.output
     for name in ("samples.png", "decisions.png", "step_error.png", "speed_vs_quality.png", "report.md"):
         assert (out / name).stat().st_size > 0
     assert "--policy 'fora{interval=2}'" in (out / "report.md").read_text()  # quoted: the shell keeps it
