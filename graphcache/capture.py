@@ -40,14 +40,7 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
     start = time.perf_counter()
     key = _capture_key(model, kwargs) if os.environ.get("GRAPHCACHE_CAPTURE_CACHE") == "1" else None
     if key is not None and key in _CAPTURES:
-        gm = copy.deepcopy(_CAPTURES[key])
-        flat = fx_pytree.tree_flatten_spec(((), dict(kwargs)), gm._in_spec)
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        analysis(gm)["user_inputs"] = [n.name for n in placeholders]
-        analysis(gm)["capture"] = "export"
-        propagate_shapes(gm, flat, type(model).__name__)
-        analysis(gm)["timings"] = [("capture (torch.export, cached)", time.perf_counter() - start, 0.0)]
-        return gm, list(flat)
+        return _prepared(copy.deepcopy(_CAPTURES[key]), model, kwargs, "capture (torch.export, cached)", start)
     try:
         with torch.no_grad():
             program = torch.export.export(model, (), dict(kwargs), strict=False)
@@ -66,12 +59,19 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
     gm = program.module()
     if key is not None:
         _CAPTURES[key] = copy.deepcopy(gm)
+    return _prepared(gm, model, kwargs, "capture (torch.export)", start)
+
+
+def _prepared(gm: fx.GraphModule, model: torch.nn.Module, kwargs: Mapping[str, Any], what: str,
+              start: float) -> tuple[fx.GraphModule, list[Any]]:
+    """An exported graph with its user inputs, meta vals and capture time recorded; its flat inputs."""
+    import time
+
     flat = fx_pytree.tree_flatten_spec(((), dict(kwargs)), gm._in_spec)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    analysis(gm)["user_inputs"] = [n.name for n in placeholders]
+    analysis(gm)["user_inputs"] = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     analysis(gm)["capture"] = "export"
     propagate_shapes(gm, flat, type(model).__name__)
-    analysis(gm)["timings"] = [("capture (torch.export)", time.perf_counter() - start, 0.0)]
+    analysis(gm)["timings"] = [(what, time.perf_counter() - start, 0.0)]
     return gm, list(flat)
 
 
