@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from graphcache.backend import make_backend
-from graphcache.errors import GraphcacheError, UnsupportedGraphError
+from graphcache.errors import GraphcacheError, UnsupportedGraphError, first_line
 from graphcache.pipelines import denoiser_names, optimize_pipeline, reset_pipeline
 from graphcache.policies import PolicyConfig, make_policy
 from graphcache.state import CacheState, compile_call_of, states_of
@@ -105,7 +105,7 @@ class CachedModule(torch.nn.Module):
             try:
                 out = self._call_compiled(args, kwargs)
                 self.notes.append(f"one graph after a first eager call (the first capture failed: "
-                                  f"{str(err).strip().splitlines()[0][:160]})")
+                                  f"{first_line(err, 160)})")
                 return out
             except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as again:
                 if self.states or self.pieces:
@@ -127,7 +127,7 @@ class CachedModule(torch.nn.Module):
         breaks = [f"{reason.splitlines()[0][:160]} (x{n - before.get(reason, 0)})"
                   for reason, n in counters["graph_break"].items() if n > before.get(reason, 0)]
         name = type(self._modules["model"]).__name__
-        reason = str(first).strip().splitlines()[0][:200] if str(first).strip() else type(first).__name__
+        reason = first_line(first, 200)
         if not self.states:
             raise UnsupportedGraphError(
                 f"{name} does not fit one graph ({reason}) and none of the {len(self.pieces)} graphs torch.compile "

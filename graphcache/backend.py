@@ -13,14 +13,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from graphcache.capture import add_side_timestep, has_timestep, prepare_dynamo_graph
-from graphcache.errors import (
-    DataDependentShapeError,
-    GraphcacheError,
-    NoStackError,
-    PolicyConfigError,
-    UnsupportedGraphError,
-)
+from graphcache.capture import add_side_timestep, has_timestep, prepare_dynamo_graph, refuse_if_it_fails_plainly
+from graphcache.errors import DataDependentShapeError, GraphcacheError, NoStackError, PolicyConfigError
 from graphcache.passes.base import analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import make_policy
@@ -64,7 +58,7 @@ def make_backend(
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, GraphcacheError):
                 raise
-            _refuse_if_inputs_do_not_fit(gm, example_inputs, err)
+            refuse_if_it_fails_plainly(gm, example_inputs, {}, "the model", err)  # the inputs do not fit
             raise
         except (NoStackError, DataDependentShapeError) as err:
             if pieces is None:
@@ -85,19 +79,6 @@ def make_backend(
         return compiled if used is None else _recording(compiled, state, used)
 
     return graphcache_backend
-
-
-def _refuse_if_inputs_do_not_fit(gm: fx.GraphModule, example_inputs: Sequence[Any], err: Exception) -> None:
-    """A failure while rewriting: when dynamo's own graph fails the same way on these inputs, the inputs do not
-    fit the model (a float64 latent into float32 weights): say so instead of a traceback from a pass."""
-    try:
-        with torch.no_grad():
-            gm(*example_inputs)
-    except Exception as plain:
-        first = str(plain).strip().splitlines()[0][:200] if str(plain).strip() else type(plain).__name__
-        raise UnsupportedGraphError(
-            f"the model fails on these inputs even without graphcache ({type(plain).__name__}: {first}); check "
-            "the inputs' names, shapes and dtypes against the model's forward") from err
 
 
 def _recording(compiled: Callable[..., Any], state: CacheState, used: list[CacheState]) -> Callable[..., Any]:

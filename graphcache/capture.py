@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch.fx import _pytree as fx_pytree
 
-from graphcache.errors import DataDependentShapeError, UnsupportedGraphError
+from graphcache.errors import DataDependentShapeError, UnsupportedGraphError, first_line
 from graphcache.passes.base import analysis, propagate_meta
 
 # ``GRAPHCACHE_CAPTURE_CACHE=1`` (the test suite sets it): captures of a model already captured in this process
@@ -45,15 +45,9 @@ def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[f
         with torch.no_grad():
             program = torch.export.export(model, (), dict(kwargs), strict=False)
     except Exception as err:  # export errors are long; keep the first line and say what to change
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        eager = _eager_failure(model, kwargs)
-        if eager is not None:  # not a tracing problem: the inputs do not fit the model
-            raise UnsupportedGraphError(
-                f"{type(model).__name__} fails on these inputs even without graphcache ({eager}); check the "
-                "inputs' names, shapes and dtypes against the model's forward"
-            ) from err
+        refuse_if_it_fails_plainly(model, (), kwargs, type(model).__name__, err)  # the inputs do not fit
         raise UnsupportedGraphError(
-            f"torch.export could not capture {type(model).__name__}: {first}. graphcache needs a denoiser "
+            f"torch.export could not capture {type(model).__name__}: {first_line(err)}. graphcache needs a denoiser "
             "that torch.export can trace with tensor inputs (no data-dependent Python control flow)"
         ) from err
     gm = program.module()
@@ -75,15 +69,18 @@ def _prepared(gm: fx.GraphModule, model: torch.nn.Module, kwargs: Mapping[str, A
     return gm, list(flat)
 
 
-def _eager_failure(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> str | None:
-    """The error of one plain call of ``model`` on ``kwargs`` (first line), None when it runs."""
+def refuse_if_it_fails_plainly(fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any], what: str,
+                               cause: Exception) -> None:
+    """After graphcache failed on a call: run ``fn`` plainly on the same inputs; when that fails too, the inputs
+    do not fit the model (a float64 latent into float32 weights, a missing argument): say so, not the trace."""
     try:
         with torch.no_grad():
-            model(**kwargs)
-    except Exception as err:
-        text = str(err).strip()
-        return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
-    return None
+            fn(*args, **kwargs)
+    except Exception as plain:
+        raise UnsupportedGraphError(
+            f"{what} fails on these inputs even without graphcache ({type(plain).__name__}: "
+            f"{first_line(plain, 200)}); check the inputs' names, shapes and dtypes against the model's forward"
+        ) from cause
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], what: str) -> None:
@@ -100,14 +97,13 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], what: st
                      "")
         raise DataDependentShapeError(
             f"{what} computes a shape from tensor values ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0][:120]}; {where[:200]}): graphcache's passes need static shapes in "
+            f"{first_line(err, 120)}; {where[:200]}): graphcache's passes need static shapes in "
             "the captured graph. Build such masks / indices outside the denoiser, or from sizes, not values"
         ) from err
     except (RuntimeError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UnsupportedGraphError(
-            f"{what}'s operations fail on these inputs ({type(err).__name__}: {first}); check the inputs' names, "
-            "shapes and dtypes against the model's forward (a float64 latent into float32 weights, ...)"
+            f"{what}'s operations fail on these inputs ({type(err).__name__}: {first_line(err, 200)}); check the "
+            "inputs' names, shapes and dtypes against the model's forward (a float64 latent into float32 weights, ...)"
         ) from err
 
 

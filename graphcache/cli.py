@@ -215,7 +215,8 @@ def _compile_text(seconds: dict[str, float]) -> str:
     passes = {k: v for k, v in seconds.items() if not any(k.startswith(w) for w in
                                                            ("capture", "self-check", "first call", "shape"))}
     slowest = max(passes, key=passes.__getitem__) if passes else "-"
-    return (f"capture {seconds.get('capture (torch.export)', 0):.2f} s, passes {sum(passes.values()):.2f} s "
+    capture = sum(v for k, v in seconds.items() if k.startswith("capture"))  # fresh or reused export
+    return (f"capture {capture:.2f} s, passes {sum(passes.values()):.2f} s "
             f"(shape propagation {seconds.get('shape propagation (in the passes)', 0):.2f} s; slowest "
             f"{slowest}), self-check {seconds.get('self-check', 0):.2f} s, first call "
             f"{seconds.get('first call, graphcache (compilation)', 0):.2f} s (uncached "

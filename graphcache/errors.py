@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters), or its type's name when it has none:
+    how graphcache quotes a long error from torch inside its own message."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 class GraphcacheError(Exception):
     """Base class of every error graphcache raises on purpose."""
 

@@ -74,14 +74,19 @@ class Comparison:
     timings: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # capture, passes, compilation
 
     @property
+    def _pair_ratios(self) -> list[float]:
+        """Each pair's wall-time ratio (uncached / graphcache), in the order they ran."""
+        return [u.seconds / c.seconds for u, c in zip(self.uncached_runs, self.cached_runs, strict=True)]
+
+    @property
     def ratios(self) -> list[float]:
-        """Each pair's wall-time ratio (uncached / graphcache), sorted."""
-        return sorted(u.seconds / c.seconds for u, c in zip(self.uncached_runs, self.cached_runs, strict=True))
+        """Each pair's wall-time ratio, sorted."""
+        return sorted(self._pair_ratios)
 
     @property
     def _median(self) -> int:
-        """The pair whose ratio is the median one (its runs give the step times and outputs)."""
-        ratios = [u.seconds / c.seconds for u, c in zip(self.uncached_runs, self.cached_runs, strict=True)]
+        """The pair whose ratio is the median one (its runs give the speedup, step times and outputs)."""
+        ratios = self._pair_ratios
         return sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
 
     @property
@@ -99,7 +104,7 @@ class Comparison:
     @property
     def speedup(self) -> float:
         """The median pair's ratio (one pair: that pair's)."""
-        return self.ratios[len(self.ratios) // 2]
+        return self._pair_ratios[self._median]
 
     @property
     def limit(self) -> float:
@@ -163,9 +168,9 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
         uncached_runs.append(run_generation(base, inputs, timesteps, bar(f"uncached{suffix}")))
         cached.state.reset()
         cached_runs.append(run_generation(fast, inputs, timesteps, bar(f"{policy.name}{suffix}")))
-    timings = [(name, seconds) for name, seconds, _ in analysis(cached.module).get("timings", [])]
-    timings.append(("shape propagation (in the passes)",
-                    sum(p for _, _, p in analysis(cached.module).get("timings", []))))
+    recorded = analysis(cached.module).get("timings", [])  # (capture or pass, seconds, shape propagation)
+    timings = [(name, seconds) for name, seconds, _ in recorded]
+    timings.append(("shape propagation (in the passes)", sum(p for _, _, p in recorded)))
     timings += [("first call, graphcache (compilation)", warm_fast.step_seconds[0]),
                 ("first call, uncached (compilation)", warm_base.step_seconds[0])]
     return Comparison(policy, backend, cached, uncached_runs, cached_runs, cached.state.decisions(), timings)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 import torch.fx as fx
 
-from graphcache.errors import GraphcacheError, PassError
+from graphcache.errors import GraphcacheError, PassError, first_line
 
 META_KEY = "graphcache"
 
@@ -130,8 +130,7 @@ class PassManager:
                     raise
                 raise type(err)(f"{err} [in pass '{p.name}', after {done}]") from err
             except Exception as err:
-                text = str(err).strip().splitlines()[0][:400] if str(err).strip() else type(err).__name__
-                raise PassError(f"pass '{p.name}' failed (passes before it: {done}): {text}") from err
+                raise PassError(f"pass '{p.name}' failed (passes before it: {done}): {first_line(err, 400)}") from err
             gm = result.gm
             done.append(p.name)
             if _dump_requested(p.name):
