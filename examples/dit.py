@@ -19,9 +19,12 @@ def build(num_layers: int = 6, hidden: int = 128, batch: int = 2):
     latent = torch.randn(batch, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(batch) % 10
 
-    def inputs(t: float) -> dict:
+    def inputs(t: float, seed: int | None = None) -> dict:
+        # seed: other inputs of the same shapes (graphcache tune checks its choice on seed=1)
+        other = torch.Generator().manual_seed(1000 + (seed or 0))
+        x = latent if seed is None else torch.randn(batch, 4, 16, 16, generator=other)
         return {
-            "hidden_states": latent,
+            "hidden_states": x,
             "timestep": torch.full((batch,), int(t), dtype=torch.long),
             "class_labels": labels,
         }

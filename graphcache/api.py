@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from graphcache.backend import make_backend
-from graphcache.errors import GraphcacheError, UnsupportedGraphError, first_line
+from graphcache.errors import GraphcacheError, PolicyConfigError, UnsupportedGraphError, first_line
 from graphcache.pipelines import denoiser_names, optimize_pipeline, reset_pipeline
 from graphcache.policies import PolicyConfig, make_policy
 from graphcache.state import CacheState, compile_call_of, states_of
@@ -276,8 +276,8 @@ def _denoiser_name(pipe: Any) -> str:
     return denoiser_names(pipe)[0]
 
 
-def optimize(model_or_pipeline: Any, policy: str | PolicyConfig = "fora", backend: str = "inductor",
-             self_check: bool = True, **options: Any) -> Any:
+def optimize(model_or_pipeline: Any, policy: str | PolicyConfig | None = None, backend: str = "inductor",
+             self_check: bool = True, config: str | None = None, **options: Any) -> Any:
     """Return the model with graphcache applied, or the pipeline with its denoiser replaced.
 
     ``policy`` is a registered name (``graphcache policies``), a spec string ``"fora{interval=4}"`` or a
@@ -286,15 +286,39 @@ def optimize(model_or_pipeline: Any, policy: str | PolicyConfig = "fora", backen
     ``self_check`` (default on): on the first call, the rewritten graph's computed step is compared exactly
     with the model on those inputs before anything is cached; a mismatch raises ``SelfCheckError``.
     The model is put in eval mode and runs under ``torch.no_grad`` (inference: outputs carry no gradient).
+    ``config``: a file written by ``graphcache tune`` instead of ``policy`` (refused for another model).
     """
-    config = make_policy(policy, **options)
+    if config is not None and (policy is not None or options):
+        raise PolicyConfigError("give a policy (with options) or a tuned config file, not both")
+    tuned = None
+    if config is not None:
+        from graphcache.tuning.tuned import read_tuned
+
+        tuned = str(config)
+        read_tuned(tuned)  # a missing or malformed file is refused before any model is touched
+    policy_config = make_policy("fora" if policy is None else policy, **options) if tuned is None else None
+
+    def policy_for(denoiser: torch.nn.Module) -> PolicyConfig:
+        if tuned is not None:
+            from graphcache.tuning.tuned import load_tuned
+
+            return load_tuned(tuned, denoiser)
+        assert policy_config is not None, "a policy is made when no tuned file is given"
+        return policy_config
+
     if isinstance(model_or_pipeline, torch.nn.Module):
-        config.check_model(model_or_pipeline)
-        return CachedModule(model_or_pipeline.eval(), config, backend, self_check)
+        chosen = policy_for(model_or_pipeline)
+        chosen.check_model(model_or_pipeline)
+        return CachedModule(model_or_pipeline.eval(), chosen, backend, self_check)
     if hasattr(model_or_pipeline, "components"):
+        for name in denoiser_names(model_or_pipeline):  # every denoiser checked before any is replaced
+            denoiser = getattr(model_or_pipeline, name)
+            policy_for(denoiser.model if isinstance(denoiser, CachedModule) else denoiser)
+
         def wrap(denoiser: torch.nn.Module) -> torch.nn.Module:
-            config.check_model(denoiser)
-            return CachedModule(denoiser, config, backend, self_check)
+            chosen = policy_for(denoiser)
+            chosen.check_model(denoiser)
+            return CachedModule(denoiser, chosen, backend, self_check)
 
         return optimize_pipeline(model_or_pipeline, wrap)
     raise GraphcacheError(

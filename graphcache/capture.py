@@ -7,7 +7,9 @@ to placeholders). Both record which placeholders are user inputs in ``gm.meta["g
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +22,20 @@ from graphcache.passes.base import analysis, propagate_meta
 # ``GRAPHCACHE_CAPTURE_CACHE=1`` (the test suite sets it): captures of a model already captured in this process
 # (same class, module tree, weights, input shapes / dtypes and non-tensor inputs) are copies of the first.
 _CAPTURES: dict[tuple[Any, ...], fx.GraphModule] = {}
+_REUSE = [0]  # depth of reuse_captures() blocks
+
+
+@contextlib.contextmanager
+def reuse_captures() -> Iterator[None]:
+    """Inside the block, captures are reused as under ``GRAPHCACHE_CAPTURE_CACHE=1`` (``graphcache tune``
+    rewrites one model many times); the copies kept are dropped when the outermost block ends."""
+    _REUSE[0] += 1
+    try:
+        yield
+    finally:
+        _REUSE[0] -= 1
+        if _REUSE[0] == 0 and os.environ.get("GRAPHCACHE_CAPTURE_CACHE") != "1":
+            _CAPTURES.clear()
 
 
 def _capture_key(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -34,11 +50,11 @@ def _capture_key(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[Any
 def capture_export(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> tuple[fx.GraphModule, list[Any]]:
     """``torch.export`` the model called with ``kwargs``; return the graph and its flat example inputs."""
     import copy
-    import os
     import time
 
     start = time.perf_counter()
-    key = _capture_key(model, kwargs) if os.environ.get("GRAPHCACHE_CAPTURE_CACHE") == "1" else None
+    reuse = _REUSE[0] > 0 or os.environ.get("GRAPHCACHE_CAPTURE_CACHE") == "1"
+    key = _capture_key(model, kwargs) if reuse else None
     if key is not None and key in _CAPTURES:
         return _prepared(copy.deepcopy(_CAPTURES[key]), model, kwargs, "capture (torch.export, cached)", start)
     try:

@@ -43,6 +43,19 @@ def _progress(label: str) -> Any:
     return wrap
 
 
+def policy_of(policy: str | None, sets: tuple[str, ...], config_path: Path | None, model: Any) -> Any:
+    """The policy of --policy / --set, or of a tuned --config (checked against ``model``)."""
+    from graphcache.policies import make_policy
+
+    if config_path is None:
+        return make_policy(policy or "fora", **_parse_sets(sets))
+    if policy is not None or sets:
+        raise click.UsageError("give --policy / --set or --config, not both")
+    from graphcache.tuning.tuned import load_tuned
+
+    return load_tuned(config_path, model)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -80,8 +93,10 @@ def policies(markdown: bool) -> None:
 
 @main.command()
 @click.argument("model_file", type=click.Path(path_type=Path))
-@click.option("--policy", default="fora", show_default=True, help="policy name or spec, e.g. 'fora{interval=4}'")
+@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: fora)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="a tuned config written by `graphcache tune` instead of --policy")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(min=2),
               help="denoising steps of the generation (>= 2: step 0 always computes)")
 @click.option("--backend", type=click.Choice(["eager", "inductor"]), default="eager", show_default=True,
@@ -89,19 +104,18 @@ def policies(markdown: bool) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="also write the report as JSON")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
               help="timed generation pairs (uncached, graphcache) in turn; the speedup is their median")
-def optimize(model_file: Path, policy: str, sets: tuple[str, ...], steps: int, backend: str,
-             json_path: Path | None, repeats: int) -> None:
+def optimize(model_file: Path, policy: str | None, sets: tuple[str, ...], config_path: Path | None, steps: int,
+             backend: str, json_path: Path | None, repeats: int) -> None:
     """Optimize the denoiser of MODEL_FILE and report blocks, schedule, speed, error and cache memory.
 
     MODEL_FILE defines build() -> (model, inputs), inputs(t) -> dict of the denoiser's keyword arguments.
     MODEL_FILE is executed as Python: only run files you trust.
     """
     from graphcache.modelfile import load_model_file
-    from graphcache.policies import make_policy
     from graphcache.runner import compare
 
-    config = make_policy(policy, **_parse_sets(sets))
     model, inputs = load_model_file(model_file)
+    config = policy_of(policy, sets, config_path, model)
     console.print(f"[bold]graphcache[/] {config.describe()} on {model_file} ({backend}, {steps} steps)")
     result = compare(model, inputs, config, steps, backend, progress=_progress, repeats=repeats)
     report = build_report(result)
@@ -260,9 +274,11 @@ def print_report(r: dict[str, Any]) -> None:
 def _register() -> None:
     from graphcache.cli_calibrate import calibrate
     from graphcache.cli_export import export
+    from graphcache.cli_tune import tune
 
     main.add_command(export)
     main.add_command(calibrate)
+    main.add_command(tune)
 
 
 _register()

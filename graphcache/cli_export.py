@@ -9,8 +9,10 @@ import click
 
 @click.command()
 @click.argument("model_file", type=click.Path(path_type=Path))
-@click.option("--policy", default="fora", show_default=True, help="policy name or spec, e.g. 'fora{interval=4}'")
+@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: fora)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="a tuned config written by `graphcache tune` instead of --policy")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "aoti", "tensorrt"]), default="onnx", show_default=True)
 @click.option("--form", type=click.Choice(["in-graph", "unrolled"]), default=None,
               help="in-graph: one graph deciding inside (If / torch.cond); unrolled: full + cached graphs and a "
@@ -20,7 +22,8 @@ import click
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="output folder")
 @click.option("--check", is_flag=True, help="compare every graph (polygraphy) and two whole generations with torch")
 @click.option("--atol", default=1e-4, show_default=True, help="--check tolerance (fp32)")
-def export(model_file: Path, policy: str, sets: tuple[str, ...], fmt: str, form: str | None, steps: int, out: Path,
+def export(model_file: Path, policy: str | None, sets: tuple[str, ...], config_path: Path | None, fmt: str,
+           form: str | None, steps: int, out: Path,
            check: bool, atol: float) -> None:
     """Export the cached denoiser of MODEL_FILE: graph files + graphcache-plan.json in --out.
 
@@ -28,7 +31,7 @@ def export(model_file: Path, policy: str, sets: tuple[str, ...], fmt: str, form:
     """
     from rich.markup import escape
 
-    from graphcache.cli import _parse_sets, console
+    from graphcache.cli import console, policy_of
     from graphcache.export.build import export_model
     from graphcache.modelfile import load_model_file
     from graphcache.runner import cli_timesteps
@@ -36,13 +39,14 @@ def export(model_file: Path, policy: str, sets: tuple[str, ...], fmt: str, form:
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{out} is a file; --out names the folder the export is written to", param_hint="-o")
     model, inputs = load_model_file(model_file)
+    config = policy_of(policy, sets, config_path, model)
     with console.status("exporting") as status:
 
         def log(text: str) -> None:
             status.update(text)
             console.print(f"  {escape(text)}", highlight=False)
 
-        exported = export_model(model, inputs(999.0), out, policy, fmt, form, steps, log=log, **_parse_sets(sets))
+        exported = export_model(model, inputs(999.0), out, config, fmt, form, steps, log=log)
     plan = exported.plan
     console.print(f"[bold]{plan.format}[/], {plan.form} form, {escape(plan.policy)}")
     for entry in plan.graphs.values():

@@ -1,0 +1,65 @@
+"""The tuned configuration file: the chosen spec, the model it was tuned for, and the measurements.
+
+``graphcache optimize --config tuned.json``, ``graphcache export --config tuned.json`` and
+``graphcache.optimize(pipe, config="tuned.json")`` read it; a model whose weights differ from the tuned
+model's fingerprint is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graphcache.errors import PolicyConfigError
+from graphcache.policies import PolicyConfig, make_policy
+
+SCHEMA = "graphcache-tuned"
+VERSION = 1
+
+
+def save_tuned(path: str | Path, model: torch.nn.Module, spec: str, **record: Any) -> Path:
+    from graphcache.calibration import fingerprint
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"schema": SCHEMA, "version": VERSION, "model": type(model).__name__, "fingerprint": fingerprint(model),
+            "policy": spec, **record}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def read_tuned(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyConfigError(f"tuned config {path} not found (write one with `graphcache tune ... -o {path}`)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PolicyConfigError(f"{path} is not a graphcache tuned config (not JSON: {err})") from err
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise PolicyConfigError(f"{path} is not a graphcache tuned config (schema {SCHEMA!r} expected)")
+    if data.get("version") != VERSION:
+        raise PolicyConfigError(f"{path} has tuned-config version {data.get('version')!r}; this graphcache reads "
+                                f"version {VERSION}: tune again")
+    for key in ("policy", "fingerprint", "model"):
+        if not isinstance(data.get(key), str):
+            raise PolicyConfigError(f"{path}: {key!r} must be a string, got {data.get(key)!r}")
+    return data
+
+
+def load_tuned(path: str | Path, model: torch.nn.Module | None = None) -> PolicyConfig:
+    """The tuned policy of ``path``; with ``model``, refused unless it is the model that was tuned."""
+    from graphcache.calibration import fingerprint
+
+    data = read_tuned(path)
+    if model is not None and fingerprint(model) != data["fingerprint"]:
+        raise PolicyConfigError(f"{path} was tuned for another model ({data['model']}, fingerprint "
+                                f"{data['fingerprint'][:12]}...; this {type(model).__name__} is "
+                                f"{fingerprint(model)[:12]}...): tune this model with `graphcache tune`")
+    try:
+        return make_policy(data["policy"])
+    except PolicyConfigError as err:
+        raise PolicyConfigError(f"{path}: its policy {data['policy']!r} does not parse: {err}") from err
