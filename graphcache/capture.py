@@ -165,7 +165,7 @@ SIDE_TIMESTEP = "gc_side_timestep"
 def has_timestep(gm: fx.GraphModule) -> bool:
     """Whether one of the graph's user inputs can be its timestep (:func:`passes.find_block_stack.find_timestep`)."""
     from graphcache.errors import NoStackError
-    from graphcache.passes.find_block_stack import find_timestep
+    from graphcache.passes.graph_utils import find_timestep
 
     try:
         find_timestep(gm, analysis(gm)["user_inputs"])

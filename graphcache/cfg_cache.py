@@ -22,9 +22,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 from graphcache.capture import capture_export
+from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, next_step
 from graphcache.errors import UnsupportedGraphError
-from graphcache.passes.add_cache_state import LOG_CAPACITY, LOG_DTYPE
-from graphcache.passes.insert_decision import log_slot, logged, next_step
 from graphcache.policies.base import in_window
 from graphcache.state import log_decisions
 

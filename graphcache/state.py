@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from graphcache.passes.add_cache_state import LOG_CAPACITY, StateSpec
+from graphcache.analyses import StateSpec
+from graphcache.clock import LOG_CAPACITY
 from graphcache.passes.base import analysis
 
 

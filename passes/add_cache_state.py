@@ -15,43 +15,12 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import StateSpec
+from graphcache.clock import LOG_CAPACITY, LOG_DTYPE
 from graphcache.predictors import HISTORY, Predictor, Reuse
 
-from .base import Pass, PassResult, analysis, mark
+from .base import Pass, PassResult, analysis
 from .graph_utils import tensor_val
-
-LOG_CAPACITY = 1024
-LOG_DTYPE = torch.int32  # TensorRT has no plain int8 tensors
-
-
-@dataclasses.dataclass
-class StateSpec:
-    step: fx.Node
-    last_t: fx.Node
-    log: fx.Node
-    history: fx.Node
-    n_computed: fx.Node
-    caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
-    buffers: list[str]
-    fills: dict[str, float] = dataclasses.field(default_factory=dict)  # value of a buffer at a new start
-
-    def add(self, gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str,
-            fill: float = 0.0) -> fx.Node:
-        """Register a state buffer (filled with ``fill``) that ``reset()`` and the exports know about."""
-        self.buffers.append(name)
-        self.fills[name] = fill
-        return _add_buffer(gm, name, value.fill_(fill), anchor, pass_name)
-
-    def cache_nodes(self) -> list[fx.Node]:
-        return [n for nodes in self.caches.values() for n in nodes]
-
-
-def _add_buffer(gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str) -> fx.Node:
-    gm.register_buffer(name, value)
-    with gm.graph.inserting_before(anchor):
-        node = gm.graph.get_attr(name)
-    node.meta["val"] = None
-    return mark(node, pass_name, "state")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,12 +14,15 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
 
 from graphcache.errors import GraphcacheError, PassError, first_line
+
+if TYPE_CHECKING:
+    from graphcache.analyses import Analyses
 
 META_KEY = "graphcache"
 
@@ -30,9 +33,14 @@ class PassResult:
     modified: bool
 
 
-def analysis(gm: fx.GraphModule) -> dict[str, Any]:
-    """The analysis results recorded on ``gm`` by earlier passes (created on first use)."""
-    return gm.meta.setdefault(META_KEY, {})
+def analysis(gm: fx.GraphModule) -> Analyses:
+    """The analysis results recorded on ``gm`` by capture and earlier passes (created on first use)."""
+    from graphcache.analyses import Analyses
+
+    found = gm.meta.get(META_KEY)
+    if not isinstance(found, Analyses):
+        found = gm.meta[META_KEY] = Analyses()
+    return found
 
 
 def mark(node: fx.Node, pass_name: str, role: str) -> fx.Node:
@@ -114,16 +122,22 @@ class PassManager:
                 self._dump(gm, f"{len(done):02d}-{p.name}-before")
             try:
                 start = time.perf_counter()
+                nodes_before = list(gm.graph.nodes)
                 result = p(gm)
                 propagated = 0.0
+                if not result.modified and _checking() and list(result.gm.graph.nodes) != nodes_before:
+                    raise PassError(f"pass '{p.name}' changed the graph but reported modified=False")
                 if result.modified:
+                    _mark_added(result.gm, set(nodes_before), p.name)
                     result.gm.graph.lint()
                     result.gm.recompile()
                     before = time.perf_counter()
                     propagate_meta(result.gm, self.example_inputs)
                     propagated = time.perf_counter() - before
                     _check_meta(result.gm, p.name)
-                analysis(result.gm).setdefault("timings", []).append(
+                    if _checking():
+                        _check_state_registered(result.gm, p.name)
+                analysis(result.gm).timings.append(
                     (p.name, time.perf_counter() - start, propagated))
             except GraphcacheError as err:
                 if isinstance(err, PassError) or done == []:
@@ -144,6 +158,40 @@ class PassManager:
         folder = Path(os.environ.get("GRAPHCACHE_DUMP_DIR", "graphcache_dump"))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.txt").write_text(gm.print_readable(print_output=False))
+
+
+def _checking() -> bool:
+    """Invariant checks after every pass: on in the test suite and with ``GRAPHCACHE_CHECK=1``."""
+    return os.environ.get("GRAPHCACHE_CHECK") == "1"
+
+
+def _mark_added(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> None:
+    """Provenance for every node ``pass_name`` added that it did not mark itself, and for every node of a
+    subgraph (a cond branch) it added: role ``added`` / ``branch``."""
+    for node in gm.graph.nodes:
+        if node in before:
+            continue
+        if META_KEY not in node.meta:
+            mark(node, pass_name, "added")
+        sub = getattr(gm, str(node.target), None) if node.op == "get_attr" else None
+        if isinstance(sub, fx.GraphModule):
+            for inner in sub.graph.nodes:
+                if META_KEY not in inner.meta:
+                    mark(inner, pass_name, "branch")
+
+
+def _check_state_registered(gm: fx.GraphModule, pass_name: str) -> None:
+    """Invariant 7: every state buffer the graph reads is registered in the state spec (reset, exports)."""
+    state = analysis(gm).state
+    if state is None:
+        return
+    known = set(state.buffers)
+    for node in gm.graph.nodes:
+        target = str(node.target)
+        if node.op == "get_attr" and target.startswith("_gc_") and isinstance(getattr(gm, target, None), torch.Tensor):
+            if target not in known:
+                raise PassError(f"pass '{pass_name}' reads state buffer {target!r} that is not registered through "
+                                "StateSpec.add (reset() and the exports would not know it)")
 
 
 def _check_meta(gm: fx.GraphModule, pass_name: str) -> None:

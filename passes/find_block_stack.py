@@ -24,9 +24,18 @@ from graphcache.errors import NoStackError, UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
 from .cost import flops
-from .graph_utils import STRUCTURAL_OPS, clean_path, descendants, is_compute, module_stack, op_name, tensor_val
+from .graph_utils import (
+    STRUCTURAL_OPS,
+    boundary,
+    clean_path,
+    descendants,
+    find_timestep,
+    is_compute,
+    module_stack,
+    op_name,
+    tensor_val,
+)
 
-TIMESTEP_NAME_HINTS = ("timestep", "time", "sigma", "t")
 MIN_REGION_SHARE = 0.25  # of the step's FLOPs: a smaller stack is refused (caching it would not pay)
 
 
@@ -62,16 +71,6 @@ def _collect_runs(nodes: list[fx.Node]) -> list[_Run]:
             runs.append(run)
         # shallower glue nodes (no entry at a depth) leave the runs open at that depth
     return runs
-
-
-def boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
-    """External values ``members`` read (first-use order) and member values read outside."""
-    member_set = set(members)
-    inputs: dict[fx.Node, None] = {}
-    for n in members:
-        inputs.update((inp, None) for inp in n.all_input_nodes if inp not in member_set)
-    outputs = [n for n in members if any(u not in member_set for u in n.users)]
-    return list(inputs), outputs
 
 
 def _block_of(run: _Run, nodes: list[fx.Node]) -> Block:
@@ -235,36 +234,6 @@ def _follows_chain(a: list[_Run], b: list[_Run], nodes: list[fx.Node]) -> bool:
     b_stack = _make_stack(b, nodes)
     streams = [b_stack.blocks[0].inputs[k] for k in b_stack.stream_slots]
     return any(inp in feeding for inp in streams)
-
-
-def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
-    """The user input that feeds a sinusoidal embedding (sin/cos); names only break ties."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
-    candidates = []
-    for ph in placeholders:
-        val = tensor_val(ph)
-        named = any(h in ph.name.lower() for h in ("timestep", "time", "sigma"))
-        if val is None or val.dim() > 2 or (val.dim() == 2 and not named):  # (batch, frames) when named so
-            continue
-        if any(op_name(n) in ("sin", "cos") for n in descendants([ph]) if is_compute(n)):
-            candidates.append(ph)
-    side = analysis(gm).get("side_timestep")
-    if not candidates and side is not None:  # given by the caller (a graph after a graph break)
-        return next(p for p in placeholders if p.name == side)
-    if not candidates:
-        names = [p.name for p in placeholders]
-        raise NoStackError(
-            f"no timestep input found among the user inputs {names}: graphcache needs a scalar or per-sample "
-            "(batch,) timestep input that feeds a sinusoidal embedding (sin/cos); pass the timestep as a tensor",
-            f"no timestep input among {len(names)} inputs",
-        )
-
-    def rank(node: fx.Node) -> tuple[int, int]:
-        name = node.name.lower().strip("_").removeprefix("l_")
-        hint = next((i for i, h in enumerate(TIMESTEP_NAME_HINTS) if h in name), len(TIMESTEP_NAME_HINTS))
-        return hint, placeholders.index(node)
-
-    return min(candidates, key=rank)
 
 
 def analyze(gm: fx.GraphModule, user_inputs: list[str]) -> BlockStack:

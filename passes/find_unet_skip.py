@@ -24,8 +24,7 @@ from graphcache.blockstack import BlockStack
 from graphcache.errors import NoStackError, UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
-from .find_block_stack import boundary, find_timestep
-from .graph_utils import ancestors, descendants, is_compute, op_name, tensor_val
+from .graph_utils import ancestors, boundary, descendants, find_timestep, is_compute, op_name, tensor_val
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Small helpers over FX graphs shared by the passes: module stacks, op names, dataflow sets."""
+"""Small helpers over FX graphs shared by the passes: module stacks, op names, dataflow sets, a region's
+boundary, the timestep input, the residual structure of a block (queries, not passes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+
+from graphcache.blockstack import Block
+from graphcache.errors import NoStackError
+
+from .base import analysis
 
 COMPUTE_OPS = ("call_function", "call_method")
 
@@ -121,3 +127,95 @@ def per_sample_where(graph: fx.Graph, mask: fx.Node, fresh: fx.Node, old: fx.Nod
     val = batched_val(like, "per-sample caching")
     view = graph.call_function(torch.ops.aten.view.default, (mask, [-1] + [1] * (val.dim() - 1)))
     return graph.call_function(torch.ops.aten.where.self, (view, fresh, old))
+
+
+TIMESTEP_NAME_HINTS = ("timestep", "time", "sigma", "t")
+ADD_OPS = frozenset({"add", "add_", "iadd"})
+MUL_OPS = frozenset({"mul", "mul_", "imul"})
+
+
+def relative_l1(r: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``mean|r - ref| / mean|ref|`` over all but the batch dimension."""
+    num = (r - ref).abs().flatten(1).mean(1)
+    den = ref.abs().flatten(1).mean(1)
+    return num / den
+
+
+def boundary(members: list[fx.Node]) -> tuple[list[fx.Node], list[fx.Node]]:
+    """External values ``members`` read (first-use order) and member values read outside."""
+    member_set = set(members)
+    inputs: dict[fx.Node, None] = {}
+    for n in members:
+        inputs.update((inp, None) for inp in n.all_input_nodes if inp not in member_set)
+    outputs = [n for n in members if any(u not in member_set for u in n.users)]
+    return list(inputs), outputs
+
+
+def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
+    """The user input that feeds a sinusoidal embedding (sin/cos); names only break ties."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    candidates = []
+    for ph in placeholders:
+        val = tensor_val(ph)
+        named = any(h in ph.name.lower() for h in ("timestep", "time", "sigma"))
+        if val is None or val.dim() > 2 or (val.dim() == 2 and not named):  # (batch, frames) when named so
+            continue
+        if any(op_name(n) in ("sin", "cos") for n in descendants([ph]) if is_compute(n)):
+            candidates.append(ph)
+    side = analysis(gm).get("side_timestep")
+    if not candidates and side is not None:  # given by the caller (a graph after a graph break)
+        return next(p for p in placeholders if p.name == side)
+    if not candidates:
+        names = [p.name for p in placeholders]
+        raise NoStackError(
+            f"no timestep input found among the user inputs {names}: graphcache needs a scalar or per-sample "
+            "(batch,) timestep input that feeds a sinusoidal embedding (sin/cos); pass the timestep as a tensor",
+            f"no timestep input among {len(names)} inputs",
+        )
+
+    def rank(node: fx.Node) -> tuple[int, int]:
+        name = node.name.lower().strip("_").removeprefix("l_")
+        hint = next((i for i, h in enumerate(TIMESTEP_NAME_HINTS) if h in name), len(TIMESTEP_NAME_HINTS))
+        return hint, placeholders.index(node)
+
+    return min(candidates, key=rank)
+
+
+def residual_branches(block: Block, streams: list[fx.Node]) -> list[fx.Node]:
+    """The ungated branch outputs F(x) of the residual adds ``x + gate * F(x)`` inside one block."""
+    return residual_structure(block, streams)[0]
+
+
+def residual_structure(block: Block, streams: list[fx.Node]) -> tuple[list[fx.Node], set[fx.Node]]:
+    """``(branches, carried)``: the ungated branch outputs and the residual stream's own values (the streams,
+    their moves and the residual sums) inside one block."""
+    members = set(block.nodes)
+    dependent = descendants(streams, within=members)
+    carried = set(streams)
+    branches = []
+    for node in block.nodes:
+        inputs = [a for a in node.all_input_nodes if a in dependent]
+        name = op_name(node)
+        if name in STRUCTURAL_OPS and inputs and all(a in carried for a in inputs):
+            carried.add(node)
+        elif name in ADD_OPS and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2]):
+            a, b = node.args[0], node.args[1]
+            assert isinstance(a, fx.Node) and isinstance(b, fx.Node)
+            if a in carried and b in dependent and b not in carried:
+                branches.append(_ungate(b, dependent))
+                carried.add(node)
+            elif b in carried and a in dependent and a not in carried:
+                branches.append(_ungate(a, dependent))
+                carried.add(node)
+    return branches, carried
+
+
+def _ungate(contribution: fx.Node, dependent: set[fx.Node]) -> fx.Node:
+    if op_name(contribution) in MUL_OPS and len(contribution.args) >= 2:
+        x, y = contribution.args[0], contribution.args[1]
+        if isinstance(x, fx.Node) and isinstance(y, fx.Node):
+            if x not in dependent:
+                return y
+            if y not in dependent:
+                return x
+    return contribution

@@ -24,15 +24,13 @@ import operator
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import CachePlan, CacheUnit, Decision, Phase, StateSpec
 from graphcache.errors import UnsupportedGraphError
 from graphcache.predictors import Clock, Predictor, Reuse, clone
 
-from .add_cache_state import StateSpec
 from .base import Pass, PassResult, analysis, mark
 from .dead_code import eliminate_dead_code, storage_key
 from .graph_utils import batched_val, per_sample_where, tensor_val
-from .insert_decision import Decision
-from .plan_cache_units import CachePlan, CacheUnit, Phase
 
 
 def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node], taken: set[int]) -> fx.Node:

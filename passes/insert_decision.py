@@ -27,60 +27,17 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
-from .add_cache_state import LOG_CAPACITY, LOG_DTYPE, StateSpec
+from graphcache.analyses import Decision, StateSpec
+from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, next_step_directed
+
 from .base import Pass, PassResult, analysis, mark_new
 from .graph_utils import per_sample_where, tensor_val
 
 Rule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
 
 
-@dataclasses.dataclass
-class Decision:
-    pred: fx.Node
-    updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
-    clock: list[fx.Node]  # step index, computed-step history, computed steps so far: operands of both branches
-    sample_mask: fx.Node | None = None  # per-sample compute mask [B] (dynamic policies)
-
-
 MAX_SIGNALS = 4
 MAX_ACCUMULATORS = 4
-
-
-def next_step(t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(t_now, new_generation, i)``: the call's timestep (the batch's largest), whether it starts a
-    generation (the timestep did not decrease) and the step index (0 then, else one past the last)."""
-    t_now = t.reshape(-1).to(torch.float32).amax(0)  # explicit dim: ONNX ReduceMax needs it
-    new_generation = t_now >= last_t
-    return t_now, new_generation, torch.where(new_generation, torch.zeros_like(step), step + 1)
-
-
-def next_step_directed(t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor, direction: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`next_step` for models whose timestep may run either way: ``direction`` is -1 (t decreases along a
-    generation, most models), +1 (t increases: Lumina-Next, Z-Image) or 0 (not known yet: the second call of
-    the first generation sets it from its move). A generation starts on the first call (or after ``reset()``),
-    when the timestep repeats, or when it moves against the direction. Returns ``(t_now, new_generation, i,
-    new_direction)``."""
-    t_now = t.reshape(-1).to(torch.float32).amax(0)
-    started = torch.isinf(last_t)
-    moving = torch.where(started, torch.zeros_like(t_now), t_now - last_t)
-    new_generation = started | (moving == 0) | (moving * direction < 0)
-    new_direction = torch.where((direction == 0) & ~new_generation, torch.sign(moving), direction)
-    return t_now, new_generation, torch.where(new_generation, torch.zeros_like(step), step + 1), new_direction
-
-
-def log_slot(log: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-    """The ring-log position of step ``i`` as a mask over the (1-D) log."""
-    positions = torch.ones_like(log, dtype=torch.int64).cumsum(0) - 1  # arange on the log's device
-    return positions == (i % LOG_CAPACITY)
-
-
-def logged(log: torch.Tensor, slot: torch.Tensor, new_generation: torch.Tensor, value: torch.Tensor
-           ) -> torch.Tensor:
-    """``log`` with ``value`` written at ``slot``, cleared to -1 first when a generation starts."""
-    cleared = torch.where(new_generation, torch.full_like(log, -1), log)
-    return torch.where(slot, value.to(LOG_DTYPE), cleared)
 
 
 def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool,

@@ -54,6 +54,6 @@ class InsertMagnitudeSignal(Pass):
             t = emit_traced(graph, timestep_vector, [stack.timestep])
             gamma = emit_traced(graph, interpolate, [stack.timestep, *consts])
         mark_new(graph, before, self.name, "decision")
-        found.setdefault("signals", []).extend([gamma, t])
+        found.signals.extend([gamma, t])
         return PassResult(gm, modified=True)
 

@@ -19,8 +19,7 @@ import torch.fx as fx
 from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis, mark_new
-from .graph_utils import emit_traced, tensor_val
-from .insert_probe_indicator import relative_l1
+from .graph_utils import emit_traced, relative_l1, tensor_val
 
 
 def _depends(nodes: list[fx.Node], roots: set[fx.Node]) -> set[fx.Node]:
@@ -94,7 +93,7 @@ class InsertModulatedIndicator(Pass):
                     env[node] = graph.node_copy(node, lambda a: env.get(a, a))
             rel = emit_traced(graph, relative_l1, [env[target], prev])
         mark_new(graph, before, self.name, "decision")
-        found.setdefault("signals", []).append(rel)
-        found.setdefault("refresh_always", []).append((prev, env[target]))
+        found.signals.append(rel)
+        found.refresh_always.append((prev, env[target]))
         found["indicator"] = target.name
         return PassResult(gm, modified=True)

@@ -15,14 +15,7 @@ import torch
 import torch.fx as fx
 
 from .base import Pass, PassResult, analysis, mark
-from .graph_utils import emit_traced, tensor_val
-
-
-def relative_l1(r: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``mean|r - ref| / mean|ref|`` over all but the batch dimension."""
-    num = (r - ref).abs().flatten(1).mean(1)
-    den = ref.abs().flatten(1).mean(1)
-    return num / den
+from .graph_utils import emit_traced, relative_l1, tensor_val
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +39,6 @@ class InsertProbeIndicator(Pass):
         for node in graph.nodes:
             if node not in before or node in (ref, residual):
                 mark(node, self.name, "decision")
-        found.setdefault("signals", []).append(rel)
-        found.setdefault("refresh_on_compute", []).append((ref, residual))
+        found.signals.append(rel)
+        found.refresh_on_compute.append((ref, residual))
         return PassResult(gm, modified=True)

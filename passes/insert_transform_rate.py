@@ -61,7 +61,7 @@ class InsertTransformRate(Pass):
         with graph.inserting_before(anchor):
             signal = emit_traced(graph, predicted_change, [x, x_prev, x_a, x_a2, delta_a, delta_a2])
         mark_new(graph, before, self.name, "decision")
-        found.setdefault("signals", []).append(signal)
-        found.setdefault("refresh_always", []).append((x_prev, x))
-        found.setdefault("refresh_on_compute", []).extend([(x_a, x), (x_a2, x_a), (delta_a2, delta_a)])
+        found.signals.append(signal)
+        found.refresh_always.append((x_prev, x))
+        found.refresh_on_compute.extend([(x_a, x), (x_a2, x_a), (delta_a2, delta_a)])
         return PassResult(gm, modified=True)

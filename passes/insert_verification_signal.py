@@ -81,5 +81,5 @@ class InsertVerificationSignal(Pass):
             since = call(graph, torch.ops.aten.sub.Tensor, step, latest)
             since = call(graph, torch.ops.aten.add.Tensor, since, call(graph, torch.ops.aten.zeros_like.default, error))
         mark_new(graph, before, self.name, "decision")
-        found.setdefault("signals", []).extend([error, since])
+        found.signals.extend([error, since])
         return PassResult(gm, modified=True)

@@ -22,12 +22,12 @@ import math
 
 import torch.fx as fx
 
+from graphcache.analyses import CachePlan, CacheUnit, Phase, StepResidue
 from graphcache.blockstack import BlockStack
 from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
-from .graph_utils import descendants, op_name, tensor_val
-from .plan_cache_units import CachePlan, CacheUnit, Phase, StepResidue, residual_structure
+from .graph_utils import descendants, op_name, residual_structure, tensor_val
 
 KINDS = ("spatial", "temporal", "cross")
 FUSED_ATTENTION = frozenset({

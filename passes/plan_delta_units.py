@@ -14,12 +14,12 @@ import dataclasses
 
 import torch.fx as fx
 
+from graphcache.analyses import CachePlan, CacheUnit, Phase, StepBelow
 from graphcache.blockstack import BlockStack
 from graphcache.errors import PolicyConfigError
 
 from .base import Pass, PassResult, analysis
 from .graph_utils import descendants, same_tensor_type
-from .plan_cache_units import CachePlan, CacheUnit, Phase, StepBelow
 
 
 def _match(values: list[fx.Node], bases: list[fx.Node]) -> list[tuple[fx.Node, fx.Node | None]]:

@@ -12,18 +12,12 @@ import dataclasses
 
 import torch.fx as fx
 
+from graphcache.analyses import Probe
 from graphcache.blockstack import BlockStack
 from graphcache.errors import PolicyConfigError
 
 from .base import Pass, PassResult, analysis
-from .find_block_stack import boundary
-from .graph_utils import ancestors, same_tensor_type, tensor_val
-
-
-@dataclasses.dataclass
-class Probe:
-    inputs: list[fx.Node]  # hidden streams entering the probe
-    outputs: list[fx.Node]  # the same streams leaving it (= stream inputs of the cached region)
+from .graph_utils import ancestors, boundary, same_tensor_type, tensor_val
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from graphcache.blockstack import BlockStack
 from graphcache.errors import PolicyConfigError
 
 from .base import Pass, PassResult, analysis
-from .find_block_stack import boundary
+from .graph_utils import boundary
 
 
 @dataclasses.dataclass(frozen=True)

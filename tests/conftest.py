@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # torch.export captures of a model already captured in this run are copies of the first (graphcache.capture):
 # the suite exports the same small models about a hundred times.
 os.environ.setdefault("GRAPHCACHE_CAPTURE_CACHE", "1")
+# the pass manager checks the invariants of passes/README.md after every pass (graphcache/passes/base.py)
+os.environ.setdefault("GRAPHCACHE_CHECK", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 

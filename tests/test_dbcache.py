@@ -8,7 +8,7 @@ import torch
 
 from graphcache.errors import PolicyConfigError
 from graphcache.exported import optimize_exported
-from graphcache.passes.insert_probe_indicator import relative_l1
+from graphcache.passes.graph_utils import relative_l1
 
 from helpers import assert_exact_iff_computed, first_block_residuals, generation, moving_latent, timesteps
 from models import tiny_dit

@@ -1,0 +1,172 @@
+"""The typed records passes hand to each other: :class:`Analyses` (``gm.meta["graphcache"]``, one field per
+result, each written by the pass that ``provides`` it), and the types of its fields: what the cache state
+holds, the decision's nodes, the cache plan, the probe. Passes import them from here, never from another pass.
+
+``BlockStack`` (what ``find_block_stack`` found) lives in :mod:`graphcache.blockstack`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from graphcache.blockstack import BlockStack
+from graphcache.errors import PassError
+from graphcache.passes.base import mark
+
+
+@dataclasses.dataclass
+class StateSpec:
+    step: fx.Node
+    last_t: fx.Node
+    log: fx.Node
+    history: fx.Node
+    n_computed: fx.Node
+    caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
+    buffers: list[str]
+    fills: dict[str, float] = dataclasses.field(default_factory=dict)  # value of a buffer at a new start
+
+    def add(self, gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str,
+            fill: float = 0.0) -> fx.Node:
+        """Register a state buffer (filled with ``fill``) that ``reset()`` and the exports know about."""
+        self.buffers.append(name)
+        self.fills[name] = fill
+        return add_state_buffer(gm, name, value.fill_(fill), anchor, pass_name)
+
+    def cache_nodes(self) -> list[fx.Node]:
+        return [n for nodes in self.caches.values() for n in nodes]
+
+
+def add_state_buffer(gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str) -> fx.Node:
+    gm.register_buffer(name, value)
+    with gm.graph.inserting_before(anchor):
+        node = gm.graph.get_attr(name)
+    node.meta["val"] = None
+    return mark(node, pass_name, "state")
+
+
+@dataclasses.dataclass
+class Decision:
+    pred: fx.Node
+    updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
+    clock: list[fx.Node]  # step index, computed-step history, computed steps so far: operands of both branches
+    sample_mask: fx.Node | None = None  # per-sample compute mask [B] (dynamic policies)
+
+
+@dataclasses.dataclass
+class CacheUnit:
+    """One cached tensor: ``node`` is its value in the region; ``base`` the stream input it is a residual on."""
+
+    name: str
+    node: fx.Node
+    base: fx.Node | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepBelow:
+    """Step test ``step < boundary`` (Delta-DiT's stage boundary)."""
+
+    boundary: int
+
+    def emit(self, g: fx.Graph, step: fx.Node) -> fx.Node:
+        return g.call_function(torch.ops.aten.lt.Scalar, (step, self.boundary))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResidue:
+    """Step test ``step % modulus in residues`` (PAB's per-kind recompute ranges)."""
+
+    modulus: int
+    residues: tuple[int, ...]
+
+    def emit(self, g: fx.Graph, step: fx.Node) -> fx.Node:
+        phase = g.call_function(torch.ops.aten.remainder.Scalar, (step, self.modulus))
+        hits = [g.call_function(torch.ops.aten.eq.Scalar, (phase, r)) for r in self.residues]
+        return functools.reduce(lambda a, b: g.call_function(torch.ops.aten.logical_or.default, (a, b)), hits)
+
+
+StepTest = StepBelow | StepResidue
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """The units a cached step replaces while ``when`` holds (the other units' blocks run); the last phase
+    of a plan has ``when=None`` and takes the remaining cached steps."""
+
+    units: frozenset[str]
+    when: StepTest | None = None
+
+
+@dataclasses.dataclass
+class CachePlan:
+    granularity: str
+    units: list[CacheUnit]
+    phases: tuple[Phase, ...] | None = None  # None: a cached step uses every unit
+    refresh_running: bool = False  # a cached step's running units refresh their state (else it is kept)
+
+
+@dataclasses.dataclass
+class Probe:
+    inputs: list[fx.Node]  # hidden streams entering the probe
+    outputs: list[fx.Node]  # the same streams leaving it (= stream inputs of the cached region)
+
+
+@dataclasses.dataclass
+class Analyses:
+    """What capture and the passes found and built, one typed field per result (``None`` / empty: not yet).
+
+    Read and written as attributes (``analysis(gm).block_stack``); the mapping methods serve the pass
+    manager's ``requires`` / ``provides`` checks, which name fields as strings. A name that is not a field
+    is refused: there is no free-form blackboard.
+    """
+
+    # capture
+    user_inputs: list[str] | None = None  # placeholders that are user inputs (not parameters)
+    capture: str | None = None  # "export" or "dynamo"
+    input_sources: dict[str, str] | None = None  # dynamo: placeholder -> argument source
+    side_timestep: str | None = None  # after a graph break: the extra timestep input's name
+    timings: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)  # (what, s, propagation s)
+    # analyses
+    block_stack: BlockStack | None = None
+    probe: Probe | None = None
+    tail: int | None = None
+    cache_plan: CachePlan | None = None
+    attention_kinds: dict[str, int] | None = None  # PAB: kind -> recompute range
+    # transforms
+    state: StateSpec | None = None
+    signals: list[fx.Node] = dataclasses.field(default_factory=list)  # in the order the policy's rule reads them
+    refresh_on_compute: list[tuple[fx.Node, fx.Node]] = dataclasses.field(default_factory=list)
+    refresh_always: list[tuple[fx.Node, fx.Node]] = dataclasses.field(default_factory=list)
+    indicator: str | None = None  # TeaCache: the modulated input's node name (reports)
+    decision: Decision | None = None
+    cache_branch: dict[str, Any] | None = None
+    dense_cond_operands: bool | None = None  # the lowering changed the graph
+
+    def _field(self, key: str) -> str:
+        if key not in self.__dataclass_fields__:
+            raise PassError(f"{key!r} is not an analysis result; the results are {', '.join(self.__dataclass_fields__)}"
+                            " (graphcache/analyses.py)")
+        return key
+
+    def __contains__(self, key: object) -> bool:
+        value = getattr(self, self._field(str(key)))
+        return value is not None and value != []
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, self._field(key), value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([k for k in self.__dataclass_fields__ if k in self])

@@ -1,0 +1,101 @@
+"""The pass manager on small graphs: provenance for what a pass adds, invariant checks, typed analyses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.fx as fx
+
+from graphcache.analyses import Analyses, StateSpec
+from graphcache.errors import PassError
+from graphcache.passes.base import META_KEY, Pass, PassManager, PassResult, analysis
+
+
+class _Tiny(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) + 1
+
+
+def _gm() -> fx.GraphModule:
+    return fx.symbolic_trace(_Tiny())
+
+
+@dataclasses.dataclass(frozen=True)
+class _AddsNeg(Pass):
+    name = "adds_neg"
+    report: bool = True
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        with gm.graph.inserting_before(out):
+            neg = gm.graph.call_function(torch.neg, (out.args[0],))
+        out.args = (neg,)
+        return PassResult(gm, modified=self.report)
+
+
+@dataclasses.dataclass(frozen=True)
+class _AddsBuffer(Pass):
+    name = "adds_buffer"
+    register: bool = False
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        first = next(iter(gm.graph.nodes))
+        spec = StateSpec(first, first, first, first, first, {}, [])
+        analysis(gm).state = spec
+        if self.register:
+            spec.add(gm, "_gc_extra", torch.zeros(()), first, self.name)
+        else:
+            gm.register_buffer("_gc_extra", torch.zeros(()))
+            with gm.graph.inserting_before(first):
+                gm.graph.get_attr("_gc_extra").meta["val"] = None
+        return PassResult(gm, modified=True)
+
+
+def test_manager_marks_what_a_pass_adds():
+    gm = PassManager([_AddsNeg()], [torch.randn(3)])(_gm())
+    added = [n for n in gm.graph.nodes if n.meta.get(META_KEY)]
+    assert [(n.name, n.meta[META_KEY]) for n in added] == [("neg", {"pass": "adds_neg", "role": "added"})]
+    assert gm(torch.tensor([-1.0, 2.0])).tolist() == [-1.0, -3.0]
+    assert [name for name, _, _ in analysis(gm).timings] == ["adds_neg"]
+
+
+def test_a_pass_that_changes_the_graph_must_say_so(monkeypatch):
+    monkeypatch.setenv("GRAPHCACHE_CHECK", "1")
+    with pytest.raises(PassError, match="'adds_neg' changed the graph but reported modified=False"):
+        PassManager([_AddsNeg(report=False)], [torch.randn(3)])(_gm())
+
+
+def test_every_state_buffer_is_registered(monkeypatch):
+    monkeypatch.setenv("GRAPHCACHE_CHECK", "1")
+    with pytest.raises(PassError, match=r"'_gc_extra' that is not registered through StateSpec\.add"):
+        PassManager([_AddsBuffer()], [torch.randn(3)])(_gm())
+    gm = PassManager([_AddsBuffer(register=True)], [torch.randn(3)])(_gm())
+    assert analysis(gm).state is not None and analysis(gm).state.buffers == ["_gc_extra"]
+
+
+def test_analyses_are_typed_fields_not_a_blackboard():
+    found = Analyses()
+    assert "block_stack" not in found and found.get("signals", "none") == "none"
+    found["tail"] = 2
+    assert found.tail == 2 and "tail" in found and list(found) == ["tail"]
+    with pytest.raises(PassError, match="'blockstack' is not an analysis result"):
+        found["blockstack"] = 1
+    with pytest.raises(PassError, match="not an analysis result"):
+        _ = "stack" in found
+    with pytest.raises(KeyError):
+        _ = found["cache_plan"]
+
+
+def test_requires_names_the_missing_result():
+    @dataclasses.dataclass(frozen=True)
+    class _NeedsPlan(Pass):
+        name = "needs_plan"
+        requires = ("cache_plan",)
+
+        def call(self, gm: fx.GraphModule) -> PassResult:
+            return PassResult(gm, modified=False)
+
+    with pytest.raises(PassError, match=r"pass 'needs_plan' requires \['cache_plan'\]"):
+        PassManager([_NeedsPlan()], [torch.randn(3)])(_gm())
