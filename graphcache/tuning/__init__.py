@@ -45,15 +45,11 @@ def tune(target: Any, budgets: list[str] | tuple[str, ...], policies: tuple[str,
          search_backend: str = "eager", estimate: str = "measured", repeats: int = 2, out: Path | None = None,
          tuned_path: Path | None = None, fresh: bool = False, status: Callable[[str], None] = print,
          on_point: Callable[[Point, float], None] | None = None, command: str = "") -> TuneOutcome:
-    from graphcache.calibration import fingerprint
-
     parsed = parse_budgets(list(budgets), target.metrics)
     chosen_families = families(policies, target.calibration)
     if finalists < 1:
         raise GraphcacheError(f"finalists must be >= 1, got {finalists}")
-    header = {"target": target.label, "fingerprint": fingerprint(target.model), "search": target.describe("search"),
-              "backend": search_backend}
-    store = PointStore(out, header, fresh)
+    store = PointStore(out, search_header(target, search_backend), fresh)
     if store.resumed:
         status(f"resuming: {store.resumed} points already evaluated in {store.path}")
     status(f"search: {', '.join(f.policy for f in chosen_families)} on {target.describe('search')} ({search_backend})")
@@ -81,6 +77,15 @@ def tune(target: Any, budgets: list[str] | tuple[str, ...], policies: tuple[str,
             search={"inputs": target.describe("search"), "metrics": searched_metrics(searched, best.spec)},
             backend=backend, search_seconds=round(searched.seconds, 1), command=command))
     return outcome
+
+
+def search_header(target: Any, backend: str) -> dict[str, Any]:
+    """What makes points of one search reusable by another: the model, the search inputs, the backend
+    (budgets are not in it: feasibility is judged again from the stored metrics)."""
+    from graphcache.calibration import fingerprint
+
+    return {"target": target.label, "fingerprint": fingerprint(target.model), "search": target.describe("search"),
+            "backend": backend}
 
 
 def searched_metrics(result: SearchResult, spec: str) -> dict[str, float]:

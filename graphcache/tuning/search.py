@@ -98,6 +98,8 @@ def search(target: Any, budgets: list[Budget], chosen: list[Family], store: Poin
         if point is None:
             point = _measure(target, spec, family, setting, budgets, base, backend)
             store.add(point)
+        elif not point.error:  # measured by an earlier search, perhaps under other budgets
+            point = dataclasses.replace(point, feasible=feasible(budgets, point.metrics))
         cost.learn(point)
         point.estimate = cost.estimate(point)
         points.append(point)
