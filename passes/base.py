@@ -181,16 +181,18 @@ def _mark_added(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> Non
 
 
 def _check_state_registered(gm: fx.GraphModule, pass_name: str) -> None:
-    """Invariant 7: every state buffer the graph reads is registered in the state spec (reset, exports)."""
+    """Invariant 7: every state buffer the graph writes is registered in the state spec (reset, exports)."""
     state = analysis(gm).state
     if state is None:
         return
     known = set(state.buffers)
     for node in gm.graph.nodes:
         target = str(node.target)
-        if node.op == "get_attr" and target.startswith("_gc_") and isinstance(getattr(gm, target, None), torch.Tensor):
+        written = any(str(getattr(u, "target", "")).split(".")[-2:-1] == ["copy_"] or "copy_" in str(u.target)
+                      for u in node.users if u.op == "call_function" and u.args and u.args[0] is node)
+        if node.op == "get_attr" and target.startswith("_gc_") and written:  # constants (knots) are not state
             if target not in known:
-                raise PassError(f"pass '{pass_name}' reads state buffer {target!r} that is not registered through "
+                raise PassError(f"pass '{pass_name}' writes state buffer {target!r} that is not registered through "
                                 "StateSpec.add (reset() and the exports would not know it)")
 
 

@@ -48,8 +48,10 @@ class _AddsBuffer(Pass):
             spec.add(gm, "_gc_extra", torch.zeros(()), first, self.name)
         else:
             gm.register_buffer("_gc_extra", torch.zeros(()))
-            with gm.graph.inserting_before(first):
-                gm.graph.get_attr("_gc_extra").meta["val"] = None
+            with gm.graph.inserting_after(first):
+                buffer = gm.graph.get_attr("_gc_extra")
+            with gm.graph.inserting_after(buffer):
+                gm.graph.call_function(torch.ops.aten.copy_.default, (buffer, buffer))
         return PassResult(gm, modified=True)
 
 
@@ -69,7 +71,7 @@ def test_a_pass_that_changes_the_graph_must_say_so(monkeypatch):
 
 def test_every_state_buffer_is_registered(monkeypatch):
     monkeypatch.setenv("GRAPHCACHE_CHECK", "1")
-    with pytest.raises(PassError, match=r"'_gc_extra' that is not registered through StateSpec\.add"):
+    with pytest.raises(PassError, match=r"writes state buffer '_gc_extra' that is not registered"):
         PassManager([_AddsBuffer()], [torch.randn(3)])(_gm())
     gm = PassManager([_AddsBuffer(register=True)], [torch.randn(3)])(_gm())
     assert analysis(gm).state is not None and analysis(gm).state.buffers == ["_gc_extra"]
