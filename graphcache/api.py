@@ -294,15 +294,14 @@ def optimize(model_or_pipeline: Any, policy: str | PolicyConfig | None = None, b
     if config is not None:
         from graphcache.tuning.tuned import read_tuned
 
-        tuned = str(config)
-        read_tuned(tuned)  # a missing or malformed file is refused before any model is touched
+        tuned = read_tuned(config)  # a missing or malformed file is refused before any model is touched
     policy_config = make_policy("fora" if policy is None else policy, **options) if tuned is None else None
 
     def policy_for(denoiser: torch.nn.Module) -> PolicyConfig:
         if tuned is not None:
-            from graphcache.tuning.tuned import load_tuned
+            from graphcache.tuning.tuned import tuned_policy
 
-            return load_tuned(tuned, denoiser)
+            return tuned_policy(tuned, str(config), denoiser)
         assert policy_config is not None, "a policy is made when no tuned file is given"
         return policy_config
 
@@ -311,12 +310,14 @@ def optimize(model_or_pipeline: Any, policy: str | PolicyConfig | None = None, b
         chosen.check_model(model_or_pipeline)
         return CachedModule(model_or_pipeline.eval(), chosen, backend, self_check)
     if hasattr(model_or_pipeline, "components"):
-        for name in denoiser_names(model_or_pipeline):  # every denoiser checked before any is replaced
+        policies = {}  # every denoiser's policy (a tuned file: checked) before any denoiser is replaced
+        for name in denoiser_names(model_or_pipeline):
             denoiser = getattr(model_or_pipeline, name)
-            policy_for(denoiser.model if isinstance(denoiser, CachedModule) else denoiser)
+            denoiser = denoiser.model if isinstance(denoiser, CachedModule) else denoiser
+            policies[id(denoiser)] = policy_for(denoiser)
 
         def wrap(denoiser: torch.nn.Module) -> torch.nn.Module:
-            chosen = policy_for(denoiser)
+            chosen = policies[id(denoiser)]
             chosen.check_model(denoiser)
             return CachedModule(denoiser, chosen, backend, self_check)
 

@@ -182,14 +182,15 @@ def _mark_added(gm: fx.GraphModule, before: set[fx.Node], pass_name: str) -> Non
 
 def _check_state_registered(gm: fx.GraphModule, pass_name: str) -> None:
     """Invariant 7: every state buffer the graph writes is registered in the state spec (reset, exports)."""
+    from .dead_code import written_args
+
     state = analysis(gm).state
     if state is None:
         return
     known = set(state.buffers)
     for node in gm.graph.nodes:
         target = str(node.target)
-        written = any(str(getattr(u, "target", "")).split(".")[-2:-1] == ["copy_"] or "copy_" in str(u.target)
-                      for u in node.users if u.op == "call_function" and u.args and u.args[0] is node)
+        written = any(node in written_args(user) for user in node.users)
         if node.op == "get_attr" and target.startswith("_gc_") and written:  # constants (knots) are not state
             if target not in known:
                 raise PassError(f"pass '{pass_name}' writes state buffer {target!r} that is not registered through "

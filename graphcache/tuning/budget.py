@@ -53,11 +53,6 @@ class Budget:
         value = metrics[self.metric]
         return value >= self.value if self.op == ">=" else value <= self.value
 
-    def margin(self, metrics: Mapping[str, float]) -> float:
-        """How far inside the budget (positive) or outside it (negative) ``metrics`` are."""
-        value = metrics[self.metric]
-        return value - self.value if self.op == ">=" else self.value - value
-
     def __str__(self) -> str:
         return f"{self.metric}{self.op}{self.value:g}"
 

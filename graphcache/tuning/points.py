@@ -40,7 +40,6 @@ class PointStore:
 
     def __init__(self, folder: Path | None, header: dict[str, Any], fresh: bool = False) -> None:
         self.path = folder / "points.jsonl" if folder is not None else None
-        self.header = header
         self.points: dict[tuple[str, str], Point] = {}
         self.baseline: dict[str, Any] | None = None
         self.resumed = 0

@@ -44,8 +44,10 @@ class CostModel:
             self.per_structure[point.structure] = (computed, cached)
 
     def estimate(self, point: Point) -> float:
-        if self.mode == "limit" or point.error:
-            return point.limit if not point.error else 0.0
+        if point.error:
+            return 0.0
+        if self.mode == "limit":
+            return point.limit
         computed, cached = self.per_structure.get(point.structure, (None, None))
         if computed is None:  # no point of this structure cached a step yet: this point's own costs
             computed, cached = point.costs.get("computed"), point.costs.get("cached")
@@ -107,16 +109,17 @@ def search(target: Any, budgets: list[Budget], chosen: list[Family], store: Poin
             on_point(point, time.perf_counter() - start)
         return point
 
+    def out_of_budget() -> str:
+        if time.perf_counter() - start > time_limit:
+            return "time limit reached"
+        return f"{max_points} points evaluated" if max_points is not None and len(points) >= max_points else ""
+
     for family, setting in rounds(chosen, seed):
         if family.policy in refused:
             continue
         values = family.knob.values
         low, high = -1, len(values)  # values[:low+1] assumed feasible, values[high:] not
-        while high - low > 1:
-            if time.perf_counter() - start > time_limit:
-                return SearchResult(points, cost, time.perf_counter() - start, "time limit reached")
-            if max_points is not None and len(points) >= max_points:
-                return SearchResult(points, cost, time.perf_counter() - start, f"{max_points} points evaluated")
+        while high - low > 1 and not out_of_budget():
             mid = (low + high) // 2
             point = evaluate(family, setting, values[mid])
             if point.error:
@@ -127,6 +130,10 @@ def search(target: Any, budgets: list[Budget], chosen: list[Family], store: Poin
                 low = mid
             else:
                 high = mid
+        reason = out_of_budget()
+        if reason:
+            stopped = reason
+            break
     for point in points:  # structures measured later refine the earlier points' estimates
         point.estimate = cost.estimate(point)
     return SearchResult(points, cost, time.perf_counter() - start, stopped)

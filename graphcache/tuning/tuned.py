@@ -52,9 +52,13 @@ def read_tuned(path: str | Path) -> dict[str, Any]:
 
 def load_tuned(path: str | Path, model: torch.nn.Module | None = None) -> PolicyConfig:
     """The tuned policy of ``path``; with ``model``, refused unless it is the model that was tuned."""
+    return tuned_policy(read_tuned(path), path, model)
+
+
+def tuned_policy(data: dict[str, Any], path: str | Path, model: torch.nn.Module | None = None) -> PolicyConfig:
+    """The policy of a tuned config already read (:func:`read_tuned`), checked against ``model``."""
     from graphcache.calibration import fingerprint
 
-    data = read_tuned(path)
     if model is not None and fingerprint(model) != data["fingerprint"]:
         raise PolicyConfigError(f"{path} was tuned for another model ({data['model']}, fingerprint "
                                 f"{data['fingerprint'][:12]}...; this {type(model).__name__} is "
