@@ -154,8 +154,13 @@ class Analyses:
         return key
 
     def __contains__(self, key: object) -> bool:
-        value = getattr(self, self._field(str(key)))
-        return value is not None and value != []
+        """Whether the result is there: a ``None`` field is not; a list field (default empty) is once non-empty.
+        A result that is an empty list in an optional field (a graph with no user input) is there."""
+        name = self._field(str(key))
+        value = getattr(self, name)
+        if self.__dataclass_fields__[name].default is None:
+            return value is not None
+        return value != []
 
     def __getitem__(self, key: str) -> Any:
         if key not in self:

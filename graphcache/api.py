@@ -20,6 +20,13 @@ from graphcache.streams import StateSets, StreamRouter, argument_getter, cache_c
 RECOMPILE_LIMIT = 256
 
 
+class _DefaultPolicy(str):
+    """The default policy name, told apart (by identity) from a policy the caller gives."""
+
+
+DEFAULT_POLICY = _DefaultPolicy("fora")
+
+
 def _unwrapped(compiled: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Call ``compiled``; graphcache's own refusal raised inside the backend surfaces as itself, not wrapped
     in dynamo's BackendCompilerFailed (``except GraphcacheError`` catches it)."""
@@ -276,8 +283,8 @@ def _denoiser_name(pipe: Any) -> str:
     return denoiser_names(pipe)[0]
 
 
-def optimize(model_or_pipeline: Any, policy: str | PolicyConfig | None = None, backend: str = "inductor",
-             self_check: bool = True, config: str | None = None, **options: Any) -> Any:
+def optimize(model_or_pipeline: Any, policy: str | PolicyConfig = DEFAULT_POLICY,
+             backend: str = "inductor", self_check: bool = True, config: str | None = None, **options: Any) -> Any:
     """Return the model with graphcache applied, or the pipeline with its denoiser replaced.
 
     ``policy`` is a registered name (``graphcache policies``), a spec string ``"fora{interval=4}"`` or a
@@ -288,14 +295,14 @@ def optimize(model_or_pipeline: Any, policy: str | PolicyConfig | None = None, b
     The model is put in eval mode and runs under ``torch.no_grad`` (inference: outputs carry no gradient).
     ``config``: a file written by ``graphcache tune`` instead of ``policy`` (refused for another model).
     """
-    if config is not None and (policy is not None or options):
+    if config is not None and (policy is not DEFAULT_POLICY or options):
         raise PolicyConfigError("give a policy (with options) or a tuned config file, not both")
     tuned = None
     if config is not None:
         from graphcache.tuning.tuned import read_tuned
 
         tuned = read_tuned(config)  # a missing or malformed file is refused before any model is touched
-    policy_config = make_policy("fora" if policy is None else policy, **options) if tuned is None else None
+    policy_config = make_policy(policy, **options) if tuned is None else None
 
     def policy_for(denoiser: torch.nn.Module) -> PolicyConfig:
         if tuned is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +43,20 @@ def _progress(label: str) -> Any:
     return wrap
 
 
-def policy_of(policy: str | None, sets: tuple[str, ...], config_path: Path | None, model: Any) -> Any:
-    """The policy of --policy / --set, or of a tuned --config (checked against ``model``)."""
+def policy_of(policy: str | None, sets: tuple[str, ...], config_path: Path | None) -> Callable[[Any], Any]:
+    """The policy of --policy / --set, or of a tuned --config, as a function of the model (a tuned file is
+    checked against it). The spec or file is read here, before any model file is run: its mistakes come first."""
     from graphcache.policies import make_policy
 
     if config_path is None:
-        return make_policy(policy or "fora", **_parse_sets(sets))
+        config = make_policy(policy or "fora", **_parse_sets(sets))
+        return lambda model: config
     if policy is not None or sets:
         raise click.UsageError("give --policy / --set or --config, not both")
-    from graphcache.tuning.tuned import load_tuned
+    from graphcache.tuning.tuned import read_tuned, tuned_policy
 
-    return load_tuned(config_path, model)
+    data = read_tuned(config_path)
+    return lambda model: tuned_policy(data, config_path, model)
 
 
 class _Group(click.Group):
@@ -114,8 +117,9 @@ def optimize(model_file: Path, policy: str | None, sets: tuple[str, ...], config
     from graphcache.modelfile import load_model_file
     from graphcache.runner import compare
 
+    policy_for = policy_of(policy, sets, config_path)
     model, inputs = load_model_file(model_file)
-    config = policy_of(policy, sets, config_path, model)
+    config = policy_for(model)
     console.print(f"[bold]graphcache[/] {config.describe()} on {model_file} ({backend}, {steps} steps)")
     result = compare(model, inputs, config, steps, backend, progress=_progress, repeats=repeats)
     report = build_report(result)

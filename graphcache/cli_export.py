@@ -38,8 +38,9 @@ def export(model_file: Path, policy: str | None, sets: tuple[str, ...], config_p
 
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{out} is a file; --out names the folder the export is written to", param_hint="-o")
+    policy_for = policy_of(policy, sets, config_path)
     model, inputs = load_model_file(model_file)
-    config = policy_of(policy, sets, config_path, model)
+    config = policy_for(model)
     with console.status("exporting") as status:
 
         def log(text: str) -> None:

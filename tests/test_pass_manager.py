@@ -90,6 +90,14 @@ def test_analyses_are_typed_fields_not_a_blackboard():
         _ = found["cache_plan"]
 
 
+def test_an_empty_result_is_a_result():
+    """A graph with no user input (a fragment after a graph break) has ``user_inputs == []``: found, not missing."""
+    found = Analyses()
+    found["user_inputs"] = []
+    assert "user_inputs" in found and found["user_inputs"] == []
+    assert "signals" not in found  # a list field with nothing appended is not a result yet
+
+
 def test_requires_names_the_missing_result():
     @dataclasses.dataclass(frozen=True)
     class _NeedsPlan(Pass):
