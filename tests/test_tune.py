@@ -4,6 +4,7 @@ accepted by optimize / export and refused for another model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 import graphcache
 from graphcache.cli import main
 from graphcache.errors import PolicyConfigError
+from graphcache.policies import make_policy
 from graphcache.tuning import ModelFileTarget, load_tuned, search_header, tune
 from graphcache.tuning.budget import Budget, parse_budgets
 from graphcache.tuning.points import PointStore
@@ -185,6 +187,23 @@ def test_tuned_file_for_a_pipeline(tmp_path):
     with pytest.raises(PolicyConfigError, match="tuned for another model"):
         graphcache.optimize(fresh, config=str(wrong))
     assert fresh.transformer is before  # refused before any denoiser was replaced
+
+
+def test_tuned_file_carries_its_calibration(tmp_path):
+    """A tuned TeaCache reads a calibration: it is copied beside the tuned file, so the pair can move."""
+    import shutil
+
+    from graphcache.reference.pipeline import DEFAULT_CALIBRATION, load_denoiser
+
+    denoiser = load_denoiser()  # the shipped model: the one the shipped calibration was made for
+    path = save_tuned(tmp_path / "made" / "tuned.json", denoiser,
+                      f"teacache{{threshold=0.1,calibration='{DEFAULT_CALIBRATION}'}}")
+    assert json.loads(path.read_text())["policy"] == "teacache{threshold=0.1,calibration=tuned.calibration.json}"
+    moved = shutil.move(str(path.parent), str(tmp_path / "elsewhere"))
+    config = load_tuned(Path(moved) / "tuned.json", denoiser)
+    assert config.calibration == str(Path(moved) / "tuned.calibration.json")
+    assert config.polynomial(denoiser) == make_policy("teacache", calibration=str(DEFAULT_CALIBRATION)
+                                                      ).polynomial(denoiser)
 
 
 def test_cli_tune_usage_errors(tmp_path, root):

@@ -2,7 +2,8 @@
 
 A family's ``knob`` lists values from the most careful to the fastest; quality is assumed to fall as the knob
 rises (the search bisects along it), which holds for every interval and threshold here. ``options`` are the
-other axes; every combination of them is one *setting*, searched along the knob. Axes named in
+other axes; every combination of them is one *setting*, searched along the knob (``forecast_from`` only with
+a forecast: with plain reuse it changes nothing). Axes named in
 ``structural`` change the rewritten graph (what a cached step runs), so step costs are measured per value.
 """
 
@@ -39,6 +40,7 @@ class Family:
         """Every combination of the option axes: the first values first, the rest in a seeded order."""
         combos = [dict(zip([a.name for a in self.options], values, strict=True))
                   for values in itertools.product(*(a.values for a in self.options))]
+        combos = [c for c in combos if not (c.get("forecast_from") and c.get("forecast", "reuse") == "reuse")]
         rest = combos[1:]
         order = np.random.default_rng(seed).permutation(len(rest)).tolist() if rest else []
         return combos[:1] + [rest[i] for i in order]
@@ -53,19 +55,26 @@ class Family:
 
 
 INTERVALS = (2, 3, 4, 5, 6, 7, 8, 10)
+FORECAST = Axis("forecast", ("reuse", "taylor:1"))  # any decision composed with a forecast (``predictor()``)
+FORECAST_FROM = Axis("forecast_from", (0, 10))  # reuse before that step, forecast from it on
 FAMILIES: tuple[Family, ...] = (
-    Family("fora", Axis("interval", INTERVALS), (Axis("warmup", (0, 2)), Axis("compute_last", (False, True))),
-           needs_steps=("compute_last",)),
+    Family("fora", Axis("interval", INTERVALS),
+           (Axis("warmup", (0, 2)), Axis("compute_last", (False, True)), Axis("granularity", ("stack", "block")),
+            FORECAST, FORECAST_FROM),
+           structural=("granularity", "forecast"), needs_steps=("compute_last",)),
     Family("taylorseer", Axis("interval", (3, 4, 5, 6, 7, 8, 10)),
            (Axis("lite", (True, False)), Axis("order", (1, 2)), Axis("warmup", (3, 1))), structural=("lite", "order")),
     Family("foca", Axis("interval", (3, 4, 5, 6, 7, 8, 10)), (Axis("lite", (True,)), Axis("warmup", (3, 1))),
            structural=("lite",)),
     Family("fbcache", Axis("threshold", (0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4)),
-           (Axis("per_sample", (False, True)), Axis("warmup", (2, 0))), structural=("per_sample",)),
+           (Axis("per_sample", (False, True)), Axis("warmup", (2, 0)), FORECAST),
+           structural=("per_sample", "forecast")),
     Family("magcache", Axis("threshold", (0.06, 0.12, 0.18, 0.24, 0.36, 0.5, 0.7)),
-           (Axis("max_skips", (5, 3, 8)), Axis("retention", (0.1, 0.2))), needs_calibration=True),
+           (Axis("max_skips", (5, 3, 8)), Axis("retention", (0.1, 0.2)), FORECAST), structural=("forecast",),
+           needs_calibration=True),
     Family("teacache", Axis("threshold", (0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)),
-           (Axis("per_sample", (False, True)),), structural=("per_sample",), needs_calibration=True),
+           (Axis("per_sample", (False, True)), FORECAST), structural=("per_sample", "forecast"),
+           needs_calibration=True),
     Family("easycache", Axis("tau", (0.05, 0.1, 0.15, 0.2, 0.3)), (Axis("warmup", (4, 10)),)),
 )
 

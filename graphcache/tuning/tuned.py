@@ -2,12 +2,15 @@
 
 ``graphcache optimize --config tuned.json``, ``graphcache export --config tuned.json`` and
 ``graphcache.optimize(pipe, config="tuned.json")`` read it; a model whose weights differ from the tuned
-model's fingerprint is refused.
+model's fingerprint is refused. A policy that reads a calibration file has it copied beside the tuned file
+(``<name>.calibration.json``) and named relative to it, so the pair can move together to another machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,23 @@ def save_tuned(path: str | Path, model: torch.nn.Module, spec: str, **record: An
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    spec = _with_calibration_beside(path, spec)
     data = {"schema": SCHEMA, "version": VERSION, "model": type(model).__name__, "fingerprint": fingerprint(model),
             "policy": spec, **record}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def _with_calibration_beside(path: Path, spec: str) -> str:
+    """``spec`` with its calibration file (if any) copied beside ``path`` and named relative to it."""
+    config = make_policy(spec)
+    source = getattr(config, "calibration", None)
+    if source is None:
+        return spec
+    beside = path.with_name(f"{path.stem}.calibration.json")
+    if Path(source).resolve() != beside.resolve():
+        shutil.copyfile(source, beside)
+    return dataclasses.replace(config, calibration=beside.name).spec()
 
 
 def read_tuned(path: str | Path) -> dict[str, Any]:
@@ -64,6 +80,10 @@ def tuned_policy(data: dict[str, Any], path: str | Path, model: torch.nn.Module 
                                 f"{data['fingerprint'][:12]}...; this {type(model).__name__} is "
                                 f"{fingerprint(model)[:12]}...): tune this model with `graphcache tune`")
     try:
-        return make_policy(data["policy"])
+        config = make_policy(data["policy"])
     except PolicyConfigError as err:
         raise PolicyConfigError(f"{path}: its policy {data['policy']!r} does not parse: {err}") from err
+    calibration = getattr(config, "calibration", None)
+    if calibration is not None and not Path(calibration).is_absolute():  # written beside the tuned file
+        config = dataclasses.replace(config, calibration=str(Path(path).parent / calibration))
+    return config
