@@ -131,6 +131,7 @@ class Analyses:
     input_sources: dict[str, str] | None = None  # dynamo: placeholder -> argument source
     side_timestep: str | None = None  # after a graph break: the extra timestep input's name
     timings: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)  # (what, s, propagation s)
+    propagated: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (pass, nodes run, nodes)
     # analyses
     block_stack: BlockStack | None = None
     probe: Probe | None = None

@@ -82,20 +82,88 @@ class Pass:
         return result
 
 
-def propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
-    """Fill ``meta["val"]`` of every node with fake tensors by running the graph under a FakeTensorMode."""
+def propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[Any],
+                   unchanged: Callable[[fx.Node], bool] | None = None) -> int:
+    """Fill ``meta["val"]`` of every node with fake tensors by running the graph under a FakeTensorMode.
+
+    Incremental with ``unchanged``: a function call for which it holds (it was there before the pass, with the
+    same arguments) keeps its value unless one of its inputs was recomputed to another shape, dtype or stride
+    or is a subgraph (a cond runs again: its branches may have changed inside). Placeholders, attributes and
+    modules always run. The graph's existing fake mode is reused so kept and new values mix. Returns the
+    number of nodes run."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+    mode = _fake_mode_of(gm) if unchanged is not None else None
+    if mode is None:
+        mode, unchanged = FakeTensorMode(allow_non_fake_inputs=True), None
+
     class _Prop(FakeTensorProp):
+        def __init__(self, module: fx.GraphModule, fake_mode: Any) -> None:
+            super().__init__(module, fake_mode)
+            self.ran = 0
+            self.moved: set[fx.Node] = set()  # recomputed to different metadata: their users run again
+
+        def run_node(self, n: fx.Node) -> Any:
+            old = n.meta.get("val")
+            if (unchanged is not None and n.op == "call_function" and old is not None and unchanged(n)
+                    and not any(a in self.moved or _is_subgraph(gm, a) for a in n.all_input_nodes)
+                    and _in_mode(old, mode)):  # a cond's branches may have changed inside: it runs again
+                return old
+            self.ran += 1
+            result = super().run_node(n)
+            if unchanged is not None and not _same_meta(old, result):
+                self.moved.add(n)
+            return result
+
         def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
             value = super().get_attr(target, args, kwargs)
             return self._mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
     fake_inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    prop = _Prop(gm, mode)
     with torch.no_grad():
-        _Prop(gm, mode).propagate_dont_convert_inputs(*fake_inputs)
+        prop.propagate_dont_convert_inputs(*fake_inputs)
+    return prop.ran
+
+
+def _is_subgraph(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return node.op == "get_attr" and isinstance(getattr(gm, str(node.target), None), fx.GraphModule)
+
+
+def _fake_mode_of(gm: fx.GraphModule) -> Any:
+    """The fake mode of the graph's values (``None``: none, or several)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    modes = {id(v.fake_mode): v.fake_mode for node in gm.graph.nodes
+             for v in torch.utils._pytree.tree_leaves(node.meta.get("val")) if isinstance(v, FakeTensor)}
+    if len(modes) != 1:
+        return None
+    mode = next(iter(modes.values()))
+    return mode if mode.allow_non_fake_inputs and mode.shape_env is None else None
+
+
+def _in_mode(value: Any, mode: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    leaves = torch.utils._pytree.tree_leaves(value)
+    return all(not isinstance(v, torch.Tensor) or (isinstance(v, FakeTensor) and v.fake_mode is mode)
+               for v in leaves)
+
+
+def _same_meta(old: Any, new: Any) -> bool:
+    """Same structure, and tensors of the same shape, dtype, stride and device (values of other kinds equal)."""
+    old_leaves, old_spec = torch.utils._pytree.tree_flatten(old)
+    new_leaves, new_spec = torch.utils._pytree.tree_flatten(new)
+    if old_spec != new_spec:
+        return False
+    for a, b in zip(old_leaves, new_leaves, strict=True):
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if (a.shape, a.dtype, a.stride(), a.device) != (b.shape, b.dtype, b.stride(), b.device):
+                return False
+        elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or type(a) is not type(b) or a != b:
+            return False
+    return True
 
 
 def _dump_requested(pass_name: str) -> bool:
@@ -123,6 +191,7 @@ class PassManager:
             try:
                 start = time.perf_counter()
                 nodes_before = list(gm.graph.nodes)
+                args_before = {n: (n.args, n.kwargs) for n in nodes_before}
                 result = p(gm)
                 propagated = 0.0
                 if not result.modified and _checking() and list(result.gm.graph.nodes) != nodes_before:
@@ -132,7 +201,8 @@ class PassManager:
                     result.gm.graph.lint()
                     result.gm.recompile()
                     before = time.perf_counter()
-                    propagate_meta(result.gm, self.example_inputs)
+                    ran = propagate_meta(result.gm, self.example_inputs, _unchanged_since(args_before))
+                    analysis(result.gm).propagated.append((p.name, ran, len(result.gm.graph.nodes)))
                     propagated = time.perf_counter() - before
                     _check_meta(result.gm, p.name)
                     if _checking():
@@ -158,6 +228,28 @@ class PassManager:
         folder = Path(os.environ.get("GRAPHCACHE_DUMP_DIR", "graphcache_dump"))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.txt").write_text(gm.print_readable(print_output=False))
+
+
+def _unchanged_since(args_before: dict[fx.Node, Any]) -> Callable[[fx.Node], bool]:
+    """Whether a node was there before the pass with the same arguments (its value can be kept)."""
+    def unchanged(node: fx.Node) -> bool:
+        before = args_before.get(node)
+        return before is not None and _same_args(before, (node.args, node.kwargs))
+
+    return unchanged
+
+
+def _same_args(a: Any, b: Any) -> bool:
+    """Argument structures equal, nodes compared by identity (``==`` on tensors would compare values)."""
+    if isinstance(a, fx.Node) or isinstance(b, fx.Node):
+        return a is b
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same_args(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_args(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return type(a) is type(b) and a == b
 
 
 def _checking() -> bool:

@@ -44,7 +44,7 @@ def _with_calibration_beside(path: Path, spec: str) -> str:
     beside = path.with_name(f"{path.stem}.calibration.json")
     if Path(source).resolve() != beside.resolve():
         shutil.copyfile(source, beside)
-    return dataclasses.replace(config, calibration=beside.name).spec()
+    return dataclasses.replace(config, **{"calibration": beside.name}).spec()
 
 
 def read_tuned(path: str | Path) -> dict[str, Any]:
@@ -85,5 +85,5 @@ def tuned_policy(data: dict[str, Any], path: str | Path, model: torch.nn.Module 
         raise PolicyConfigError(f"{path}: its policy {data['policy']!r} does not parse: {err}") from err
     calibration = getattr(config, "calibration", None)
     if calibration is not None and not Path(calibration).is_absolute():  # written beside the tuned file
-        config = dataclasses.replace(config, calibration=str(Path(path).parent / calibration))
+        config = dataclasses.replace(config, **{"calibration": str(Path(path).parent / calibration)})
     return config
