@@ -20,7 +20,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check graphcache passes export tests examples benchmarks
 	$(VENV)/bin/mypy graphcache passes export
-	$(PY) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q -n auto --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: setup

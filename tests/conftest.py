@@ -15,6 +15,8 @@ os.environ.setdefault("GRAPHCACHE_CAPTURE_CACHE", "1")
 os.environ.setdefault("GRAPHCACHE_CHECK", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -48,20 +50,43 @@ def dit_calibration(tmp_path_factory):
     return path
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The zoo's counts at the end of the run (class x policy: supported / refused / failures), and the fuzz
-    tests' (inputs accepted / refused with a GraphcacheError)."""
+def _run_summary() -> list[str]:
+    """This process's lines for the end of the run: the zoo's counts (class x policy: supported / refused /
+    failures) and the fuzz tests' (inputs accepted / refused with a GraphcacheError)."""
+    lines = []
     fuzz = dict(getattr(sys.modules.get("test_bad_input"), "FUZZ_COUNTS", None) or {})
     fuzz.update({f"plans {k}": v for k, v in (getattr(sys.modules.get("test_export_plan"), "PLAN_FUZZ", None)
                                                or {}).items() if v})
     if fuzz:
-        terminalreporter.write_line("fuzz: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items())))
-    zoo_tests = sys.modules.get("test_zoo")
-    results = getattr(zoo_tests, "_RESULTS", None)
+        lines.append("fuzz: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items())))
+    results = getattr(sys.modules.get("test_zoo"), "_RESULTS", None)
     if results:
         from zoo.matrix import summary
 
         cases = [c for name in sorted(results) for c in results[name]]
         supported = sum(all(c.status == "ok" for c in cs) for cs in results.values())
-        terminalreporter.write_line(f"zoo: {len(results)} diffusers denoisers, {supported} supported under every "
-                                    f"policy; {summary(cases)}")
+        lines.append(f"zoo: {len(results)} diffusers denoisers, {supported} supported under every policy; "
+                     f"{summary(cases)}")
+    return lines
+
+
+_WORKER_LINES: list[str] = []  # with pytest-xdist: what each worker reported when it finished
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand the lines to the controller
+        session.config.workeroutput["graphcache_summary"] = _run_summary()
+
+
+try:
+    import xdist  # noqa: F401  (its hooks exist only with it)
+
+    def pytest_testnodedown(node, error):
+        _WORKER_LINES.extend(getattr(node, "workeroutput", {}).get("graphcache_summary", []))
+except ImportError:
+    pass
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _run_summary() + _WORKER_LINES:
+        terminalreporter.write_line(line)

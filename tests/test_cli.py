@@ -95,10 +95,11 @@ def test_model_without_stack(tmp_path):
     assert "NoStackError" in result.output and "no stack of repeated blocks" in result.output
 
 
-def test_bench_on_a_model_file(root):
+def test_bench_on_a_model_file(root, tmp_path):
     result = CliRunner().invoke(
         main, ["bench", "--model", str(root / "examples" / "dit.py"), "--policy", "fora", "--policy",
-               "taylorseer{order=1,warmup=1}", "--steps", "6", "--backend", "eager"], terminal_width=200,
+               "taylorseer{order=1,warmup=1}", "--steps", "6", "--backend", "eager", "--out", str(tmp_path)],
+        terminal_width=200,
     )
     assert result.exit_code == 0, result.output
     assert "2/6" in result.output  # fora: steps 0 and 3
