@@ -94,7 +94,7 @@ def propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[Any],
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-    mode = _fake_mode_of(gm) if unchanged is not None else None
+    mode = _fake_mode_of(gm) if unchanged is not None and not _has_dynamic_scopes(gm) else None
     if mode is None:
         mode, unchanged = FakeTensorMode(allow_non_fake_inputs=True), None
 
@@ -107,6 +107,7 @@ def propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[Any],
         def run_node(self, n: fx.Node) -> Any:
             old = n.meta.get("val")
             if (unchanged is not None and n.op == "call_function" and old is not None and unchanged(n)
+                    and not n.is_impure()
                     and not any(a in self.moved or _is_subgraph(gm, a) for a in n.all_input_nodes)
                     and _in_mode(old, mode)):  # a cond's branches may have changed inside: it runs again
                 return old
@@ -125,6 +126,15 @@ def propagate_meta(gm: fx.GraphModule, example_inputs: Sequence[Any],
     with torch.no_grad():
         prop.propagate_dont_convert_inputs(*fake_inputs)
     return prop.ran
+
+
+def _has_dynamic_scopes(gm: fx.GraphModule) -> bool:
+    """Calls that open a scope later calls run in (vmap levels: ``_vmap_increment_nesting`` ...
+    ``_add_batch_dim``): their graph is propagated in full, since a kept call would not open its scope."""
+    def opens_scope(n: fx.Node) -> bool:
+        return "functorch" in getattr(n.target, "__module__", "") or "vmap" in str(n.target)
+
+    return any(n.op == "call_function" and opens_scope(n) for n in gm.graph.nodes)
 
 
 def _is_subgraph(gm: fx.GraphModule, node: fx.Node) -> bool:
