@@ -6,9 +6,11 @@ scheduler) is run by
   2. diffusers' hooks, eager (``apply_first_block_cache`` / ``apply_taylorseer_cache`` on a copy of the model),
   3. the same hooks under ``torch.compile`` (not fullgraph: the hooks break the graph),
   4. ``graphcache.optimize(model, spec)`` (Inductor, one graph).
-Each is warmed up (compiled) by one generation, then timed ``--repeats`` times in turn with the baseline; the
-diffusers runs and the graphcache runs are two phases, each with a freshly compiled baseline of its own (two
-compilations of the same model class in one dynamo cache would recompile each other).
+Each is warmed up (compiled) by one generation, then timed ``--repeats`` times. The diffusers runs and the
+graphcache runs are two phases after a dynamo reset, each with a freshly compiled baseline of its own: in the
+diffusers phase the baseline is timed before the hooks are compiled (their graph break inside the blocks'
+loop makes dynamo skip the model's forward for every later compile of that class until a reset); in the
+graphcache phase graphcache and the baseline run in turn.
 Printed per row: wall ratio vs the baseline, computed calls, % of the schedule's limit (ratio / (steps /
 computed)), graphs and graph breaks dynamo made, the max error vs the uncached output, and the max
 difference between diffusers' and graphcache's outputs. Computed steps are read per call: diffusers' from a
@@ -25,7 +27,7 @@ Mappings (see the printed notes):
   TaylorSeer lite (Flux)  use_lite_mode=True (blocks skipped, proj_out forecast)  ~  taylorseer{lite=true,...}
             (the stack's residual forecast: the epilogue still runs on the forecast).
 
-    python benchmarks/vs_diffusers.py                       # DiT 512x12 and Flux 2+4, 50 steps, N=2
+    python benchmarks/vs_diffusers.py                       # DiT 512x12 and Flux 4+8, 50 steps, N=2
     python benchmarks/vs_diffusers.py --models dit --methods fbcache --steps 30
 """
 
@@ -77,8 +79,8 @@ def dit(hidden: int = 512, layers: int = 12) -> Subject:
     return Subject(f"DiT {hidden}x{layers}", model, call, latent, lambda m: m.transformer_blocks[-1].attn1.to_q)
 
 
-def flux_subject(dual: int = 2, single: int = 4) -> Subject:
-    model, inputs = flux.build(dual=dual, single=single)
+def flux_subject(dual: int = 4, single: int = 8, tokens: int = 256) -> Subject:
+    model, inputs = flux.build(dual=dual, single=single, tokens=tokens)
     model.requires_grad_(False)
     fixed = inputs(0.0)
 
@@ -100,13 +102,14 @@ class Method:
 
 def methods(args: argparse.Namespace, subject: Subject) -> list[Method]:
     n, w = args.interval, args.warmup
+    threshold = args.threshold if args.threshold is not None else (0.2 if subject.name.startswith("DiT") else 0.5)
     dit_modules = [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"]
     flux_modules = [r"transformer_blocks\.\d+\.(attn|ff|ff_context)", r"single_transformer_blocks\.\d+\.attn"]
     modules = dit_modules if subject.name.startswith("DiT") else flux_modules
     found = [
         Method("fbcache",
-               lambda m: apply_first_block_cache(m, FirstBlockCacheConfig(threshold=args.threshold)),
-               f"fbcache{{threshold={args.threshold},per_sample=false}}", "same rule: decisions must agree"),
+               lambda m: apply_first_block_cache(m, FirstBlockCacheConfig(threshold=threshold)),
+               f"fbcache{{threshold={threshold},per_sample=false}}", "same rule: decisions must agree"),
         Method("taylorseer",
                lambda m: apply_taylorseer_cache(m, TaylorSeerCacheConfig(
                    cache_interval=n, disable_cache_before_step=w, max_order=1,
@@ -129,7 +132,7 @@ def methods(args: argparse.Namespace, subject: Subject) -> list[Method]:
 class Run:
     seconds: list[float]
     out: torch.Tensor
-    computed: int | None
+    computed: list[bool] | None  # per call, where a probe says (diffusers, eager)
 
 
 def generate(subject: Subject, fn: Callable[..., Any], steps: int, probe: list[int] | None = None,
@@ -145,12 +148,16 @@ def generate(subject: Subject, fn: Callable[..., Any], steps: int, probe: list[i
     scheduler.set_timesteps(steps)
     latent = subject.latent.clone()
     start = time.perf_counter()
+    computed: list[bool] = []
     with torch.no_grad():
         for t in scheduler.timesteps:
+            before = probe[0] if probe is not None else 0
             eps = subject.call(fn, latent, t)
+            if probe is not None:
+                computed.append(probe[0] > before)
             latent = scheduler.step(eps, t, latent).prev_sample
     seconds = time.perf_counter() - start
-    return Run([seconds], latent, None if probe is None else probe[0])
+    return Run([seconds], latent, computed if probe is not None else None)
 
 
 def baseline(subject: Subject) -> tuple[Callable[..., Any], list[Run]]:
@@ -176,7 +183,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["fbcache", "taylorseer", "taylorseer-lite"])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threshold", type=float, default=0.1, help="FBCache threshold")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="FBCache threshold (default: DiT 0.2, Flux 0.5: about 10-14 of 50 steps computed)")
     parser.add_argument("--interval", type=int, default=5, help="TaylorSeer cache_interval")
     parser.add_argument("--warmup", type=int, default=3, help="TaylorSeer disable_cache_before_step")
     args = parser.parse_args()
@@ -192,19 +200,20 @@ def main() -> None:
                 calls[0] += 1
 
             subject.computed_probe(hooked).register_forward_hook(count)
-            generate(subject, hooked, args.steps, calls, hooked)
-            diffusers_steps = calls[0]
-            # phase 1, diffusers: the baseline and the hooks (eager, compiled), nothing else compiled meanwhile
+            theirs = generate(subject, hooked, args.steps, calls, hooked).computed
+            assert theirs is not None
+            diffusers_steps = sum(theirs)
+            # phase 1, diffusers: the baseline timed first, then the hooks eager, then compiled. Not in turn: a
+            # compiled hook graph-breaks inside the blocks' loop, and dynamo then skips the model's forward
+            # for every later torch.compile of that class until a reset (the baseline would run eager)
             base_fn, base_runs = baseline(subject)
+            base_runs += [generate(subject, base_fn, args.steps) for _ in range(args.repeats)]
+            hook_runs = [generate(subject, hooked, args.steps, hooked=hooked) for _ in range(args.repeats)]
             counters_clear()
             compiled_hooks = torch.compile(hooked, dynamic=False)
             generate(subject, compiled_hooks, args.steps, hooked=hooked)  # compile (a full run: hooks' Python state)
             hook_graphs = dynamo_counts()
-            hook_runs, compiled_runs = [], []
-            for _ in range(args.repeats):
-                base_runs.append(generate(subject, base_fn, args.steps))
-                hook_runs.append(generate(subject, hooked, args.steps, hooked=hooked))
-                compiled_runs.append(generate(subject, compiled_hooks, args.steps, hooked=hooked))
+            compiled_runs = [generate(subject, compiled_hooks, args.steps, hooked=hooked) for _ in range(args.repeats)]
             base_hooks = statistics.median(r.seconds[0] for r in base_runs)
             # phase 2, graphcache: a fresh baseline, then graphcache in turn with it
             base_fn, base_runs = baseline(subject)
@@ -236,8 +245,11 @@ def main() -> None:
             rows.append(row("diffusers hooks, torch.compile", compiled_runs, diffusers_steps, hook_graphs, "",
                             base=base_hooks))
             rows.append(row(f"graphcache {method.spec}", ours_runs, ours_steps, ours_graphs, f"{between:.2e}"))
+            agree = "identical" if theirs == ours_decisions else \
+                f"differ at steps {[i for i, (a, b) in enumerate(zip(theirs, ours_decisions, strict=True)) if a != b]}"
             print(f"{subject.name} {method.name}: computed steps diffusers {diffusers_steps}, graphcache "
-                  f"{ours_steps}; {method.note}; graphcache's schedule "
+                  f"{ours_steps}, schedules {agree} ({method.note})\n  diffusers  "
+                  f"{''.join('C' if d else '.' for d in theirs)}\n  graphcache "
                   f"{''.join('C' if d else '.' for d in ours_decisions)}", flush=True)
     print(f"\n{args.steps} steps, DDIM, batch 1, CPU threads {torch.get_num_threads()}, median of {args.repeats}; "
           "ratio = uncached compiled time / this time; % of limit = ratio / (steps / computed)\n")
