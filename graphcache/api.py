@@ -71,7 +71,7 @@ class CachedModule(torch.nn.Module):
     def _compile(self, fullgraph: bool) -> Any:
         backend = make_backend(self.policy, self.backend, self.states, self.self_check,
                                None if fullgraph else self.pieces, self.used,
-                               side_timestep=None if fullgraph else self._side_t)
+                               side_timestep=None if fullgraph else self._side_t, root=self._modules["model"])
         return torch.compile(self._modules["model"], backend=backend, fullgraph=fullgraph, dynamic=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

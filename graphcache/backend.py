@@ -14,7 +14,13 @@ import torch
 import torch.fx as fx
 
 from graphcache.capture import add_side_timestep, has_timestep, prepare_dynamo_graph, refuse_if_it_fails_plainly
-from graphcache.errors import DataDependentShapeError, GraphcacheError, NoStackError, PolicyConfigError
+from graphcache.errors import (
+    DataDependentShapeError,
+    GraphcacheError,
+    NoStackError,
+    PolicyConfigError,
+    UnsupportedGraphError,
+)
 from graphcache.passes.base import analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import make_policy
@@ -27,7 +33,7 @@ INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 def make_backend(
     policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
     pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
-    side_timestep: torch.Tensor | None = None, **policy_options: Any,
+    side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None, **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
     """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
     ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
@@ -39,7 +45,9 @@ def make_backend(
     states are registered under (``graphcache.decisions(compiled)`` reports that compilation's only).
     ``side_timestep``: a ``(1,)`` tensor the caller writes the call's timestep into before each call: a graph
     after a graph break that gets only the timestep's embedding from the graph before it reads this instead
-    (an extra input, appended to those dynamo passes)."""
+    (an extra input, appended to those dynamo passes). ``root``: the module ``torch.compile`` was given; a
+    one-graph compile that received another function's graph instead (dynamo skipping the root's ``forward``)
+    is refused by name (:func:`_refuse_a_nested_frame`)."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -49,6 +57,8 @@ def make_backend(
     def graphcache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         lowering = [DenseCondOperands()] if inner == "inductor" else []
         inputs = list(example_inputs)
+        if root is not None and pieces is None:
+            _refuse_a_nested_frame(gm, root)
         try:
             new = prepare_dynamo_graph(gm, example_inputs)
             if side_timestep is not None and not has_timestep(new):
@@ -79,6 +89,24 @@ def make_backend(
         return compiled if used is None else _recording(compiled, state, used)
 
     return graphcache_backend
+
+
+def _refuse_a_nested_frame(gm: fx.GraphModule, root: torch.nn.Module) -> None:
+    """With ``fullgraph=True`` dynamo hands over the root module's ``forward``, unless that code is marked to be
+    skipped: then a function it calls is compiled on its own (its parameters are named from its module, not
+    from the root). Caching such a fragment would be wrong, and "no stack found" would not say why."""
+    names = set((gm.meta.get("dynamo_flat_name_to_original_fqn") or {}).values())
+    if not names:
+        return
+    own = {name for name, _ in root.named_parameters()} | {name for name, _ in root.named_buffers()}
+    if names & own:
+        return
+    cls = type(root).__name__
+    raise UnsupportedGraphError(
+        f"torch.compile did not trace {cls}.forward but a function it calls (parameters {sorted(names)[:3]}...): "
+        f"dynamo is skipping {cls}.forward, as it does after another torch.compile of this class broke the "
+        "graph inside a loop (diffusers' compiled cache hooks do). Call torch._dynamo.reset() before "
+        "graphcache.optimize, or do not compile the other copy")
 
 
 def _recording(compiled: Callable[..., Any], state: CacheState, used: list[CacheState]) -> Callable[..., Any]:

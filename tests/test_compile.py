@@ -93,3 +93,22 @@ def test_export_route_compiled_with_inductor():
     for err, decision in zip(result.errors(), result.decisions, strict=True):
         if decision == "computed":
             assert err < 1e-5
+
+
+def test_a_skipped_forward_is_refused_by_name():
+    """Dynamo skips a class's forward after another compile of it broke inside a loop (diffusers' compiled
+    hooks): a one-graph compile then hands over a nested function's graph. Refused, naming why."""
+    from graphcache.errors import UnsupportedGraphError
+
+    model, inputs = tiny_dit(num_layers=3)
+    code = type(model).forward.__code__
+    torch._dynamo.eval_frame.skip_code(code)
+    try:
+        fast = graphcache.optimize(model, "fora", backend="eager")
+        with pytest.raises(UnsupportedGraphError, match=r"dynamo is skipping DiTTransformer2DModel.forward"):
+            fast(**inputs(999))
+    finally:
+        torch._C._dynamo.eval_frame.reset_code(code)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    assert torch.equal(fast(**inputs(999)).sample, model(**inputs(999)).sample)  # after a reset: one graph again
