@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from graphcache.errors import ExportError
+from graphcache.versioned_json import read_versioned
 
 from .functional import TensorSpec
 
@@ -95,18 +96,8 @@ def load_plan(directory: str | Path, verify: bool = True) -> Plan:
     directory = Path(directory)
     path = directory / PLAN_FILE
     remake = "re-export with `graphcache export model.py --policy ... -o DIR`"
-    if not path.is_file():
-        raise ExportError(f"{path} not found: {directory} is not a graphcache export; {remake}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path} is not valid JSON ({err}); {remake}") from err
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ExportError(f"{path} has schema {found!r}, expected {SCHEMA!r}; {remake}")
-    if data.get("version") != VERSION:
-        raise ExportError(f"{path} has plan version {data.get('version')!r}; this graphcache reads version "
-                          f"{VERSION}; {remake}")
+    data = read_versioned(path, schema=SCHEMA, version=VERSION, kind="export plan", error=ExportError, fix=remake,
+                          missing=f"{path} not found: {directory} is not a graphcache export; {remake}")
     try:
         plan = Plan(
             format=data["format"], form=data["form"], policy=data["policy"], model=data["model"],

@@ -148,19 +148,11 @@ def save(path: str | Path, model: torch.nn.Module, steps: int, **sections: Any) 
 
 def load(path: str | Path, section: str, model: torch.nn.Module | None = None) -> dict[str, Any]:
     """The ``section`` ("teacache" / "magcache") of a calibration file, checked (and against ``model``)."""
+    from graphcache.versioned_json import read_versioned
+
     path = Path(path)
-    if not path.is_file():
-        raise PolicyConfigError(f"calibration file {path} not found; {MAKE}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PolicyConfigError(f"calibration file {path} is corrupt ({err}); {MAKE}") from err
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise PolicyConfigError(f"{path} is not a graphcache calibration file (schema "
-                                f"{data.get('schema') if isinstance(data, dict) else None!r}); {MAKE}")
-    if data.get("version") != VERSION:
-        raise PolicyConfigError(f"{path} has calibration version {data.get('version')!r}, this graphcache reads "
-                                f"version {VERSION}; {MAKE}")
+    data = read_versioned(path, schema=SCHEMA, version=VERSION, kind="calibration file", error=PolicyConfigError,
+                          fix=MAKE)
     if model is not None and data.get("fingerprint") != fingerprint(model):
         raise PolicyConfigError(f"{path} was calibrated for another model ({data.get('model')}, fingerprint "
                                 f"{data.get('fingerprint')}; this {type(model).__name__} is {fingerprint(model)}); "

@@ -37,7 +37,8 @@ def test_optimize_example_dit(root, tmp_path):
     assert report["repeats"] == 3 and report["speedup_range"][0] <= report["speedup"] <= report["speedup_range"][1]
     assert "median of 3" in result.output
     compile_seconds = report["compile_seconds"]
-    assert compile_seconds["capture (torch.export)"] > 0 and compile_seconds["find_block_stack"] > 0
+    capture = [k for k in compile_seconds if k.startswith("capture (torch.export")]  # ", cached": the suite's cache
+    assert len(capture) == 1 and compile_seconds[capture[0]] > 0 and compile_seconds["find_block_stack"] > 0
     assert {"insert_cache_branch", "self-check", "first call, graphcache (compilation)"} <= set(compile_seconds)
     assert "\n\n" not in result.output.strip()  # not a terminal: no progress bars, no blank lines left by them
 

@@ -141,8 +141,9 @@ def test_flux_teacache_and_magcache_run(tmp_path):
 @pytest.mark.parametrize(("change", "message"), [
     (None, "not found; make one with `graphcache calibrate model.py"),
     ("{broken", "is corrupt"),
-    (json.dumps({"schema": "other"}), "is not a graphcache calibration file"),
-    (json.dumps({"schema": calibration.SCHEMA, "version": 99}), "calibration version 99"),
+    (json.dumps({"schema": "other"}), r"is not a graphcache calibration file \(schema 'other', expected"),
+    (json.dumps({"schema": calibration.SCHEMA, "version": 99}),
+     "has calibration file version 99; this graphcache reads version"),
     (json.dumps({"schema": calibration.SCHEMA, "version": calibration.VERSION, "fingerprint": "0" * 16,
                  "model": "Other"}), "was calibrated for another model"),
 ])

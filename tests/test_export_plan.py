@@ -59,7 +59,8 @@ def test_missing_directory(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda d, p: d.update(schema="other"), "has schema 'other', expected 'graphcache.plan'"),
+    (lambda d, p: d.update(schema="other"),
+     r"is not a graphcache export plan \(schema 'other', expected 'graphcache.plan'\)"),
     (lambda d, p: d.update(version=VERSION + 1), f"plan version {VERSION + 1}; this graphcache reads version"),
     (lambda d, p: d.pop("state"), "missing or has a malformed field"),
     (lambda d, p: d.update(schedule=["full", "warp"]), r"names graphs \['warp'\]"),
@@ -78,7 +79,7 @@ def test_bad_plans_are_explained(onnx_export, tmp_path, change, message):
 def test_corrupt_plan_json(onnx_export, tmp_path):
     target = _edit(onnx_export, tmp_path, lambda d, p: None)
     (target / PLAN_FILE).write_text("{not json")
-    with pytest.raises(ExportError, match="is not valid JSON"):
+    with pytest.raises(ExportError, match=r"export plan .* is corrupt \(not JSON"):
         load(target)
 
 

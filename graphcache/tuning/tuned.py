@@ -48,22 +48,10 @@ def _with_calibration_beside(path: Path, spec: str) -> str:
 
 
 def read_tuned(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise PolicyConfigError(f"tuned config {path} not found (write one with `graphcache tune ... -o {path}`)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PolicyConfigError(f"{path} is not a graphcache tuned config (not JSON: {err})") from err
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise PolicyConfigError(f"{path} is not a graphcache tuned config (schema {SCHEMA!r} expected)")
-    if data.get("version") != VERSION:
-        raise PolicyConfigError(f"{path} has tuned-config version {data.get('version')!r}; this graphcache reads "
-                                f"version {VERSION}: tune again")
-    for key in ("policy", "fingerprint", "model"):
-        if not isinstance(data.get(key), str):
-            raise PolicyConfigError(f"{path}: {key!r} must be a string, got {data.get(key)!r}")
-    return data
+    from graphcache.versioned_json import read_versioned
+
+    return read_versioned(path, schema=SCHEMA, version=VERSION, kind="tuned config", error=PolicyConfigError,
+                          fix=f"write one with `graphcache tune ... -o {path}`")
 
 
 def load_tuned(path: str | Path, model: torch.nn.Module | None = None) -> PolicyConfig:
