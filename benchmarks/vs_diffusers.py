@@ -130,7 +130,7 @@ def methods(args: argparse.Namespace, subject: Subject) -> list[Method]:
 
 @dataclasses.dataclass
 class Run:
-    seconds: list[float]
+    seconds: float
     out: torch.Tensor
     computed: list[bool] | None  # per call, where a probe says (diffusers, eager)
 
@@ -157,15 +157,15 @@ def generate(subject: Subject, fn: Callable[..., Any], steps: int, probe: list[i
                 computed.append(probe[0] > before)
             latent = scheduler.step(eps, t, latent).prev_sample
     seconds = time.perf_counter() - start
-    return Run([seconds], latent, computed if probe is not None else None)
+    return Run(seconds, latent, computed if probe is not None else None)
 
 
-def baseline(subject: Subject) -> tuple[Callable[..., Any], list[Run]]:
+def baseline(subject: Subject) -> Callable[..., Any]:
     """The uncached model compiled from a clean dynamo state (and compiled: one short generation)."""
     torch._dynamo.reset()
     base_fn = torch.compile(subject.model, fullgraph=True, dynamic=False)
     generate(subject, base_fn, 4)
-    return base_fn, []
+    return base_fn
 
 
 def counters_clear() -> None:
@@ -206,17 +206,18 @@ def main() -> None:
             # phase 1, diffusers: the baseline timed first, then the hooks eager, then compiled. Not in turn: a
             # compiled hook graph-breaks inside the blocks' loop, and dynamo then skips the model's forward
             # for every later torch.compile of that class until a reset (the baseline would run eager)
-            base_fn, base_runs = baseline(subject)
-            base_runs += [generate(subject, base_fn, args.steps) for _ in range(args.repeats)]
+            base_fn = baseline(subject)
+            base_runs = [generate(subject, base_fn, args.steps) for _ in range(args.repeats)]
             hook_runs = [generate(subject, hooked, args.steps, hooked=hooked) for _ in range(args.repeats)]
             counters_clear()
             compiled_hooks = torch.compile(hooked, dynamic=False)
             generate(subject, compiled_hooks, args.steps, hooked=hooked)  # compile (a full run: hooks' Python state)
             hook_graphs = dynamo_counts()
             compiled_runs = [generate(subject, compiled_hooks, args.steps, hooked=hooked) for _ in range(args.repeats)]
-            base_hooks = statistics.median(r.seconds[0] for r in base_runs)
+            base_hooks = statistics.median(r.seconds for r in base_runs)
             # phase 2, graphcache: a fresh baseline, then graphcache in turn with it
-            base_fn, base_runs = baseline(subject)
+            base_fn = baseline(subject)
+            base_runs = []
             counters_clear()
             fast = graphcache.optimize(subject.model, method.spec, backend="inductor")
             generate(subject, fast, args.steps)  # compile
@@ -228,13 +229,13 @@ def main() -> None:
                 ours_runs.append(generate(subject, fast, args.steps))
             ours_steps = fast.decisions().count("computed")
             ours_decisions = [d == "computed" for d in fast.decisions()]
-            base = statistics.median(r.seconds[0] for r in base_runs)
+            base = statistics.median(r.seconds for r in base_runs)
             ref = base_runs[0].out
 
             def row(label: str, runs: list[Run], computed: int, graphs: tuple[int, int] | str, other: str,
                     base: float = base, ref: torch.Tensor = ref, subject: Subject = subject,
                     method: Method = method) -> dict[str, Any]:
-                ratio = base / statistics.median(r.seconds[0] for r in runs)
+                ratio = base / statistics.median(r.seconds for r in runs)
                 limit = args.steps / computed
                 return {"model": subject.name, "method": method.name, "run": label, "ratio": ratio,
                         "computed": computed, "pct": 100 * ratio / limit, "graphs": graphs,

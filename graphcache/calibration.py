@@ -30,6 +30,7 @@ import torch.fx as fx
 from torch.fx import _pytree as fx_pytree
 
 from graphcache.errors import PolicyConfigError
+from graphcache.versioned_json import read_versioned
 
 SCHEMA = "graphcache.calibration"
 VERSION = 2  # 2: the fingerprint hashes every weight byte
@@ -148,8 +149,6 @@ def save(path: str | Path, model: torch.nn.Module, steps: int, **sections: Any) 
 
 def load(path: str | Path, section: str, model: torch.nn.Module | None = None) -> dict[str, Any]:
     """The ``section`` ("teacache" / "magcache") of a calibration file, checked (and against ``model``)."""
-    from graphcache.versioned_json import read_versioned
-
     path = Path(path)
     data = read_versioned(path, schema=SCHEMA, version=VERSION, kind="calibration file", error=PolicyConfigError,
                           fix=MAKE)

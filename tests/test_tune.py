@@ -155,6 +155,10 @@ def test_tuned_file_refused_for_another_model(tmp_path, root):
     (tmp_path / "bad.json").write_text('{"schema": "graphcache-calibration"}')
     with pytest.raises(PolicyConfigError, match="not a graphcache tuned config"):
         graphcache.optimize(model, config=str(tmp_path / "bad.json"))
+    wrong_type = json.loads(path.read_text()) | {"policy": 3}
+    (tmp_path / "typed.json").write_text(json.dumps(wrong_type))
+    with pytest.raises(PolicyConfigError, match="'policy' must be a string, got 3"):
+        graphcache.optimize(model, config=str(tmp_path / "typed.json"))
     # the CLI: optimize and export take the file, and refuse it for another model.py
     from graphcache.modelfile import load_model_file
 

@@ -18,6 +18,7 @@ import torch
 
 from graphcache.errors import PolicyConfigError
 from graphcache.policies import PolicyConfig, make_policy
+from graphcache.versioned_json import read_versioned
 
 SCHEMA = "graphcache-tuned"
 VERSION = 1
@@ -48,10 +49,12 @@ def _with_calibration_beside(path: Path, spec: str) -> str:
 
 
 def read_tuned(path: str | Path) -> dict[str, Any]:
-    from graphcache.versioned_json import read_versioned
-
-    return read_versioned(path, schema=SCHEMA, version=VERSION, kind="tuned config", error=PolicyConfigError,
+    data = read_versioned(path, schema=SCHEMA, version=VERSION, kind="tuned config", error=PolicyConfigError,
                           fix=f"write one with `graphcache tune ... -o {path}`")
+    for key in ("policy", "fingerprint", "model"):
+        if not isinstance(data.get(key), str):
+            raise PolicyConfigError(f"{path}: {key!r} must be a string, got {data.get(key)!r}")
+    return data
 
 
 def load_tuned(path: str | Path, model: torch.nn.Module | None = None) -> PolicyConfig:
