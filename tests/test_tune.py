@@ -84,6 +84,10 @@ def test_space_families_and_refusals():
             for value in family.knob.values:
                 spec = family.spec(setting, value, {"calibration": "c.json"} if family.needs_calibration else {}, 50)
                 assert graphcache.make_policy(spec).spec() == spec
+    fora = next(f for f in FAMILIES if f.policy == "fora").settings(0)
+    assert not [s for s in fora if s["forecast_from"] and s["forecast"] == "reuse"]  # it would change nothing
+    assert {(s["granularity"], s["forecast"], s["forecast_from"]) for s in fora} == {
+        (g, "reuse", 0) for g in ("stack", "block")} | {(g, "taylor:1", k) for g in ("stack", "block") for k in (0, 10)}
 
 
 def test_budget_honoured_on_the_heldout_split(tmp_path):
