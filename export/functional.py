@@ -125,7 +125,7 @@ def _fill_of(name: str, value: torch.Tensor) -> float | int:
 def functionalize(cached: ExportedCache, example_kwargs: Mapping[str, Any]) -> FunctionalGraph:
     """The functional-state form of ``cached`` (captured with ``torch.export``), traced on ``example_kwargs``."""
     gm = cached.module
-    if analysis(gm).get("capture") != "export":
+    if analysis(gm).capture != "export":
         raise ExportError("functionalize needs a graph captured with torch.export (graphcache.optimize_exported)")
     cached.state.reset()
     buffers = list(cached.state.spec.buffers)

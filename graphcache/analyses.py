@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.fx as fx
@@ -120,9 +120,10 @@ class Probe:
 class Analyses:
     """What capture and the passes found and built, one typed field per result (``None`` / empty: not yet).
 
-    Read and written as attributes (``analysis(gm).block_stack``); the mapping methods serve the pass
-    manager's ``requires`` / ``provides`` checks, which name fields as strings. A name that is not a field
-    is refused: there is no free-form blackboard.
+    Read and written as attributes (``analysis(gm).block_stack``); a pass reads a result it ``requires`` as
+    ``analysis(gm).require(BlockStack)`` (typed, refused with the missing result's name when absent). Only
+    the pass manager's ``requires`` / ``provides`` checks name fields as strings (``"block_stack" in found``,
+    ``list(found)``), and a name that is not a field is refused: there is no free-form blackboard.
     """
 
     # capture
@@ -140,13 +141,34 @@ class Analyses:
     attention_kinds: dict[str, int] | None = None  # PAB: kind -> recompute range
     # transforms
     state: StateSpec | None = None
-    signals: list[fx.Node] = dataclasses.field(default_factory=list)  # in the order the policy's rule reads them
+    signals: dict[str, fx.Node] = dataclasses.field(default_factory=dict)  # by the name the policy's rule reads
     refresh_on_compute: list[tuple[fx.Node, fx.Node]] = dataclasses.field(default_factory=list)
     refresh_always: list[tuple[fx.Node, fx.Node]] = dataclasses.field(default_factory=list)
     indicator: str | None = None  # TeaCache: the modulated input's node name (reports)
     decision: Decision | None = None
     cache_branch: dict[str, Any] | None = None
     dense_cond_operands: bool | None = None  # the lowering changed the graph
+
+    def require(self, kind: type[_T]) -> _T:
+        """The result of type ``kind`` (a :class:`BlockStack`, :class:`CachePlan`, :class:`StateSpec`,
+        :class:`Decision` or :class:`Probe`); :class:`PassError` when no pass recorded it yet."""
+        name = _FIELD_OF_TYPE.get(kind)
+        if name is None:
+            raise PassError(f"no analysis result has type {kind.__name__}; typed results: "
+                            f"{', '.join(t.__name__ for t in _FIELD_OF_TYPE)}")
+        value = getattr(self, name)
+        if value is None:
+            raise PassError(f"the analysis result {name!r} ({kind.__name__}) is not there yet; run the pass that "
+                            "provides it first (passes/README.md lists the order)")
+        assert isinstance(value, kind)
+        return value
+
+    def add_signal(self, name: str, node: fx.Node, pass_name: str) -> None:
+        """Record a decision signal under the name of the rule parameter that reads it."""
+        if name in self.signals:
+            raise PassError(f"pass '{pass_name}' records decision signal {name!r}, which an earlier pass recorded "
+                            f"(signals so far: {', '.join(self.signals)})")
+        self.signals[name] = node
 
     def _field(self, key: str) -> str:
         if key not in self.__dataclass_fields__:
@@ -155,24 +177,18 @@ class Analyses:
         return key
 
     def __contains__(self, key: object) -> bool:
-        """Whether the result is there: a ``None`` field is not; a list field (default empty) is once non-empty.
+        """Whether the result is there: a ``None`` field is not; a list or dict field (default empty) is once non-empty.
         A result that is an empty list in an optional field (a graph with no user input) is there."""
         name = self._field(str(key))
         value = getattr(self, name)
         if self.__dataclass_fields__[name].default is None:
             return value is not None
-        return value != []
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, self._field(key), value)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self else default
+        return len(value) > 0
 
     def __iter__(self) -> Iterator[str]:
         return iter([k for k in self.__dataclass_fields__ if k in self])
+
+
+_T = TypeVar("_T")
+_FIELD_OF_TYPE: dict[type, str] = {BlockStack: "block_stack", Probe: "probe", CachePlan: "cache_plan",
+                                   StateSpec: "state", Decision: "decision"}

@@ -219,8 +219,10 @@ class CachedModule(torch.nn.Module):
 
         if self._side_t is not None:
             return  # the timestep is read from its argument by name (_offer_side_timestep)
-        found = analysis(self.states[0].gm) if hasattr(self.states[0], "gm") else {}
-        stack, sources = found.get("block_stack"), found.get("input_sources", {})
+        if not hasattr(self.states[0], "gm"):
+            return
+        found = analysis(self.states[0].gm)
+        stack, sources = found.block_stack, found.input_sources or {}
         source = sources.get(stack.timestep.name) if stack is not None else None
         if source is None:
             return

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from graphcache.blockstack import BlockStack
 from graphcache.capture import add_side_timestep, has_timestep, prepare_dynamo_graph, refuse_if_it_fails_plainly
 from graphcache.errors import (
     DataDependentShapeError,
@@ -81,7 +82,7 @@ def make_backend(
         if sink is not None:
             sink.append(state)
         if pieces is not None:
-            pieces.append(f"graph {len(pieces) + 1}: the cached region ({analysis(new)['block_stack'].num_blocks} "
+            pieces.append(f"graph {len(pieces) + 1}: the cached region ({analysis(new).require(BlockStack).num_blocks} "
                           "blocks)")
         compiled = lower(new, inputs, inner)
         if len(inputs) > len(example_inputs):

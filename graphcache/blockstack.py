@@ -7,7 +7,7 @@ import dataclasses
 import torch.fx as fx
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Block:
     """One call of a repeated submodule: a contiguous run of graph nodes."""
 
@@ -25,7 +25,7 @@ class Block:
         return self.nodes[-1]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Stack:
     """A chain of structurally identical blocks, block i's outputs feeding block i+1."""
 
@@ -46,13 +46,15 @@ class Stack:
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class BlockStack:
     """What the analysis found: the stacks, the region spanning them, and the denoiser's interface.
 
     ``region`` holds every node from the first block's first node to the last block's last node (graph
     order); ``prologue`` the compute nodes before it and ``epilogue`` those after. ``stream_inputs`` are the
     hidden streams entering the first block, ``region_outputs`` the region values the epilogue reads.
+    Frozen: a pass that narrows the region (``split_probe_blocks``, ``split_tail_blocks``) records a new one
+    (``dataclasses.replace``) and declares ``block_stack`` in its ``updates``.
     """
 
     stacks: list[Stack]

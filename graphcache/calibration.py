@@ -29,6 +29,7 @@ import torch
 import torch.fx as fx
 from torch.fx import _pytree as fx_pytree
 
+from graphcache.blockstack import BlockStack
 from graphcache.errors import PolicyConfigError
 from graphcache.versioned_json import read_versioned
 
@@ -57,7 +58,7 @@ def _recorder(model: torch.nn.Module, example: Mapping[str, Any]) -> fx.GraphMod
 
     gm, flat = capture_export(model.eval(), example)
     PassManager([FindBlockStack()], flat)(gm)
-    stack = analysis(gm)["block_stack"]
+    stack = analysis(gm).require(BlockStack)
     first = stack.stacks[0]
     block = first.blocks[0]
     stream = block.inputs[first.stream_slots[0]]

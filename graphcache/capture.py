@@ -78,10 +78,10 @@ def _prepared(gm: fx.GraphModule, model: torch.nn.Module, kwargs: Mapping[str, A
     import time
 
     flat = fx_pytree.tree_flatten_spec(((), dict(kwargs)), gm._in_spec)
-    analysis(gm)["user_inputs"] = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    analysis(gm)["capture"] = "export"
+    analysis(gm).user_inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    analysis(gm).capture = "export"
     propagate_shapes(gm, flat, type(model).__name__)
-    analysis(gm)["timings"] = [(what, time.perf_counter() - start, 0.0)]
+    analysis(gm).timings = [(what, time.perf_counter() - start, 0.0)]
     return gm, list(flat)
 
 
@@ -152,9 +152,9 @@ def prepare_dynamo_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> f
 
     graph = copy.deepcopy(gm.graph)
     new = fx.GraphModule(gm, graph)
-    analysis(new)["user_inputs"] = dynamo_user_inputs(gm, example_inputs)
-    analysis(new)["input_sources"] = input_sources(gm)
-    analysis(new)["capture"] = "dynamo"
+    analysis(new).user_inputs = dynamo_user_inputs(gm, example_inputs)
+    analysis(new).input_sources = input_sources(gm)
+    analysis(new).capture = "dynamo"
     propagate_shapes(new, example_inputs, "the model")
     return new
 
@@ -168,7 +168,7 @@ def has_timestep(gm: fx.GraphModule) -> bool:
     from graphcache.passes.graph_utils import find_timestep
 
     try:
-        find_timestep(gm, analysis(gm)["user_inputs"])
+        find_timestep(gm, analysis(gm).user_inputs or [])
     except NoStackError:
         return False
     return True
@@ -182,6 +182,6 @@ def add_side_timestep(gm: fx.GraphModule, inputs: Sequence[Any]) -> None:
     with where:
         gm.graph.placeholder(SIDE_TIMESTEP)
     gm.recompile()
-    analysis(gm)["user_inputs"] = [*analysis(gm)["user_inputs"], SIDE_TIMESTEP]
-    analysis(gm)["side_timestep"] = SIDE_TIMESTEP
+    analysis(gm).user_inputs = [*(analysis(gm).user_inputs or []), SIDE_TIMESTEP]
+    analysis(gm).side_timestep = SIDE_TIMESTEP
     propagate_shapes(gm, inputs, "the model")

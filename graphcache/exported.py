@@ -27,7 +27,7 @@ class ExportedCache:
 
     @property
     def block_stack(self) -> BlockStack:
-        return analysis(self.module)["block_stack"]  # type: ignore[no-any-return]
+        return analysis(self.module).require(BlockStack)
 
     def __call__(self, **kwargs: Any) -> Any:
         with torch.no_grad():

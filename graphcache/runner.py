@@ -168,7 +168,7 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
         uncached_runs.append(run_generation(base, inputs, timesteps, bar(f"uncached{suffix}")))
         cached.state.reset()
         cached_runs.append(run_generation(fast, inputs, timesteps, bar(f"{policy.name}{suffix}")))
-    recorded = analysis(cached.module).get("timings", [])  # (capture or pass, seconds, shape propagation)
+    recorded = analysis(cached.module).timings  # (capture or pass, seconds, shape propagation)
     timings = [(name, seconds) for name, seconds, _ in recorded]
     timings.append(("shape propagation (in the passes)", sum(p for _, _, p in recorded)))
     timings += [("first call, graphcache (compilation)", warm_fast.step_seconds[0]),

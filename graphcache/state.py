@@ -33,7 +33,7 @@ class CacheState:
 
     @property
     def spec(self) -> StateSpec:
-        return analysis(self.gm)["state"]  # type: ignore[no-any-return]
+        return analysis(self.gm).require(StateSpec)
 
     def buffer(self, name: str) -> torch.Tensor:
         return self.gm.get_buffer(name)

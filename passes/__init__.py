@@ -95,11 +95,12 @@ def markdown_table() -> str:
     def keys(names: Sequence[str]) -> str:
         return ", ".join(f"`{n}`" for n in names) or "-"
 
-    lines = ["| pass | file | requires | provides | what it does |", "|---|---|---|---|---|"]
+    lines = ["| pass | file | requires | provides | replaces | what it does |", "|---|---|---|---|---|---|"]
     for cls in all_passes():
         module = inspect.getmodule(cls)
         doc = (module.__doc__ if module is not None and module.__doc__ else cls.__doc__ or "").strip()
         summary = doc.split("\n\n")[0].replace("\n", " ").split(". ")[0].rstrip(".").replace("|", "/")
         file = module.__name__.rsplit(".", 1)[-1] + ".py" if module is not None else "?"
-        lines.append(f"| `{cls.name}` | `{file}` | {keys(cls.requires)} | {keys(cls.provides)} | {summary} |")
+        lines.append(f"| `{cls.name}` | `{file}` | {keys(cls.requires)} | {keys(cls.provides)} | {keys(cls.updates)} "
+                     f"| {summary} |")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ import dataclasses
 import torch
 import torch.fx as fx
 
-from graphcache.analyses import StateSpec
+from graphcache.analyses import CachePlan, StateSpec
+from graphcache.blockstack import BlockStack
 from graphcache.clock import LOG_CAPACITY, LOG_DTYPE
 from graphcache.predictors import HISTORY, Predictor, Reuse
 
@@ -31,8 +32,8 @@ class AddCacheState(Pass):
     provides = ("state",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        plan = analysis(gm)["cache_plan"]
-        anchor = analysis(gm)["block_stack"].region[0]
+        plan = analysis(gm).require(CachePlan)
+        anchor = analysis(gm).require(BlockStack).region[0]
         device = _device_of(gm)
         spec = StateSpec(step=None, last_t=None, log=None, history=None, n_computed=None,  # type: ignore[arg-type]
                          caches={}, buffers=[])
@@ -50,7 +51,7 @@ class AddCacheState(Pass):
             assert val is not None, f"cache unit {unit.name} has no meta['val']"
             spec.caches[unit.name] = [add(f"_gc_{unit.name}_{j}", tuple(val.shape), val.dtype)
                                       for j in range(self.predictor.num_state())]
-        analysis(gm)["state"] = spec
+        analysis(gm).state = spec
         return PassResult(gm, modified=True)
 
 

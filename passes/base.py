@@ -2,9 +2,10 @@
 
 A pass is called on a ``torch.fx.GraphModule`` and returns ``PassResult(gm, modified)``. Analysis passes
 leave the graph as it is and record their result in ``gm.meta["graphcache"]`` under their ``provides``
-key; transform passes read those results (``requires``) and edit the graph. The manager lints the graph
-after every pass, gives every new node a ``meta["val"]`` (fake tensor propagation), and names the failing
-pass and the passes before it in any error.
+key (a pass that replaces an earlier result, such as a narrowed ``block_stack``, names it in ``updates``;
+any other replaced result is refused); transform passes read those results (``requires``) and edit the
+graph. The manager lints the graph after every pass, gives every new node a ``meta["val"]`` (fake tensor
+propagation), and names the failing pass and the passes before it in any error.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Pass:
     name: ClassVar[str] = "pass"
     requires: ClassVar[tuple[str, ...]] = ()  # analysis keys that must exist before the pass
     provides: ClassVar[tuple[str, ...]] = ()  # analysis keys the pass records
+    updates: ClassVar[tuple[str, ...]] = ()  # results of earlier passes it replaces (a narrowed block_stack)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         raise NotImplementedError
@@ -75,10 +77,18 @@ class Pass:
                 f"pass '{self.name}' requires {missing} from an earlier pass, found only {sorted(found)}; "
                 "run the passes that provide them first (see passes/README.md for the order)"
             )
+        before = {key: id(value) for key, value in vars(found).items()}
         result = self.call(gm)
-        absent = [key for key in self.provides if key not in analysis(result.gm)]
+        after = analysis(result.gm)
+        absent = [key for key in self.provides if key not in after]
         if absent:
             raise PassError(f"pass '{self.name}' did not record {absent} it promises")
+        declared = {*self.provides, *self.updates}
+        replaced = [key for key, value in vars(after).items()
+                    if key in before and id(value) != before[key] and key not in declared]
+        if after is found and replaced:
+            raise PassError(f"pass '{self.name}' replaced the analysis results {replaced} without declaring them in "
+                            "provides or updates")
         return result
 
 

@@ -37,6 +37,7 @@ class DenseCondOperands(Pass):
     freeze_concat_operands: bool = True  # Inductor targets; ONNX has no such op and no in-place concat
     name = "dense_cond_operands"
     requires = ("cache_branch",)
+    provides = ("dense_cond_operands",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
@@ -64,5 +65,5 @@ class DenseCondOperands(Pass):
                     operands[k] = mark(fixed, self.name, "layout")
                 modified = True
             node.args = (*node.args[:3], tuple(operands))
-        analysis(gm)["dense_cond_operands"] = modified
+        analysis(gm).dense_cond_operands = modified
         return PassResult(gm, modified)

@@ -322,5 +322,5 @@ class FindBlockStack(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        found["block_stack"] = analyze(gm, found["user_inputs"])
+        found.block_stack = analyze(gm, found.user_inputs or [])
         return PassResult(gm, modified=False)

@@ -111,6 +111,6 @@ class FindUNetSkip(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        found["block_stack"] = analyze_unet(gm, found["user_inputs"], self.skip)
+        found.block_stack = analyze_unet(gm, found.user_inputs or [], self.skip)
         gm.graph.lint()
         return PassResult(gm, modified=True)

@@ -162,7 +162,7 @@ def find_timestep(gm: fx.GraphModule, user_inputs: list[str]) -> fx.Node:
             continue
         if any(op_name(n) in ("sin", "cos") for n in descendants([ph]) if is_compute(n)):
             candidates.append(ph)
-    side = analysis(gm).get("side_timestep")
+    side = analysis(gm).side_timestep
     if not candidates and side is not None:  # given by the caller (a graph after a graph break)
         return next(p for p in placeholders if p.name == side)
     if not candidates:

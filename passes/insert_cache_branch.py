@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from graphcache.analyses import CachePlan, CacheUnit, Decision, Phase, StateSpec
+from graphcache.blockstack import BlockStack
 from graphcache.errors import UnsupportedGraphError
 from graphcache.predictors import Clock, Predictor, Reuse, clone
 
@@ -234,9 +235,9 @@ class InsertCacheBranch(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        stack, plan = found["block_stack"], found["cache_plan"]
-        state: StateSpec = found["state"]
-        decision: Decision = found["decision"]
+        stack, plan = found.require(BlockStack), found.require(CachePlan)
+        state: StateSpec = found.require(StateSpec)
+        decision: Decision = found.require(Decision)
         region, outputs = stack.region, stack.region_outputs
         region_set = set(region)
         for node in gm.graph.nodes:
@@ -279,6 +280,6 @@ class InsertCacheBranch(Pass):
             old.replace_all_uses_with(new, delete_user_cb=lambda user: user not in region_set)
         for node in reversed(region):
             graph.erase_node(node)
-        found["cache_branch"] = {"compute": "_gc_compute", "cached": "_gc_cached",
+        found.cache_branch = {"compute": "_gc_compute", "cached": "_gc_cached",
                                  "num_operands": len(distinct) + len(decision.clock)}
         return PassResult(gm, modified=True)

@@ -7,7 +7,8 @@ direction, learned from the first generation's first move (``_gc_direction``: -1
 models whose time runs up), or after ``reset()`` (which sets the last timestep to -inf): the step index
 restarts at 0, the log is cleared and the step is computed.
 
-The policy contributes ``rule(i, *signals, *accumulators)`` (traced into the graph with torch.fx; with
+The policy contributes ``rule(i, **signals, **accumulators)`` (traced into the graph with torch.fx; each
+signal and accumulator is passed to the rule parameter of its name, checked by :func:`bind_signals`; with
 ``reads_timestep`` ``rule(i, t, ...)``, ``t`` the timestep value: PAB's window), which returns the compute
 mask, or ``(mask, *new_accumulators)``. A rule object with ``bind(analyses)`` is first bound to what
 earlier passes found (PAB: the attention kinds the model has). ``signals`` are per-sample graph values earlier
@@ -22,13 +23,16 @@ value)`` are written per sample where that sample computes; ``refresh_always`` p
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import torch
 import torch.fx as fx
 
 from graphcache.analyses import Decision, StateSpec
+from graphcache.blockstack import BlockStack
 from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, next_step_directed
+from graphcache.errors import PassError
 
 from .base import Pass, PassResult, analysis, mark_new
 from .graph_utils import per_sample_where, tensor_val
@@ -40,7 +44,7 @@ MAX_SIGNALS = 4
 MAX_ACCUMULATORS = 4
 
 
-def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bool,
+def _decision_fn(rule: Rule, signal_names: list[str], accumulator_names: list[str], per_sample: bool,
                  reads_timestep: bool = False) -> Callable[..., tuple[torch.Tensor, ...]]:
     def decide(
         t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, direction: torch.Tensor, log: torch.Tensor,
@@ -51,11 +55,14 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         a3: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         t_now, new_generation, i, new_direction = next_step_directed(t, last_t, step, direction)
-        signals = [s0, s1, s2, s3][:n_signals]
-        accumulators = [a0, a1, a2, a3][:n_accumulators]
+        named = dict(zip(signal_names, [s0, s1, s2, s3], strict=False))
+        named.update(zip(accumulator_names, [a0, a1, a2, a3], strict=False))
         clock = (i, t_now) if reads_timestep else (i,)
-        result = rule(*clock, *signals, *accumulators)
+        result = rule(*clock, **named)
         mask, new_accumulators = (result[0], list(result[1:])) if isinstance(result, tuple) else (result, [])
+        if len(new_accumulators) != len(accumulator_names):
+            raise PassError(f"the decision rule returns {len(new_accumulators)} new accumulator value(s) for "
+                            f"{accumulator_names or 'no accumulators'}: it must return (mask, one new value each)")
         mask = mask | new_generation
         compute = mask.reshape(-1).any(0) if per_sample else mask
         slot = log_slot(log, i)
@@ -71,6 +78,25 @@ def _decision_fn(rule: Rule, n_signals: int, n_accumulators: int, per_sample: bo
         return (*out, *new_accumulators)
 
     return decide
+
+
+def bind_signals(rule: Rule, signals: list[str], accumulators: list[str], reads_timestep: bool) -> None:
+    """Check that ``rule`` reads, by parameter name, exactly the recorded signals and the accumulators (after
+    the step index ``i``, and ``t`` with ``reads_timestep``): a signal no parameter names, or a parameter no
+    signal or accumulator provides, is refused here rather than read as the wrong value."""
+    params = list(inspect.signature(rule).parameters.values())
+    named = [p.name for p in params[(2 if reads_timestep else 1):]
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unread = [s for s in [*signals, *accumulators] if s not in named]
+    unbound = [p for p in named if p not in signals and p not in accumulators] if signals or accumulators else []
+    clash = sorted(set(signals) & set(accumulators))
+    if unread or unbound or clash:
+        raise PassError(
+            f"the decision rule {getattr(rule, '__qualname__', rule)} reads {named or 'no signal'}; recorded signals "
+            f"{signals or 'none'}, accumulators {accumulators or 'none'}"
+            + (f"; no parameter reads {unread}" if unread else "")
+            + (f"; nothing provides {unbound}" if unbound else "")
+            + (f"; both a signal and an accumulator: {clash}" if clash else ""))
 
 
 def _trace(fn: Callable[..., tuple[torch.Tensor, ...]], used: list[str]) -> fx.GraphModule:
@@ -93,10 +119,13 @@ class InsertDecision(Pass):
     provides = ("decision",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        state: StateSpec = analysis(gm)["state"]
-        stack = analysis(gm)["block_stack"]
-        signals = list(analysis(gm).get("signals", []))
-        assert len(signals) <= MAX_SIGNALS and len(self.accumulators) <= MAX_ACCUMULATORS
+        state = analysis(gm).require(StateSpec)
+        stack = analysis(gm).require(BlockStack)
+        recorded = analysis(gm).signals
+        signals = list(recorded.values())
+        if len(signals) > MAX_SIGNALS or len(self.accumulators) > MAX_ACCUMULATORS:
+            raise PassError(f"the decision reads at most {MAX_SIGNALS} signals and {MAX_ACCUMULATORS} accumulators, "
+                            f"got {list(recorded)} and {[n for n, _ in self.accumulators]}")
         per_sample = bool(signals)
         anchor = stack.region[0]
         extra: list[fx.Node] = []
@@ -112,7 +141,9 @@ class InsertDecision(Pass):
                             for name, initial in self.accumulators]
             extra, used = [sample_log, *signals, *accumulators], ["sample_log", *used]
         rule = self.rule.bind(analysis(gm)) if hasattr(self.rule, "bind") else self.rule
-        decide = _decision_fn(rule, len(signals), len(self.accumulators), per_sample, self.reads_timestep)
+        accumulator_names = [n for n, _ in self.accumulators]
+        bind_signals(rule, list(recorded), accumulator_names, self.reads_timestep)
+        decide = _decision_fn(rule, list(recorded), accumulator_names, per_sample, self.reads_timestep)
         traced = _trace(decide, used)
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
         direction = state.add(gm, "_gc_direction", torch.zeros(()), anchor, self.name, 0.0)
@@ -129,13 +160,13 @@ class InsertDecision(Pass):
             updates.append((extra[0], out[10]))
             updates.extend(zip(extra[1 + len(signals):], out[11:], strict=True))
         with gm.graph.inserting_before(anchor):
-            for buffer, fresh in analysis(gm).get("refresh_on_compute", []):
+            for buffer, fresh in analysis(gm).refresh_on_compute:
                 kept = (per_sample_where(gm.graph, mask, fresh, buffer, fresh) if per_sample else
                         gm.graph.call_function(torch.ops.aten.where.self, (pred, fresh, buffer)))
                 updates.append((buffer, kept))
-            updates.extend(analysis(gm).get("refresh_always", []))
+            updates.extend(analysis(gm).refresh_always)
         mark_new(gm.graph, before, self.name, "decision")
-        analysis(gm)["decision"] = Decision(pred, updates, [step, history_before, n_before],
+        analysis(gm).decision = Decision(pred, updates, [step, history_before, n_before],
                                             mask if per_sample else None)
         return PassResult(gm, modified=True)
 
@@ -143,5 +174,5 @@ class InsertDecision(Pass):
 def _batch_size(signal: fx.Node) -> int:
     val = tensor_val(signal)
     if val is None or val.dim() != 1:
-        raise AssertionError(f"decision signal {signal.name} must be a per-sample vector, got {val}")
+        raise PassError(f"decision signal {signal.name} must be a per-sample vector, got {val}")
     return int(val.shape[0])

@@ -14,6 +14,9 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from graphcache.blockstack import BlockStack
+from graphcache.errors import PolicyConfigError
+
 from .base import Pass, PassResult, analysis, mark_new
 from .graph_utils import emit_traced
 
@@ -37,9 +40,16 @@ class InsertMagnitudeSignal(Pass):
     requires = ("block_stack",)
     provides = ("signals",)
 
+    def __post_init__(self) -> None:
+        if len(self.timesteps) < 2 or len(self.timesteps) != len(self.ratios):
+            raise PolicyConfigError(f"the magnitude ratios need one ratio per timestep and at least two of each; got "
+                                    f"{len(self.timesteps)} timesteps and {len(self.ratios)} ratios")
+        if len(set(self.timesteps)) != len(self.timesteps):
+            raise PolicyConfigError("the magnitude ratios' timesteps repeat a value; each timestep needs one ratio")
+
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        stack = found["block_stack"]
+        stack = found.require(BlockStack)
         order = sorted(range(len(self.timesteps)), key=lambda k: self.timesteps[k])
         knots = torch.tensor([self.timesteps[k] for k in order], dtype=torch.float32)
         ratios = torch.tensor([self.ratios[k] for k in order], dtype=torch.float32)
@@ -54,6 +64,7 @@ class InsertMagnitudeSignal(Pass):
             t = emit_traced(graph, timestep_vector, [stack.timestep])
             gamma = emit_traced(graph, interpolate, [stack.timestep, *consts])
         mark_new(graph, before, self.name, "decision")
-        found.signals.extend([gamma, t])
+        found.add_signal("gamma", gamma, self.name)
+        found.add_signal("t", t, self.name)
         return PassResult(gm, modified=True)
 

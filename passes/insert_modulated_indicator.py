@@ -16,6 +16,8 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import StateSpec
+from graphcache.blockstack import BlockStack
 from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis, mark_new
@@ -63,7 +65,7 @@ class InsertModulatedIndicator(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        stack = found["block_stack"]
+        stack = found.require(BlockStack)
         first = stack.stacks[0]
         block = first.blocks[0]
         stream = block.inputs[first.stream_slots[0]]
@@ -84,7 +86,7 @@ class InsertModulatedIndicator(Pass):
         before = set(graph.nodes)
         val = tensor_val(target)
         assert val is not None
-        prev = found["state"].add(gm, "_gc_modulated_prev", torch.empty(val.shape, dtype=val.dtype,
+        prev = found.require(StateSpec).add(gm, "_gc_modulated_prev", torch.empty(val.shape, dtype=val.dtype,
                                                                            device=val.device), stack.region[0],
                                   self.name)
         with graph.inserting_before(stack.region[0]):
@@ -93,7 +95,7 @@ class InsertModulatedIndicator(Pass):
                     env[node] = graph.node_copy(node, lambda a: env.get(a, a))
             rel = emit_traced(graph, relative_l1, [env[target], prev])
         mark_new(graph, before, self.name, "decision")
-        found.signals.append(rel)
+        found.add_signal("distance", rel, self.name)
         found.refresh_always.append((prev, env[target]))
-        found["indicator"] = target.name
+        found.indicator = target.name
         return PassResult(gm, modified=True)

@@ -14,6 +14,9 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import Probe, StateSpec
+from graphcache.blockstack import BlockStack
+
 from .base import Pass, PassResult, analysis, mark
 from .graph_utils import emit_traced, relative_l1, tensor_val
 
@@ -26,12 +29,13 @@ class InsertProbeIndicator(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        probe, stack = found["probe"], found["block_stack"]
+        probe, stack = found.require(Probe), found.require(BlockStack)
         val = tensor_val(probe.outputs[0])
         assert val is not None
         graph = gm.graph
-        ref = found["state"].add(gm, "_gc_probe_ref", torch.empty(val.shape, dtype=val.dtype, device=val.device),
-                                 stack.region[0], self.name)
+        ref = found.require(StateSpec).add(gm, "_gc_probe_ref", torch.empty(val.shape, dtype=val.dtype,
+                                                                              device=val.device),
+                                           stack.region[0], self.name)
         with graph.inserting_before(stack.region[0]):
             residual = graph.call_function(torch.ops.aten.sub.Tensor, (probe.outputs[0], probe.inputs[0]))
             before = set(graph.nodes)
@@ -39,6 +43,6 @@ class InsertProbeIndicator(Pass):
         for node in graph.nodes:
             if node not in before or node in (ref, residual):
                 mark(node, self.name, "decision")
-        found.signals.append(rel)
+        found.add_signal("change", rel, self.name)
         found.refresh_on_compute.append((ref, residual))
         return PassResult(gm, modified=True)

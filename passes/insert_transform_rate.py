@@ -17,6 +17,8 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import CachePlan, StateSpec
+from graphcache.blockstack import BlockStack
 from graphcache.errors import UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis, mark_new
@@ -39,15 +41,16 @@ class InsertTransformRate(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        plan, state, stack = found["cache_plan"], found["state"], found["block_stack"]
+        plan, state, stack = found.require(CachePlan), found.require(StateSpec), found.require(BlockStack)
         units = [u for u in plan.units if u.base is not None]
         if plan.granularity != "stack" or len(units) != 1:
             raise UnsupportedGraphError("EasyCache needs one stack residual (out - in) to cache; found "
                                         f"{len(units)} residual units at granularity '{plan.granularity}'")
         unit = units[0]
         x = unit.base
+        assert x is not None  # units filtered on a base above
         val = tensor_val(x)
-        assert val is not None and unit.base is not None
+        assert val is not None
         anchor = stack.region[0]
 
         def buffer(name: str) -> fx.Node:
@@ -61,7 +64,7 @@ class InsertTransformRate(Pass):
         with graph.inserting_before(anchor):
             signal = emit_traced(graph, predicted_change, [x, x_prev, x_a, x_a2, delta_a, delta_a2])
         mark_new(graph, before, self.name, "decision")
-        found.signals.append(signal)
+        found.add_signal("change", signal, self.name)
         found.refresh_always.append((x_prev, x))
         found.refresh_on_compute.extend([(x_a, x), (x_a2, x_a), (delta_a2, delta_a)])
         return PassResult(gm, modified=True)

@@ -17,6 +17,8 @@ import dataclasses
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import CachePlan, StateSpec
+from graphcache.blockstack import BlockStack
 from graphcache.errors import UnsupportedGraphError
 from graphcache.predictors import Clock, Predictor, Reuse, call
 
@@ -43,7 +45,7 @@ class InsertVerificationSignal(Pass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         found = analysis(gm)
-        stack, plan, state = found["block_stack"], found["cache_plan"], found["state"]
+        stack, plan, state = found.require(BlockStack), found.require(CachePlan), found.require(StateSpec)
         st = stack.stacks[-1]
         last = st.blocks[-1]
         region = set(stack.region)
@@ -71,6 +73,7 @@ class InsertVerificationSignal(Pass):
                     env[node] = graph.node_copy(node, lambda a: env.get(a, a))
             errors = []
             for u in rear:
+                assert u.base is not None, f"delta unit {u.name} has no base stream"
                 delta = _forecast(graph, self.predictor, state.caches[u.name], clock, u.node)
                 out_hat = call(graph, torch.ops.aten.add.Tensor, env[u.base], delta)
                 errors.append(emit_traced(graph, relative_l2, [env[u.node], out_hat]))
@@ -81,5 +84,6 @@ class InsertVerificationSignal(Pass):
             since = call(graph, torch.ops.aten.sub.Tensor, step, latest)
             since = call(graph, torch.ops.aten.add.Tensor, since, call(graph, torch.ops.aten.zeros_like.default, error))
         mark_new(graph, before, self.name, "decision")
-        found.signals.extend([error, since])
+        found.add_signal("error", error, self.name)
+        found.add_signal("since", since, self.name)
         return PassResult(gm, modified=True)

@@ -120,7 +120,7 @@ class PlanAttentionUnits(Pass):
     provides = ("cache_plan", "attention_kinds")
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        branches = attention_branches(analysis(gm)["block_stack"])
+        branches = attention_branches(analysis(gm).require(BlockStack))
         if not branches:
             raise UnsupportedGraphError("PAB found no attention in the repeated blocks' residual branches (no "
                                         "scaled_dot_product_attention or softmax(q @ k^T) feeding x + gate * F(x))")
@@ -138,7 +138,7 @@ class PlanAttentionUnits(Pass):
             found = sorted({"cross" if not a.self_attention else "self" for a in branches})
             raise UnsupportedGraphError(f"PAB: every attention kind found ({', '.join(found)}) has range None")
         kinds = {k: int(ranges[k]) for k in KINDS if k in units}  # type: ignore[arg-type]
-        analysis(gm)["attention_kinds"] = kinds
-        analysis(gm)["cache_plan"] = CachePlan("attention", plan_units, step_phases(units, kinds),
+        analysis(gm).attention_kinds = kinds
+        analysis(gm).cache_plan = CachePlan("attention", plan_units, step_phases(units, kinds),
                                                refresh_running=True)
         return PassResult(gm, modified=False)

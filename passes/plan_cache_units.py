@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from graphcache.analyses import CachePlan, CacheUnit
 from graphcache.blockstack import BlockStack
-from graphcache.errors import UnsupportedGraphError
+from graphcache.errors import PolicyConfigError, UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
 from .graph_utils import descendants, residual_branches, same_tensor_type
@@ -53,6 +53,9 @@ def plan_block_units(stack: BlockStack) -> list[CacheUnit]:
     return units
 
 
+GRANULARITIES = ("stack", "block", "outputs")
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanCacheUnits(Pass):
     """Record the :class:`CachePlan` (which tensors the cache holds) for the chosen granularity."""
@@ -62,13 +65,17 @@ class PlanCacheUnits(Pass):
     requires = ("block_stack",)
     provides = ("cache_plan",)
 
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise PolicyConfigError(f"granularity={self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
+
     def call(self, gm: fx.GraphModule) -> PassResult:
-        stack: BlockStack = analysis(gm)["block_stack"]
+        stack = analysis(gm).require(BlockStack)
         if self.granularity == "block":
             units = plan_block_units(stack)
         elif self.granularity == "outputs":
             units = [CacheUnit(f"out{k}", node) for k, node in enumerate(stack.region_outputs)]
         else:
             units = plan_stack_units(stack)
-        analysis(gm)["cache_plan"] = CachePlan(self.granularity, units)
+        analysis(gm).cache_plan = CachePlan(self.granularity, units)
         return PassResult(gm, modified=False)

@@ -60,9 +60,9 @@ class PlanDeltaUnits(Pass):
     provides = ("cache_plan",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        units = plan_delta_units(analysis(gm)["block_stack"], self.split)
+        units = plan_delta_units(analysis(gm).require(BlockStack), self.split)
         early = frozenset(u.name for u in units if u.name.startswith("rear"))
         late = frozenset(u.name for u in units if u.name.startswith("front"))
         phases = None if self.boundary is None else (Phase(early, StepBelow(self.boundary)), Phase(late))
-        analysis(gm)["cache_plan"] = CachePlan("delta", units, phases)
+        analysis(gm).cache_plan = CachePlan("delta", units, phases)
         return PassResult(gm, modified=False)

@@ -1,9 +1,9 @@
 """Analysis pass: take the first ``n`` blocks out of the cached region so they run on every step (a probe).
 
-Precondition: ``block_stack``. Postcondition: ``block_stack`` narrowed (the probe blocks join the prologue;
-region inputs / outputs and stream inputs recomputed) and ``probe`` recorded: the hidden streams entering
-the first probe block and leaving the last one, paired by shape. Used by dynamic policies (FBCache's first
-block, DBCache's Fn blocks) whose decision reads the probe's residual.
+Precondition: ``block_stack``. Postcondition: ``block_stack`` replaced by one narrowed (the probe blocks
+join the prologue; region inputs / outputs and stream inputs recomputed) and ``probe`` recorded: the hidden
+streams entering the first probe block and leaving the last one, paired by shape. Used by dynamic policies
+(FBCache's first block, DBCache's Fn blocks) whose decision reads the probe's residual.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ class SplitProbeBlocks(Pass):
     name = "split_probe_blocks"
     requires = ("block_stack",)
     provides = ("probe",)
+    updates = ("block_stack",)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        stack: BlockStack = analysis(gm)["block_stack"]
+        stack = analysis(gm).require(BlockStack)
         first = stack.stacks[0]
         if not 1 <= self.blocks < len(first.blocks):
             raise PolicyConfigError(
@@ -45,12 +46,13 @@ class SplitProbeBlocks(Pass):
         latent = latent_input(gm)
         if latent is not None:  # the published probe reads the latent's stream (Flux: hidden_states, not text)
             pairs.sort(key=lambda pair: _not_the_latent_stream(pair[0], latent))
-        stack.region = region
-        stack.region_inputs, stack.region_outputs = boundary(region)
-        stack.prologue = stack.prologue + moved
-        first.blocks = first.blocks[self.blocks :]  # the stack that is cached
-        analysis(gm)["probe"] = Probe([s for s, _ in pairs[:1]], [o for _, o in pairs[:1]])
-        stack.stream_inputs = streams_in
+        region_inputs, region_outputs = boundary(region)
+        cached_first = dataclasses.replace(first, blocks=first.blocks[self.blocks :])  # the stack that is cached
+        found = analysis(gm)
+        found.block_stack = dataclasses.replace(
+            stack, stacks=[cached_first, *stack.stacks[1:]], region=region, region_inputs=region_inputs,
+            region_outputs=region_outputs, prologue=stack.prologue + moved, stream_inputs=streams_in)
+        found.probe = Probe([s for s, _ in pairs[:1]], [o for _, o in pairs[:1]])
         return PassResult(gm, modified=False)
 
 
@@ -72,7 +74,7 @@ def latent_input(gm: fx.GraphModule) -> fx.Node | None:
     prediction = tensor_val(found[0]) if found else None
     if prediction is None:
         return None
-    names = set(analysis(gm).get("user_inputs", []))
+    names = set(analysis(gm).user_inputs or [])
     shaped = []
     for node in gm.graph.find_nodes(op="placeholder"):
         val = tensor_val(node)

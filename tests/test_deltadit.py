@@ -37,7 +37,7 @@ def test_cached_steps_skip_rear_blocks_early_and_front_blocks_late():
 def test_default_split_is_half_and_bad_split_is_named():
     model, inputs = tiny_dit(num_layers=4)
     cached = optimize_exported(model, inputs(999), "deltadit")
-    plan = analysis(cached.module)["cache_plan"]
+    plan = analysis(cached.module).cache_plan
     assert sorted(u.name for u in plan.units) == ["front0", "rear0"]
     blocks = cached.block_stack.stacks[0].blocks
     front = next(u for u in plan.units if u.name == "front0")

@@ -127,5 +127,5 @@ def test_the_probe_reads_the_image_stream_as_published(dual):
 
     model, inputs = tiny_flux(dual=dual, single=2)
     cached = optimize_exported(model, inputs(999.0), "fbcache")
-    (probe_input,) = analysis(cached.state.gm)["probe"].inputs
+    (probe_input,) = analysis(cached.state.gm).probe.inputs
     assert tuple(probe_input.meta["val"].shape) == (1, 16, 32)

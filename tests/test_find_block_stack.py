@@ -17,7 +17,7 @@ def export_stack(factory, **kw):
     model, inputs = factory(**kw)
     gm, _ = capture_export(model, inputs(500.0))
     FindBlockStack()(gm)
-    return analysis(gm)["block_stack"]
+    return analysis(gm).block_stack
 
 
 def dynamo_stack(model, inputs):
@@ -26,7 +26,7 @@ def dynamo_stack(model, inputs):
     def backend(gm, example_inputs):
         new = prepare_dynamo_graph(gm, example_inputs)
         FindBlockStack()(new)
-        found["stack"] = analysis(new)["block_stack"]
+        found["stack"] = analysis(new).block_stack
         return gm.forward
 
     with torch.no_grad():
@@ -127,7 +127,7 @@ def test_residual_written_in_the_parent_still_chains_blocks():
     model = ParentResidual().eval()
     gm, _ = capture_export(model, {"x": torch.randn(2, 8), "t": torch.ones(2)})
     FindBlockStack()(gm)
-    assert [len(s.blocks) for s in analysis(gm)["block_stack"].stacks] == [3]
+    assert [len(s.blocks) for s in analysis(gm).block_stack.stacks] == [3]
 
 
 def test_a_stack_holding_little_of_the_work_is_refused_with_the_policy_to_use():

@@ -78,7 +78,7 @@ def test_matches_pab_written_with_hooks(maker, modules, ranges, period):
     decisions = cached.state.decisions()
     assert decisions == expected_decisions(ts, period)
     used = {k: r for k, r in ranges.items() if k in modules(model) and r is not None}
-    assert analysis(cached.module)["attention_kinds"] == used
+    assert analysis(cached.module).attention_kinds == used
     reference = pab_with_hooks(model, inputs, ts, modules(model), used)
     assert_exact_iff_computed(outputs, uncached, [decisions] * 2 if outputs[0].shape[0] == 2 else [decisions])
     for i, (out, ref) in enumerate(zip(outputs, reference, strict=True)):
@@ -105,7 +105,7 @@ def test_fastercache_extrapolates_attention_outputs_like_hooks():
 def test_kinds_found_by_structure_and_mlps_not_cached(manual):
     model, inputs = hand_written_video_dit(manual=manual)
     cached = optimize_exported(model, inputs(999), "pab")
-    plan = analysis(cached.module)["cache_plan"]
+    plan = analysis(cached.module).cache_plan
     names = [u.name for u in plan.units]
     assert names == [f"s0b{b}_{k}{j}" for b in range(3) for j, k in enumerate(("spatial", "temporal", "cross"))]
     blocks = cached.block_stack.stacks[0].blocks

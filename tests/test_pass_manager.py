@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.fx as fx
 
-from graphcache.analyses import Analyses, StateSpec
+from graphcache.analyses import Analyses, CachePlan, StateSpec
 from graphcache.errors import PassError
 from graphcache.passes.base import META_KEY, Pass, PassManager, PassResult, analysis
 
@@ -38,6 +38,7 @@ class _AddsNeg(Pass):
 @dataclasses.dataclass(frozen=True)
 class _AddsBuffer(Pass):
     name = "adds_buffer"
+    provides = ("state",)
     register: bool = False
 
     def call(self, gm: fx.GraphModule) -> PassResult:
@@ -53,6 +54,30 @@ class _AddsBuffer(Pass):
             with gm.graph.inserting_after(buffer):
                 gm.graph.call_function(torch.ops.aten.copy_.default, (buffer, buffer))
         return PassResult(gm, modified=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NarrowsTheStack(Pass):
+    """Replaces the tail result; declares it in ``updates`` only when asked."""
+
+    declare: bool = False
+    name = "narrows"
+
+    @property
+    def updates(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("tail",) if self.declare else ()
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        analysis(gm).tail = 3
+        return PassResult(gm, modified=False)
+
+
+def test_a_pass_that_replaces_a_result_must_declare_it():
+    gm = _gm()
+    analysis(gm).tail = 1
+    with pytest.raises(PassError, match=r"'narrows' replaced the analysis results \['tail'\] without declaring"):
+        PassManager([_NarrowsTheStack()], [torch.randn(3)])(gm)
+    assert analysis(PassManager([_NarrowsTheStack(declare=True)], [torch.randn(3)])(gm)).tail == 3
 
 
 def test_manager_marks_what_a_pass_adds():
@@ -79,23 +104,25 @@ def test_every_state_buffer_is_registered(monkeypatch):
 
 def test_analyses_are_typed_fields_not_a_blackboard():
     found = Analyses()
-    assert "block_stack" not in found and found.get("signals", "none") == "none"
-    found["tail"] = 2
-    assert found.tail == 2 and "tail" in found and list(found) == ["tail"]
-    with pytest.raises(PassError, match="'blockstack' is not an analysis result"):
-        found["blockstack"] = 1
+    assert "block_stack" not in found and "signals" not in found
+    found.tail = 2
+    assert "tail" in found and list(found) == ["tail"]
     with pytest.raises(PassError, match="not an analysis result"):
         _ = "stack" in found
-    with pytest.raises(KeyError):
-        _ = found["cache_plan"]
+    with pytest.raises(TypeError):
+        _ = found["tail"]  # type: ignore[index]  # read as attributes, typed
+    with pytest.raises(PassError, match=r"'cache_plan' \(CachePlan\) is not there yet"):
+        found.require(CachePlan)
+    with pytest.raises(PassError, match="no analysis result has type int"):
+        found.require(int)
 
 
 def test_an_empty_result_is_a_result():
     """A graph with no user input (a fragment after a graph break) has ``user_inputs == []``: found, not missing."""
     found = Analyses()
-    found["user_inputs"] = []
-    assert "user_inputs" in found and found["user_inputs"] == []
-    assert "signals" not in found  # a list field with nothing appended is not a result yet
+    found.user_inputs = []
+    assert "user_inputs" in found and found.user_inputs == []
+    assert "signals" not in found  # a dict field with nothing recorded is not a result yet
 
 
 def test_requires_names_the_missing_result():

@@ -87,4 +87,4 @@ def test_dump_before_and_after_a_pass(tmp_path, monkeypatch):
     assert files == ["04-insert_cache_branch-after.txt", "04-insert_cache_branch-before.txt"]
     assert "higher_order.cond" in (tmp_path / files[0]).read_text()
     assert "higher_order.cond" not in (tmp_path / files[1]).read_text()
-    assert analysis(gm)["cache_branch"]["compute"] == "_gc_compute"
+    assert analysis(gm).cache_branch["compute"] == "_gc_compute"

@@ -45,10 +45,10 @@ class FBCache(PolicyConfig):
         require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
                 self.threshold, "must be a number >= 0 (0 computes every step)")
 
-    def rule(self, i: torch.Tensor, relative_change: torch.Tensor | None = None) -> torch.Tensor:
-        if relative_change is None:  # the static part of the schedule only (graphcache policies, expected())
+    def rule(self, i: torch.Tensor, change: torch.Tensor | None = None) -> torch.Tensor:
+        if change is None:  # the static part of the schedule only (graphcache policies, expected())
             return i < self.warmup
-        stale = ~(pooled(relative_change, self.per_sample) < self.threshold)  # NaN (no reference yet) counts as stale
+        stale = ~(pooled(change, self.per_sample) < self.threshold)  # NaN (no reference yet) counts as stale
         return (i < self.warmup) | stale  # per sample: the batch computes if any does, samples blend
 
     def passes(self) -> list[Any]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from graphcache.errors import PassError
 from graphcache.policies.base import PolicyConfig, in_window, option, require, require_window
+
+if TYPE_CHECKING:
+    from graphcache.analyses import Analyses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +25,11 @@ class WindowRule:
     high: float
     scale: float
 
-    def bind(self, found: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        present = found["attention_kinds"]
+    def bind(self, found: Analyses) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        present = found.attention_kinds
+        if not present:
+            raise PassError("PAB's rule is bound to the attention kinds plan_attention_units found; none are recorded "
+                            "(run plan_attention_units first)")
         period = math.lcm(*present.values())
         low, high, scale = self.low, self.high, self.scale
 

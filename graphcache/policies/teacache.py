@@ -108,4 +108,4 @@ class TeaCache(PolicyConfig):
 
         self.polynomial()  # a missing calibration fails here, before any graph work
         return default_pipeline("stack", self.predictor(), self.rule, signals=[InsertModulatedIndicator()],
-                                accumulators=(("distance", 0.0),))
+                                accumulators=(("accumulated", 0.0),))
