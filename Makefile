@@ -24,8 +24,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: setup
-	$(PY) benchmarks/fora_dit_cpu.py
-	$(PY) benchmarks/fora_dit_cpu.py --granularity block
+	$(PY) benchmarks/dit_cpu.py
 
 clean:
 	rm -rf $(VENV) graphcache_dump reports

@@ -1,6 +1,6 @@
 """Cached schedules exported to ONNX and run by ONNX Runtime, against the uncached model in ONNX Runtime.
 
-Same DiT as ``fora_dit_cpu.py`` (hidden 512, 12 blocks, 256 tokens). For each policy it exports the
+Same DiT as ``dit_cpu.py`` (hidden 512, 12 blocks, 256 tokens). For each policy it exports the
 in-graph form (one model with an ``If``) and, for static policies, the step-unrolled form (full + cached
 graphs), runs ``--steps``-step generations with the graphcache runner (IO binding, state in OrtValues), and
 prints the speedup over the plain model exported to ONNX and run the same way, next to the speedup torch
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fora_dit_cpu import build
+from dit_cpu import build
 
 import graphcache
 from graphcache.export import export_model, export_uncached, load

@@ -116,6 +116,25 @@ class Probe:
     outputs: list[fx.Node]  # the same streams leaving it (= stream inputs of the cached region)
 
 
+@dataclasses.dataclass(frozen=True)
+class StateWrites:
+    """What ``sink_state_writes`` did: cache buffers whose write moved into the branches, and the state bytes
+    a cached step writes before (each buffer copied out of the branch and back) and after."""
+
+    buffers: int
+    cached_step_bytes_before: int
+    cached_step_bytes_after: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearNarrowing:
+    """What ``narrow_linear_outputs`` did to the cached branch: linears narrowed to the rows read, and the
+    weight elements a cached step no longer reads."""
+
+    linears: int
+    weight_elements_saved: int
+
+
 @dataclasses.dataclass
 class Analyses:
     """What capture and the passes found and built, one typed field per result (``None`` / empty: not yet).
@@ -148,6 +167,8 @@ class Analyses:
     decision: Decision | None = None
     cache_branch: dict[str, Any] | None = None
     dense_cond_operands: bool | None = None  # the lowering changed the graph
+    state_writes: StateWrites | None = None  # sink_state_writes (torch.compile lowerings)
+    narrowed_linears: LinearNarrowing | None = None  # narrow_linear_outputs
 
     def require(self, kind: type[_T]) -> _T:
         """The result of type ``kind`` (a :class:`BlockStack`, :class:`CachePlan`, :class:`StateSpec`,

@@ -23,9 +23,8 @@ from graphcache.errors import (
     UnsupportedGraphError,
 )
 from graphcache.passes.base import analysis
-from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import make_policy
-from graphcache.rewrite import rewrite
+from graphcache.rewrite import compile_lowering, rewrite
 from graphcache.state import CacheState, register
 
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
@@ -56,7 +55,7 @@ def make_backend(
         config.passes()  # raises: such a policy wraps the call, it has no passes for a captured graph
 
     def graphcache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-        lowering = [DenseCondOperands()] if inner == "inductor" else []
+        lowering = compile_lowering(inner)
         inputs = list(example_inputs)
         if root is not None and pieces is None:
             _refuse_a_nested_frame(gm, root)

@@ -8,10 +8,21 @@ from typing import Any
 
 import torch.fx as fx
 
-from graphcache.passes.base import PassManager, analysis
+from graphcache.passes.base import Pass, PassManager, analysis
+from graphcache.passes.dense_cond_operands import DenseCondOperands
+from graphcache.passes.narrow_linear_outputs import NarrowLinearOutputs
+from graphcache.passes.sink_state_writes import SinkStateWrites
 from graphcache.policies import PolicyConfig
 from graphcache.self_check import check_compute_step, snapshot
 from graphcache.state import CacheState
+
+
+def compile_lowering(backend: str) -> tuple[Pass, ...]:
+    """The lowering passes for a rewritten graph that runs under ``backend`` (``"inductor"``, ``"aot_eager"``,
+    ``"eager"``: torch.compile's or op by op), not exported: state written in place inside the branch that
+    changes it, cached steps computing only the linear rows they read, and for Inductor dense cond operands."""
+    dense: tuple[Pass, ...] = (DenseCondOperands(),) if backend == "inductor" else ()
+    return (*dense, NarrowLinearOutputs(), SinkStateWrites())
 
 
 def rewrite(

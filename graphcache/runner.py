@@ -11,8 +11,8 @@ import torch
 
 from graphcache.exported import ExportedCache, optimize_exported
 from graphcache.passes.base import analysis
-from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import PolicyConfig
+from graphcache.rewrite import compile_lowering
 
 BACKENDS = ("eager", "inductor")
 
@@ -152,8 +152,7 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
     if not isinstance(repeats, int) or repeats < 1:
         raise PolicyConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
     timesteps = cli_timesteps(steps)
-    lowering = (DenseCondOperands(),) if backend == "inductor" else ()
-    cached = optimize_exported(model, inputs(timesteps[0]), policy, lowering)
+    cached = optimize_exported(model, inputs(timesteps[0]), policy, compile_lowering(backend))
     base: Callable[..., Any] = model
     fast: Callable[..., Any] = cached.module
     if backend == "inductor":

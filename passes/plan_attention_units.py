@@ -54,7 +54,7 @@ def _own_nodes(branch: fx.Node, carried: set[fx.Node], block: list[fx.Node]) -> 
 def _keys(attention: fx.Node) -> tuple[fx.Node, int] | None:
     """The key tensor of an attention op and the key sequence length."""
     if op_name(attention) in FUSED_ATTENTION:
-        key = attention.args[1]
+        key = attention.args[1] if len(attention.args) > 1 else attention.kwargs.get("key")  # Flux: by keyword
         val = tensor_val(key) if isinstance(key, fx.Node) else None
         return (key, int(val.shape[-2])) if isinstance(key, fx.Node) and val is not None else None
     node = attention.args[0]  # softmax(scale * q @ k^T + mask): walk up to the matmul

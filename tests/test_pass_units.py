@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.fx as fx
 
-from graphcache.analyses import CachePlan
+from graphcache.analyses import CachePlan, LinearNarrowing, StateWrites
 from graphcache.capture import capture_export
 from graphcache.errors import PassError, PolicyConfigError, UnsupportedGraphError
 from graphcache.passes import (
@@ -33,7 +33,7 @@ from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies.fora import FORA
 from graphcache.predictors import Taylor
 
-from models import tiny_dit, tiny_pixart, tiny_unet
+from models import tiny_dit, tiny_flux, tiny_pixart, tiny_unet
 
 BATCH = 2  # tiny_dit's and tiny_unet's batch
 
@@ -90,6 +90,9 @@ def test_plan_attention_units_finds_kinds_by_structure():
     assert analysis(gm).attention_kinds == {"spatial": 2} and len(analysis(gm).cache_plan.units) == 3
     pixart, _ = _run([FindBlockStack(), PlanAttentionUnits()], tiny_pixart)
     assert analysis(pixart).attention_kinds == {"spatial": 2, "cross": 6}  # keys from the prompt: cross
+    flux, _ = _run([FindBlockStack(), PlanAttentionUnits()], tiny_flux)  # attention called with key=... keywords
+    assert analysis(flux).attention_kinds == {"spatial": 2}
+    assert len(analysis(flux).cache_plan.units) == 2 * 2 + 3  # a dual block: image and text attention outputs
     with pytest.raises(UnsupportedGraphError, match=r"every attention kind found .* has range None"):
         _run([FindBlockStack(), PlanAttentionUnits(spatial=None)])
 
@@ -245,3 +248,98 @@ def test_dense_cond_operands_gives_the_cond_dense_operands():
     assert operands and all(o.is_contiguous() for o in operands)
     with pytest.raises(PassError, match="requires \\['cache_branch'\\]"):
         _run([FindBlockStack(), DenseCondOperands()])
+
+
+def _writes(branch: fx.GraphModule) -> list[str]:
+    """Names of the operands ``branch`` writes with ``aten.copy_``."""
+    return [str(n.args[0].name) for n in branch.graph.nodes if n.target is torch.ops.aten.copy_.default]
+
+
+def test_sink_state_writes_writes_each_buffer_in_the_branch_that_changes_it():
+    from graphcache.passes.sink_state_writes import SinkStateWrites
+    from graphcache.policies import make_policy
+
+    gm, _ = _run([*make_policy("taylorseer{order=1,lite=true}").passes(), SinkStateWrites()])
+    found = analysis(gm)
+    caches = [str(n.target) for n in found.state.cache_nodes()]
+    (cond,) = gm.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond)
+    assert len(cond.meta["val"]) == len(found.block_stack.region_outputs)  # no state comes out of the cond
+    outer_writes = {str(n.args[0].target) for n in gm.graph.nodes if n.target is torch.ops.aten.copy_.default}
+    assert not outer_writes & set(caches)  # the clock and log are still written outside
+    assert len(_writes(gm._gc_compute)) == len(caches) and _writes(gm._gc_cached) == []
+    assert not [n for n in gm._gc_cached.graph.nodes if n.target is torch.ops.aten.clone.default
+                and n.args[0].op == "placeholder"]  # no copy of an unchanged cache tensor is left
+    cache_bytes = sum(gm.get_buffer(c).numel() * gm.get_buffer(c).element_size() for c in caches)
+    assert found.state_writes == StateWrites(len(caches), 2 * cache_bytes, 0)
+
+
+def test_sink_state_writes_keeps_nested_conds_functional():
+    from graphcache.passes.sink_state_writes import SinkStateWrites
+    from graphcache.policies import make_policy
+
+    gm, _ = _run([*make_policy("pab{window_low=0,window_high=1000}").passes(), SinkStateWrites()], tiny_pixart)
+    cached = gm._gc_cached  # spatial attention every 2nd step, cross attention every 6th: two phases
+    assert len(cached.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond)) == 1
+    for name in ("here", "other"):  # torch.cond refuses a nested cond whose branches write their operands
+        assert _writes(getattr(cached, name)) == []
+    assert _writes(cached) and analysis(gm).state_writes.cached_step_bytes_after > 0  # the running kinds refresh
+
+
+@pytest.mark.parametrize("spec", ["taylorseer{order=1}", "pab{window_low=0,window_high=1000}",
+                                  "fbcache{threshold=0.3}"])
+def test_state_written_in_place_gives_the_same_generation(spec):
+    from graphcache.exported import optimize_exported
+    from graphcache.passes.sink_state_writes import SinkStateWrites
+
+    model, inputs = tiny_dit()
+    functional = optimize_exported(model, inputs(999.0), spec)
+    in_place = optimize_exported(model, inputs(999.0), spec, (SinkStateWrites(),))
+    assert analysis(in_place.module).state_writes.buffers > 0
+    for t in torch.linspace(999, 0, 12).tolist():
+        assert torch.equal(functional(**inputs(t))[0], in_place(**inputs(t))[0])
+    assert functional.state.decisions() == in_place.state.decisions()
+    assert "cached" in functional.state.decisions()
+
+
+def test_narrow_linear_outputs_computes_only_the_gates_a_cached_step_reads():
+    from graphcache.exported import optimize_exported
+    from graphcache.passes.narrow_linear_outputs import NarrowLinearOutputs
+
+    model, inputs = tiny_dit()
+    plain = optimize_exported(model, inputs(999.0), "fora{granularity=block}")
+    narrowed = optimize_exported(model, inputs(999.0), "fora{granularity=block}", (NarrowLinearOutputs(),))
+    gm = narrowed.module
+    modulation = [b.norm1.linear.weight for b in model.transformer_blocks]  # AdaLN-Zero: 6 chunks, 2 gates read
+    assert analysis(gm).narrowed_linears == LinearNarrowing(3, sum(w.numel() * 4 // 6 for w in modulation))
+    chunks = {str(n.target) for n in gm._gc_cached.graph.nodes if "chunk" in str(n.target)}
+    assert not chunks and any("chunk" in str(n.target) for n in gm._gc_compute.graph.nodes)  # compute untouched
+    for t in torch.linspace(999, 0, 9).tolist():
+        a, b = plain(**inputs(t))[0], narrowed(**inputs(t))[0]
+        if narrowed.state.decisions()[-1] == "computed":
+            assert torch.equal(a, b)
+        else:  # the same dot products, maybe summed by another kernel
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert plain.state.decisions() == narrowed.state.decisions() and "cached" in plain.state.decisions()
+
+
+def test_narrow_linear_outputs_narrows_only_a_partly_read_linear():
+    from graphcache.passes.narrow_linear_outputs import narrow_graph
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.full, self.part = torch.nn.Linear(4, 6), torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            a, b, c = self.full(x).chunk(3, dim=-1)  # every piece read: left as it is
+            _, middle, _ = self.part(x).chunk(3, dim=-1)  # one piece of three read
+            return a + b + c + middle
+
+    model = Two().eval()
+    x = torch.randn(2, 4)
+    gm, _ = capture_export(model, {"x": x})
+    assert narrow_graph(gm) == (1, 4 * 4)  # one linear, 4 of its 6 rows of 4 no longer read
+    linears = [n for n in gm.graph.nodes if n.target is torch.ops.aten.linear.default]
+    assert [tuple(n.meta["val"].shape) for n in linears] == [(2, 6), (2, 2)]
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x=x), model(x), rtol=1e-6, atol=1e-6)

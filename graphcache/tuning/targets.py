@@ -176,7 +176,7 @@ class ModelFileTarget:
     def run(self, policy: PolicyConfig | None, split: str, backend: str, repeats: int = 1) -> Run:
         from graphcache.capture import reuse_captures
         from graphcache.exported import optimize_exported
-        from graphcache.passes.dense_cond_operands import DenseCondOperands
+        from graphcache.rewrite import compile_lowering
         from graphcache.runner import run_generation
 
         torch._dynamo.reset()
@@ -184,9 +184,8 @@ class ModelFileTarget:
         state = None
         fn: Callable[..., Any] = self.model
         if policy is not None:
-            lowering = (DenseCondOperands(),) if backend == "inductor" else ()
             with reuse_captures():
-                cached = optimize_exported(self.model, inputs(self.timesteps[0]), policy, lowering)
+                cached = optimize_exported(self.model, inputs(self.timesteps[0]), policy, compile_lowering(backend))
             fn, state = cached.module, cached.state
         if backend == "inductor":
             fn = torch.compile(fn, fullgraph=True, dynamic=False)

@@ -1,0 +1,164 @@
+"""Policies on a DiT big enough that blocks dominate: % of the schedule's limit, measured in one run.
+
+For each ``--policy`` the model is optimized (Inductor, one graph); the uncached model is compiled the same way
+(``torch.compile(fullgraph=True)``). After one untimed 4-step generation each (compilation, every branch), the
+uncached model and every policy run ``--repeats`` timed generations of ``--steps`` steps in turn, and the
+fastest generation of each counts (a busy machine only ever adds time). Printed per policy: the speedup, the
+schedule's limit (calls / computed calls), the percentage of it reached, the median computed and cached step
+times, the final-step error vs uncached, and what the lowering changed in the cached step (state written in
+place, linears narrowed); and once, the time of prologue + epilogue alone (the same DiT with its blocks
+replaced by identities, compiled the same way): no cached step can be cheaper. A cached step of attention
+reuse (PAB) still runs everything but the attention, so its limit is Amdahl's with the measured step of the
+DiT without self-attention: steps / (computed + cached x that step / the uncached step).
+
+    python benchmarks/dit_cpu.py                                   # hidden 512, 12 blocks, 256 tokens, 50 steps
+    python benchmarks/dit_cpu.py --policy fora --policy 'fora{granularity=block}' --policy taylorseer
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+import time
+
+import torch
+from diffusers import DiTTransformer2DModel
+
+import graphcache
+from graphcache.passes.base import analysis
+
+DEFAULT_POLICIES = ["fora", "fora{granularity=block}", "taylorseer", "taylorseer{lite=true}", "foca",
+                    "foca{lite=true}", "pab{window_low=0,window_high=1000}"]
+
+
+def build(hidden: int, layers: int, batch: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    heads = 8
+    model = DiTTransformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, num_attention_heads=heads,
+        attention_head_dim=hidden // heads, num_embeds_ada_norm=10, norm_num_groups=1,
+    ).eval().requires_grad_(False)
+    latent = torch.randn(batch, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(batch) % 10
+    return model, latent, labels
+
+
+def without_blocks(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with every block an identity: what remains is prologue + epilogue."""
+    bare = copy.deepcopy(model)
+    for block in bare.transformer_blocks:
+        block.forward = lambda hidden_states, *args, **kwargs: hidden_states  # type: ignore[method-assign]
+    return bare
+
+
+def without_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with every block's self-attention an identity: a step that PAB-style attention reuse can
+    at best reach on its cached steps (they still run everything else)."""
+    bare = copy.deepcopy(model)
+    for block in bare.transformer_blocks:
+        block.attn1.forward = lambda hidden_states, *args, **kwargs: hidden_states  # type: ignore[method-assign]
+    return bare
+
+
+def generate(fn, latent, labels, steps: int) -> tuple[float, list[float], torch.Tensor]:
+    step_times, out = [], latent
+    start = time.perf_counter()
+    with torch.no_grad():
+        for t in torch.linspace(999, 0, steps).long():
+            s = time.perf_counter()
+            out = fn(latent, timestep=t.expand(latent.shape[0]), class_labels=labels).sample
+            step_times.append(time.perf_counter() - s)
+    return time.perf_counter() - start, step_times, out
+
+
+@dataclasses.dataclass
+class Fastest:
+    """The fastest timed generation of one configuration."""
+
+    seconds: float = float("inf")
+    steps: list[float] = dataclasses.field(default_factory=list)
+    out: torch.Tensor | None = None
+
+    def offer(self, seconds: float, steps: list[float], out: torch.Tensor) -> None:
+        if seconds < self.seconds:
+            self.seconds, self.steps, self.out = seconds, steps, out
+
+
+def lowering_report(cached: torch.nn.Module) -> str:
+    """What the torch.compile lowering changed in the cached step: state written in place, linears narrowed."""
+    found = analysis(cached.states[0].gm)
+    writes, narrowed = found.state_writes, found.narrowed_linears
+    parts = []
+    if writes is not None:
+        parts.append(f"state a cached step writes {writes.cached_step_bytes_after / 2**20:.2f} MiB "
+                     f"(functional branches: {writes.cached_step_bytes_before / 2**20:.2f} MiB)")
+    if narrowed is not None and narrowed.linears:
+        parts.append(f"{narrowed.linears} linears narrowed ({4 * narrowed.weight_elements_saved / 2**20:.1f} MiB "
+                     "of fp32 weights a cached step no longer reads)")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", action="append", help=f"a policy spec, repeatable (default: {DEFAULT_POLICIES})")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    specs = args.policy or DEFAULT_POLICIES
+    # every compile of this model class adds an entry to its forward's dynamo cache (the default limit is 8)
+    torch._dynamo.config.recompile_limit = 64
+
+    model, latent, labels = build(args.hidden, args.layers, args.batch)
+    tokens = (32 // 2) ** 2
+    print(f"DiT hidden {args.hidden}, {args.layers} blocks, {tokens} tokens, batch {args.batch}, {args.steps} steps, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, Inductor; fastest of {args.repeats}")
+    runs: dict[str, torch.nn.Module] = {
+        "uncached": torch.compile(model, fullgraph=True, dynamic=False),
+        "prologue+epilogue": torch.compile(without_blocks(model), fullgraph=True, dynamic=False),
+        "without attention": torch.compile(without_attention(model), fullgraph=True, dynamic=False),
+    }
+    for spec in specs:
+        t0 = time.perf_counter()
+        runs[spec] = graphcache.optimize(model, spec)
+        generate(runs[spec], latent, labels, 4)  # compiles every branch
+        print(f"{spec}: compiled and warmed up in {time.perf_counter() - t0:.1f} s")
+    for name in ("uncached", "prologue+epilogue", "without attention"):
+        generate(runs[name], latent, labels, 4)
+    fastest = {name: Fastest() for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            fastest[name].offer(*generate(fn, latent, labels, args.steps))
+
+    base, bare, no_attention = fastest["uncached"], fastest["prologue+epilogue"], fastest["without attention"]
+    assert base.out is not None
+    attention_share = 1 - no_attention.seconds / base.seconds
+    print(f"uncached {base.seconds:.3f} s/generation ({1e3 * base.seconds / args.steps:.2f} ms/step); "
+          f"prologue+epilogue alone {1e3 * statistics.median(bare.steps):.2f} ms/step; without self-attention "
+          f"{1e3 * no_attention.seconds / args.steps:.2f} ms/step (attention {100 * attention_share:.0f}% of a step)")
+    print("| policy | speedup | computed | limit | % of limit | step: computed / cached (ms) | final-step err |")
+    print("|---|---|---|---|---|---|---|")
+    notes = []
+    for spec in specs:
+        run, decisions = fastest[spec], graphcache.decisions(runs[spec])
+        assert run.out is not None
+        computed = decisions.count("computed")
+        speedup = base.seconds / run.seconds
+        cached_share = 1 - attention_share if spec.startswith(("pab", "fastercache")) else 0.0  # Amdahl
+        limit = len(decisions) / (computed + (len(decisions) - computed) * cached_share)
+        full = [s for s, d in zip(run.steps, decisions, strict=True) if d == "computed"]
+        cached = [s for s, d in zip(run.steps, decisions, strict=True) if d == "cached"]
+        cached_ms = f"{1e3 * statistics.median(cached):.2f}" if cached else "-"
+        error = float((run.out - base.out).abs().max())
+        print(f"| {spec} | {speedup:.2f}x | {computed}/{len(decisions)} | {limit:.2f}x | {100 * speedup / limit:.1f}% "
+              f"| {1e3 * statistics.median(full):.1f} / {cached_ms} | {error:.2e} |")
+        notes.append(f"{spec}: {lowering_report(runs[spec])}")
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()

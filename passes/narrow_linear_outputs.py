@@ -1,0 +1,138 @@
+"""Transform pass: in the cached branch, a linear layer whose output is split and only partly read computes
+only the rows of its weight that are read.
+
+Precondition: ``cache_branch``. Postcondition: in ``_gc_cached`` (and the phase branches nested in it), every
+``linear(x, W, b)`` whose only users split its last dimension (``chunk`` / ``split`` / ``split_with_sizes``)
+and whose pieces are not all read is replaced by one ``linear(x, W[s:e], b[s:e])`` per piece read; the
+pieces nobody reads are no longer computed. ``narrowed_linears`` records how many and the weight elements a
+cached step no longer reads.
+
+Why: a cached step keeps the blocks' modulation (AdaLN gates are recomputed from the current timestep), but of
+the six chunks ``linear(silu(emb)).chunk(6)`` produces (shift, scale, gate for attention and MLP) only the two
+gates are read once the cached attention and MLP replace the blocks' work. At small batch a linear layer costs
+the bytes of its weight: computing two of six chunks reads a third of it. The compute branch is untouched
+(compute steps stay bit-exact); on cached steps each gate is the same dot products, possibly summed by another
+kernel (a difference in the last bits, as any change of kernel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from graphcache.analyses import LinearNarrowing
+
+from .base import Pass, PassResult, analysis, mark
+from .dead_code import eliminate_dead_code
+from .graph_utils import tensor_val
+
+_LINEAR = (torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default)
+_SPLIT_METHODS = ("chunk", "split", "split_with_sizes")
+_SPLIT_FUNCTIONS = (torch.chunk, torch.split, torch.ops.aten.chunk.default, torch.ops.aten.split.Tensor,
+                    torch.ops.aten.split_with_sizes.default)
+
+
+def _split_dim(node: fx.Node) -> int | None:
+    """The dimension ``node`` splits along, when it is a chunk / split of its first argument."""
+    if not ((node.op == "call_method" and node.target in _SPLIT_METHODS)
+            or (node.op == "call_function" and node.target in _SPLIT_FUNCTIONS)):
+        return None
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+    return dim if isinstance(dim, int) else None
+
+
+def _pieces(linear: fx.Node) -> list[tuple[fx.Node, int, int]] | None:
+    """``(getitem, start, end)`` for each piece of ``linear``'s output that is read, when every use of the output
+    is a split of its last dimension read through ``getitem``; None otherwise."""
+    out = tensor_val(linear)
+    if out is None or not linear.users:
+        return None
+    pieces = []
+    for split in linear.users:
+        dim = _split_dim(split)
+        vals = split.meta.get("val")
+        if dim is None or dim % out.dim() != out.dim() - 1 or not isinstance(vals, (list, tuple)):
+            return None
+        bounds = [0]
+        for v in vals:
+            bounds.append(bounds[-1] + int(v.shape[-1]))
+        for item in split.users:
+            if item.target is not operator.getitem or not isinstance(item.args[1], int):
+                return None
+            k = item.args[1] % len(vals)
+            if item.users:
+                pieces.append((item, bounds[k], bounds[k + 1]))
+    return pieces
+
+
+def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[tuple[fx.Node, int, int]]) -> int:
+    """Replace each read piece by a linear on the weight rows it covers; the weight elements no longer read."""
+    x, weight = linear.args[0], linear.args[1]
+    bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
+    assert isinstance(x, fx.Node) and isinstance(weight, fx.Node)
+    w_val, x_val = tensor_val(weight), tensor_val(x)
+    b_val = tensor_val(bias) if isinstance(bias, fx.Node) else None
+    assert w_val is not None and x_val is not None
+    mode = getattr(x_val, "fake_mode", None)
+    kept = 0
+    for item, start, end in pieces:
+        with graph.inserting_before(item):
+            rows = graph.call_function(torch.ops.aten.slice.Tensor, (weight, 0, start, end))
+            args: list[Any] = [x, rows]
+            if isinstance(bias, fx.Node):
+                args.append(graph.call_function(torch.ops.aten.slice.Tensor, (bias, 0, start, end)))
+            piece = graph.call_function(linear.target, tuple(args))  # type: ignore[arg-type]
+        if mode is not None:  # values in x's fake mode (the weight's may be another capture's)
+            with mode:
+                rows.meta["val"] = torch.empty(end - start, w_val.shape[1], dtype=w_val.dtype, device=w_val.device)
+                if b_val is not None:
+                    args[2].meta["val"] = torch.empty(end - start, dtype=b_val.dtype, device=b_val.device)
+                piece.meta["val"] = torch.nn.functional.linear(
+                    x_val, rows.meta["val"], args[2].meta["val"] if b_val is not None else None)
+        for node in (rows, piece, *args[2:]):
+            mark(node, NarrowLinearOutputs.name, "narrowed")
+        item.replace_all_uses_with(piece)
+        kept += (end - start) * w_val.shape[1]
+    return w_val.numel() - kept
+
+
+def narrow_graph(gm: fx.GraphModule) -> tuple[int, int]:
+    """Narrow every partly read linear in ``gm`` and the cond branches nested in it: (linears, weight elements
+    no longer read)."""
+    count = saved = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.higher_order.cond:
+            for branch in node.args[1:3]:
+                inner_count, inner_saved = narrow_graph(getattr(gm, str(branch.target)))
+                count, saved = count + inner_count, saved + inner_saved
+        if node.op != "call_function" or node.target not in _LINEAR:
+            continue
+        pieces = _pieces(node)
+        width = tensor_val(node).shape[-1] if tensor_val(node) is not None else 0  # type: ignore[union-attr]
+        if pieces is None or sum(end - start for _, start, end in pieces) >= width:
+            continue
+        saved += _narrow(gm.graph, node, pieces)
+        count += 1
+    if count:
+        eliminate_dead_code(gm.graph)
+        gm.graph.lint()
+        gm.recompile()
+    return count, saved
+
+
+@dataclasses.dataclass(frozen=True)
+class NarrowLinearOutputs(Pass):
+    name = "narrow_linear_outputs"
+    requires = ("cache_branch",)
+    provides = ("narrowed_linears",)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        found = analysis(gm)
+        assert found.cache_branch is not None
+        count, saved = narrow_graph(getattr(gm, found.cache_branch["cached"]))
+        found.narrowed_linears = LinearNarrowing(count, saved)
+        return PassResult(gm, modified=count > 0)
