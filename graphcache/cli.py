@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from graphcache.errors import GraphcacheError, PolicyConfigError
+from graphcache.vs_diffusers import METHODS as VS_METHODS
+from graphcache.vs_diffusers import MODELS as VS_MODELS
 
 console = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI: no wrapping at 80 columns
 
@@ -130,6 +132,19 @@ def optimize(model_file: Path, policy: str | None, sets: tuple[str, ...], config
         console.print(f"report written to {json_path}")
 
 
+def _split_choices(choices: tuple[str, ...], what: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A repeatable option whose values may also be comma-separated, each one of ``choices``."""
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise click.BadParameter(f"unknown {what} {', '.join(repr(n) for n in unknown)}; choose from "
+                                     f"{', '.join(choices)}", ctx=ctx, param=param)
+        return tuple(dict.fromkeys(names))
+
+    return callback
+
+
 @main.command()
 @click.option("--policy", "policies_", multiple=True, default=("fora",), show_default=True,
               help="policy name or spec, repeatable: --policy fora --policy 'fora{interval=2}'")
@@ -143,10 +158,32 @@ def optimize(model_file: Path, policy: str | None, sets: tuple[str, ...], config
 @click.option("--model", "model_file", type=click.Path(path_type=Path), default=None,
               help="a model.py instead of the reference model: speed and error vs uncached (no judge)")
 @click.option("--repeats", default=2, show_default=True, type=click.IntRange(min=1),
-              help="timed runs of each configuration; the fastest counts (the uncached one runs twice that)")
+              help="timed runs of each configuration; the fastest counts (the uncached one runs twice that); "
+                   "with --against diffusers: the median of that many")
+@click.option("--against", type=click.Choice(["diffusers"]), default=None,
+              help="side by side with another implementation instead: 'diffusers' runs each method with "
+                   "diffusers' own cache hooks (eager and compiled) and with graphcache, settings mapped field by "
+                   "field, on a DiT and a Flux-shaped model with random weights (a DDIM loop, batch 1)")
+@click.option("--models", "models_", multiple=True, callback=_split_choices(VS_MODELS, "model"),
+              metavar="NAMES", help=f"with --against: models, comma-separated or repeated, of {', '.join(VS_MODELS)} "
+                                    "(default: all)")
+@click.option("--methods", "methods_", multiple=True, callback=_split_choices(VS_METHODS, "method"),
+              metavar="NAMES", help=f"with --against: methods, comma-separated or repeated, of "
+                                    f"{', '.join(VS_METHODS)} (default: all)")
 def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float, backend: str, seed: int,
-          out: Path, model_file: Path | None, repeats: int) -> None:
-    """Uncached vs policies on the shipped reference digits model (or --model model.py), same seeds."""
+          out: Path, model_file: Path | None, repeats: int, against: str | None, models_: tuple[str, ...],
+          methods_: tuple[str, ...]) -> None:
+    """Uncached vs policies on the shipped reference digits model (or --model model.py), same seeds.
+
+    With --against diffusers: graphcache vs diffusers' own cache hooks (FBCache, TaylorSeer, MagCache, PAB,
+    FasterCache), per-step decisions compared and a markdown table of speed, computed steps and errors."""
+    if against is not None:
+        _refuse_reference_options(["policies_", "samples", "guidance", "seed", "out", "model_file"])
+        _bench_against_diffusers(models_ or VS_MODELS, methods_ or VS_METHODS, steps, backend, repeats)
+        return
+    if models_ or methods_:
+        raise click.UsageError("--models / --methods choose what `--against diffusers` compares; give --against "
+                               "diffusers, or --policy for the reference bench")
     from graphcache.bench import run_bench
     from graphcache.bench_report import write_report
     from graphcache.policies import make_policy
@@ -175,6 +212,39 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
                       "-" if i == 0 else f"{r.ssim:.3f}")
     console.print(table)
     console.print(f"report: {out}/report.md and plots in {out}/")
+
+
+def _bench_against_diffusers(models: tuple[str, ...], methods: tuple[str, ...], steps: int, backend: str,
+                             repeats: int) -> None:
+    """``bench --against diffusers``: graphcache.vs_diffusers, a status line per phase, then the decisions,
+    the mappings and the markdown table."""
+    from graphcache.vs_diffusers import Settings, compare
+
+    console.print(f"[bold]graphcache bench --against diffusers[/]: {', '.join(models)} x {', '.join(methods)}, "
+                  f"{steps} steps, backend {backend}, {repeats} timed run(s) each", highlight=False)
+    result = compare(models, methods, Settings(steps=steps, repeats=repeats, backend=backend),
+                     status=lambda text: console.print(f"[bold]bench[/]: {escape(text)}", highlight=False))
+    console.print("[bold]decisions[/] (C = computed, . = cached)")
+    for text in result.decisions():
+        console.print(escape(text), highlight=False)
+    console.print("[bold]mappings[/]")
+    for text in result.notes():
+        console.print(f"- {escape(text)}", highlight=False, soft_wrap=True)
+    for text in result.failures:
+        console.print(f"[bold red]not compared[/]: {escape(text)}", highlight=False, soft_wrap=True)
+    console.print(f"\n{escape(result.caption())}\n", highlight=False, soft_wrap=True)
+    console.print(result.table(), markup=False, highlight=False, soft_wrap=True)
+
+
+def _refuse_reference_options(names: list[str]) -> None:
+    """The reference bench's options have no meaning with --against: refuse them where given on the command line."""
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if p.name in names
+             and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]  # type: ignore[arg-type]
+    if given:
+        what = "an option" if len(given) == 1 else "options"
+        raise click.UsageError(f"{', '.join(given)}: {what} of the reference bench, not of --against diffusers "
+                               "(which takes --models, --methods, --steps, --repeats, --backend)")
 
 
 def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend: str, repeats: int) -> None:
