@@ -95,8 +95,8 @@ def lowering_report(cached: torch.nn.Module) -> str:
         parts.append(f"state a cached step writes {writes.cached_step_bytes_after / 2**20:.2f} MiB "
                      f"(functional branches: {writes.cached_step_bytes_before / 2**20:.2f} MiB)")
     if narrowed is not None and narrowed.linears:
-        parts.append(f"{narrowed.linears} linears narrowed ({4 * narrowed.weight_elements_saved / 2**20:.1f} MiB "
-                     "of fp32 weights a cached step no longer reads)")
+        parts.append(f"{narrowed.linears} linears narrowed ({narrowed.weight_bytes_saved / 2**20:.1f} MiB "
+                     "of weights a cached step no longer reads)")
     return "; ".join(parts)
 
 

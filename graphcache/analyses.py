@@ -129,10 +129,10 @@ class StateWrites:
 @dataclasses.dataclass(frozen=True)
 class LinearNarrowing:
     """What ``narrow_linear_outputs`` did to the cached branch: linears narrowed to the rows read, and the
-    weight elements a cached step no longer reads."""
+    weight bytes a cached step no longer reads."""
 
     linears: int
-    weight_elements_saved: int
+    weight_bytes_saved: int
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ only the rows of its weight that are read.
 Precondition: ``cache_branch``. Postcondition: in ``_gc_cached`` (and the phase branches nested in it), every
 ``linear(x, W, b)`` whose only users split its last dimension (``chunk`` / ``split`` / ``split_with_sizes``)
 and whose pieces are not all read is replaced by one ``linear(x, W[s:e], b[s:e])`` per piece read; the
-pieces nobody reads are no longer computed. ``narrowed_linears`` records how many and the weight elements a
+pieces nobody reads are no longer computed. ``narrowed_linears`` records how many and the weight bytes a
 cached step no longer reads.
 
 Why: a cached step keeps the blocks' modulation (AdaLN gates are recomputed from the current timestep), but of
@@ -45,32 +45,50 @@ def _split_dim(node: fx.Node) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
-def _pieces(linear: fx.Node) -> list[tuple[fx.Node, int, int]] | None:
-    """``(getitem, start, end)`` for each piece of ``linear``'s output that is read, when every use of the output
-    is a split of its last dimension read through ``getitem``; None otherwise."""
-    out = tensor_val(linear)
-    if out is None or not linear.users:
+_UNSQUEEZE = ("unsqueeze", torch.unsqueeze, torch.ops.aten.unsqueeze.default)
+
+
+def _unsqueeze_dim(node: fx.Node) -> int | None:
+    """The (non-negative) dimension ``node`` inserts, when it is an ``unsqueeze`` before the last dimension."""
+    if node.target not in _UNSQUEEZE or node.op not in ("call_method", "call_function"):
         return None
-    pieces = []
-    for split in linear.users:
-        dim = _split_dim(split)
-        vals = split.meta.get("val")
-        if dim is None or dim % out.dim() != out.dim() - 1 or not isinstance(vals, (list, tuple)):
-            return None
-        bounds = [0]
-        for v in vals:
-            bounds.append(bounds[-1] + int(v.shape[-1]))
-        for item in split.users:
-            if item.target is not operator.getitem or not isinstance(item.args[1], int):
+    dim, val = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"), tensor_val(node)
+    if not isinstance(dim, int) or val is None or dim % val.dim() == val.dim() - 1:
+        return None
+    return dim % val.dim()
+
+
+Piece = tuple[fx.Node, int, int, "int | None"]  # (getitem, start, end, the dim an unsqueeze inserted before it)
+
+
+def _pieces(linear: fx.Node) -> list[Piece] | None:
+    """``(getitem, start, end, unsqueezed)`` for each piece of ``linear``'s output that is read, when every use of
+    the output is a split of its last dimension read through ``getitem`` (possibly after an ``unsqueeze`` of an
+    earlier dimension: ``linear(c).unsqueeze(1).chunk(6, -1)``); None otherwise."""
+    if tensor_val(linear) is None or not linear.users:
+        return None
+    pieces: list[Piece] = []
+    for user in linear.users:
+        unsqueezed = _unsqueeze_dim(user)
+        splits = list(user.users) if unsqueezed is not None else [user]
+        for split in splits:
+            dim, vals, out = _split_dim(split), split.meta.get("val"), tensor_val(split.args[0])  # type: ignore[arg-type]
+            if dim is None or out is None or dim % out.dim() != out.dim() - 1 or not isinstance(vals, (list, tuple)):
                 return None
-            k = item.args[1] % len(vals)
-            if item.users:
-                pieces.append((item, bounds[k], bounds[k + 1]))
+            bounds = [0]
+            for v in vals:
+                bounds.append(bounds[-1] + int(v.shape[-1]))
+            for item in split.users:
+                if item.target is not operator.getitem or not isinstance(item.args[1], int):
+                    return None
+                k = item.args[1] % len(vals)
+                if item.users:
+                    pieces.append((item, bounds[k], bounds[k + 1], unsqueezed))
     return pieces
 
 
-def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[tuple[fx.Node, int, int]]) -> int:
-    """Replace each read piece by a linear on the weight rows it covers; the weight elements no longer read."""
+def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[Piece]) -> int:
+    """Replace each read piece by a linear on the weight rows it covers; the weight bytes no longer read."""
     x, weight = linear.args[0], linear.args[1]
     bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
     assert isinstance(x, fx.Node) and isinstance(weight, fx.Node)
@@ -79,7 +97,7 @@ def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[tuple[fx.Node, int, i
     assert w_val is not None and x_val is not None
     mode = getattr(x_val, "fake_mode", None)
     kept = 0
-    for item, start, end in pieces:
+    for item, start, end, unsqueezed in pieces:
         with graph.inserting_before(item):
             rows = graph.call_function(torch.ops.aten.slice.Tensor, (weight, 0, start, end))
             args: list[Any] = [x, rows]
@@ -93,16 +111,24 @@ def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[tuple[fx.Node, int, i
                     args[2].meta["val"] = torch.empty(end - start, dtype=b_val.dtype, device=b_val.device)
                 piece.meta["val"] = torch.nn.functional.linear(
                     x_val, rows.meta["val"], args[2].meta["val"] if b_val is not None else None)
-        for node in (rows, piece, *args[2:]):
+        added = [rows, piece, *args[2:]]
+        if unsqueezed is not None:  # the piece as the split saw it
+            with graph.inserting_before(item):
+                piece = graph.call_function(torch.ops.aten.unsqueeze.default, (piece, unsqueezed))
+            if mode is not None:
+                with mode:
+                    piece.meta["val"] = added[1].meta["val"].unsqueeze(unsqueezed)
+            added.append(piece)
+        for node in added:
             mark(node, NarrowLinearOutputs.name, "narrowed")
         item.replace_all_uses_with(piece)
         kept += (end - start) * w_val.shape[1]
-    return w_val.numel() - kept
+    return (w_val.numel() - kept) * w_val.element_size()
 
 
 def narrow_graph(gm: fx.GraphModule) -> tuple[int, int]:
-    """Narrow every partly read linear in ``gm`` and the cond branches nested in it: (linears, weight elements
-    no longer read)."""
+    """Narrow every partly read linear in ``gm`` and the cond branches nested in it: (linears, weight bytes no
+    longer read)."""
     count = saved = 0
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target is torch.ops.higher_order.cond:
@@ -113,7 +139,7 @@ def narrow_graph(gm: fx.GraphModule) -> tuple[int, int]:
             continue
         pieces = _pieces(node)
         width = tensor_val(node).shape[-1] if tensor_val(node) is not None else 0  # type: ignore[union-attr]
-        if pieces is None or sum(end - start for _, start, end in pieces) >= width:
+        if pieces is None or sum(end - start for _, start, end, _ in pieces) >= width:
             continue
         saved += _narrow(gm.graph, node, pieces)
         count += 1

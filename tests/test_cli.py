@@ -33,6 +33,8 @@ def test_optimize_example_dit(root, tmp_path):
     assert report["max_abs_error"] > 0.0
     assert report["cache_bytes"] == 2 * 64 * 128 * 4
     assert report["state_bytes"] > report["cache_bytes"]  # the clock and the decision log too
+    assert report["cached_step_state_bytes"] == 0  # the cache is written in place, on computed steps only
+    assert report["cached_step_state_bytes_functional"] == 2 * report["cache_bytes"]  # copied out and back
     assert report["schedule_limit"] == 7 / 3
     assert report["repeats"] == 3 and report["speedup_range"][0] <= report["speedup"] <= report["speedup_range"][1]
     assert "median of 3" in result.output
@@ -53,6 +55,11 @@ def test_optimize_example_flux_block_granularity(root, tmp_path):
     report = json.loads(report_path.read_text())
     assert report["num_blocks"] == 6
     assert report["decisions"] == "C..C"
+    # a cached step reads each block's gates only: 2 of 6 modulation chunks of both streams in the 2 dual blocks,
+    # 1 of 3 in the 4 single blocks (width 128, fp32)
+    assert report["narrowed_linears"] == 2 * 2 + 4
+    assert report["weight_bytes_not_read"] == 4 * (2 * 2 * 4 * 128 * 128 + 4 * 2 * 128 * 128)
+    assert "8 linears narrowed" in result.output
     assert report["max_abs_error_computed_steps"] == 0.0
 
 

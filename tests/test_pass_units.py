@@ -310,7 +310,8 @@ def test_narrow_linear_outputs_computes_only_the_gates_a_cached_step_reads():
     narrowed = optimize_exported(model, inputs(999.0), "fora{granularity=block}", (NarrowLinearOutputs(),))
     gm = narrowed.module
     modulation = [b.norm1.linear.weight for b in model.transformer_blocks]  # AdaLN-Zero: 6 chunks, 2 gates read
-    assert analysis(gm).narrowed_linears == LinearNarrowing(3, sum(w.numel() * 4 // 6 for w in modulation))
+    saved = sum(w.numel() * w.element_size() * 4 // 6 for w in modulation)
+    assert analysis(gm).narrowed_linears == LinearNarrowing(3, saved)
     chunks = {str(n.target) for n in gm._gc_cached.graph.nodes if "chunk" in str(n.target)}
     assert not chunks and any("chunk" in str(n.target) for n in gm._gc_compute.graph.nodes)  # compute untouched
     for t in torch.linspace(999, 0, 9).tolist():
@@ -333,13 +334,14 @@ def test_narrow_linear_outputs_narrows_only_a_partly_read_linear():
         def forward(self, x):
             a, b, c = self.full(x).chunk(3, dim=-1)  # every piece read: left as it is
             _, middle, _ = self.part(x).chunk(3, dim=-1)  # one piece of three read
-            return a + b + c + middle
+            _, _, last = self.part(x).unsqueeze(0).chunk(3, dim=-1)  # after an unsqueeze: still a piece
+            return a + b + c + middle + last
 
     model = Two().eval()
     x = torch.randn(2, 4)
     gm, _ = capture_export(model, {"x": x})
-    assert narrow_graph(gm) == (1, 4 * 4)  # one linear, 4 of its 6 rows of 4 no longer read
+    assert narrow_graph(gm) == (2, 2 * 4 * 4 * 4)  # two linears, 4 of their 6 rows of 4 floats no longer read
     linears = [n for n in gm.graph.nodes if n.target is torch.ops.aten.linear.default]
-    assert [tuple(n.meta["val"].shape) for n in linears] == [(2, 6), (2, 2)]
+    assert [tuple(n.meta["val"].shape) for n in linears] == [(2, 6), (2, 2), (2, 2)]
     with torch.no_grad():
         torch.testing.assert_close(gm(x=x), model(x), rtol=1e-6, atol=1e-6)
