@@ -14,7 +14,6 @@ from graphcache.policies.base import (
     option,
     per_sample_option,
     pooled,
-    require,
     require_int,
 )
 
@@ -36,7 +35,8 @@ class DBCache(PolicyConfig):
 
     fn: int = option(1, "probe blocks at the front (published 8 for large models, 1 for small ones)", minimum=1)
     bn: int = option(0, "blocks at the end that always run", minimum=0)
-    threshold: float = option(0.08, "relative L1 change of the probe residual that forces a compute step")
+    threshold: float = option(0.08, "relative L1 change of the probe residual that forces a compute step",
+                               minimum=0)
     warmup: int = option(8, "the first `warmup` steps are always computed", minimum=0)
     max_cached_steps: int = option(-1, "at most this many cached steps per generation (-1: no cap)")
     max_continuous_cached_steps: int = option(-1, "at most this many cached steps in a row (-1: no cap)")
@@ -46,8 +46,6 @@ class DBCache(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
-                self.threshold, "must be a number >= 0")
         require_int(self, "max_cached_steps", -1)
         require_int(self, "max_continuous_cached_steps", -1)
 

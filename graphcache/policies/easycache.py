@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require
+from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EasyCache(PolicyConfig):
     paper = "https://arxiv.org/abs/2507.02860"
     static = False
 
-    tau: float = option(0.05, "accumulated predicted relative change that forces a compute step")
+    tau: float = option(0.05, "accumulated predicted relative change that forces a compute step", minimum=0)
     warmup: int = option(10, "the first `warmup` steps are always computed (at least 2: k needs two)", minimum=0)
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     forecast: str = forecast_option()
@@ -34,8 +34,6 @@ class EasyCache(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require(isinstance(self.tau, float | int) and self.tau >= 0, self.name, "tau", self.tau,
-                "must be a number >= 0")
 
     def rule(self, i: torch.Tensor, change: torch.Tensor | None = None, error: torch.Tensor | None = None) -> Any:
         forced = i < max(self.warmup, 1)

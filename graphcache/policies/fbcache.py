@@ -14,7 +14,6 @@ from graphcache.policies.base import (
     option,
     per_sample_option,
     pooled,
-    require,
 )
 
 
@@ -34,7 +33,8 @@ class FBCache(PolicyConfig):
     paper = "https://github.com/chengzeyi/ParaAttention"
     static = False
 
-    threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step")
+    threshold: float = option(0.08, "relative L1 change of the first block's residual that forces a compute step",
+                               minimum=0, note=" (0 computes every step)")
     warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     per_sample: bool = per_sample_option()
     forecast: str = forecast_option()
@@ -42,8 +42,6 @@ class FBCache(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
-                self.threshold, "must be a number >= 0 (0 computes every step)")
 
     def rule(self, i: torch.Tensor, change: torch.Tensor | None = None) -> torch.Tensor:
         if change is None:  # the static part of the schedule only (graphcache policies, expected())

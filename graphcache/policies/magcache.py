@@ -27,7 +27,7 @@ class MagCache(PolicyConfig):
     paper = "https://arxiv.org/abs/2506.09045"
     static = False
 
-    threshold: float = option(0.24, "accumulated ratio error allowed before a compute step")
+    threshold: float = option(0.24, "accumulated ratio error allowed before a compute step", minimum=0)
     max_skips: int = option(5, "K: at most this many consecutive cached steps", minimum=0)
     retention: float = option(0.1, "R: the first int(R*T + 0.5) steps (of the calibration run) are computed")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
@@ -36,8 +36,6 @@ class MagCache(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
-                self.threshold, "must be a number >= 0")
         require(isinstance(self.retention, float | int) and 0 <= self.retention <= 1, self.name, "retention",
                 self.retention, "must be in [0, 1]")
 

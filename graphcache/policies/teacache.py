@@ -15,7 +15,6 @@ from graphcache.policies.base import (
     option,
     per_sample_option,
     pooled,
-    require,
 )
 
 
@@ -47,7 +46,8 @@ class TeaCache(PolicyConfig):
     paper = "https://arxiv.org/abs/2411.19108"
     static = False
 
-    threshold: float = option(0.25, "accumulated rescaled distance that forces a compute step")
+    threshold: float = option(0.25, "accumulated rescaled distance that forces a compute step", minimum=0,
+                               note=" (0 computes every step)")
     coefficients: str | None = option(None, "polynomial, highest power first, comma-separated (FLUX: "
                                       "'498.65,-283.78,55.855,-3.8202,0.26423')")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (instead of coefficients)")
@@ -59,8 +59,6 @@ class TeaCache(PolicyConfig):
 
     def validate(self) -> None:
         self.predictor()
-        require(isinstance(self.threshold, float | int) and self.threshold >= 0, self.name, "threshold",
-                self.threshold, "must be a number >= 0 (0 computes every step)")
         if self.coefficients is not None:
             parse_coefficients(self.coefficients)
 
