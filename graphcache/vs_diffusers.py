@@ -111,26 +111,11 @@ def dit(hidden: int = 512, layers: int = 12) -> Subject:
 
 
 def flux(dual: int = 4, single: int = 8, tokens: int = 256, text_tokens: int = 16) -> Subject:
-    """A Flux-shaped ``FluxTransformer2DModel`` with random weights: examples/flux.py's config and seeds."""
-    from diffusers import FluxTransformer2DModel
+    """A Flux-shaped ``FluxTransformer2DModel`` with random weights (:func:`graphcache.random_models.flux_shaped`,
+    examples/flux.py's config and seeds)."""
+    from graphcache.random_models import flux_shaped
 
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=dual, num_single_layers=single, attention_head_dim=32,
-        num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64, axes_dims_rope=[8, 12, 12],
-    )
-    g = torch.Generator().manual_seed(1)
-    latent = torch.randn(1, tokens, 16, generator=g)
-    text = torch.randn(1, text_tokens, 64, generator=g)
-    pooled = torch.randn(1, 64, generator=g)
-    img_ids = torch.zeros(tokens, 3)
-    img_ids[:, 1] = torch.arange(tokens) // 8
-    img_ids[:, 2] = torch.arange(tokens) % 8
-
-    def inputs(t: float) -> dict[str, Any]:
-        return {"hidden_states": latent, "encoder_hidden_states": text, "pooled_projections": pooled,
-                "timestep": torch.tensor([t / 1000.0]), "img_ids": img_ids, "txt_ids": torch.zeros(text_tokens, 3)}
-
+    model, inputs = flux_shaped(dual, single, tokens, text_tokens)
     return subject_from_inputs(f"Flux {dual}+{single}", "flux", model, inputs, timestep_scale=1000.0)
 
 
