@@ -32,6 +32,9 @@ META_KEY = "graphcache"
 class PassResult:
     gm: fx.GraphModule
     modified: bool
+    # the pass kept ``meta["val"]`` right on every outer-graph node it changed (a lowering that edits only inside
+    # branches, or drops cond outputs): no fake-tensor propagation after it, which reruns every cond
+    values_kept: bool = False
 
 
 def analysis(gm: fx.GraphModule) -> Analyses:
@@ -221,7 +224,8 @@ class PassManager:
                     result.gm.graph.lint()
                     result.gm.recompile()
                     before = time.perf_counter()
-                    ran = propagate_meta(result.gm, self.example_inputs, _unchanged_since(args_before))
+                    ran = 0 if result.values_kept else propagate_meta(result.gm, self.example_inputs,
+                                                                      _unchanged_since(args_before))
                     analysis(result.gm).propagated.append((p.name, ran, len(result.gm.graph.nodes)))
                     propagated = time.perf_counter() - before
                     _check_meta(result.gm, p.name)

@@ -161,4 +161,4 @@ class NarrowLinearOutputs(Pass):
         assert found.cache_branch is not None
         count, saved = narrow_graph(getattr(gm, found.cache_branch["cached"]))
         found.narrowed_linears = LinearNarrowing(count, saved)
-        return PassResult(gm, modified=count > 0)
+        return PassResult(gm, modified=count > 0, values_kept=True)  # the outer graph is as it was

@@ -113,6 +113,9 @@ def _sink_cond(owner: fx.GraphModule, cond: fx.Node, writes: dict[int, int]) -> 
     _sink(true_gm, writes)
     _sink(false_gm, writes)
     gone = set(writes)
+    vals = cond.meta.get("val")
+    if isinstance(vals, (list, tuple)):  # the cond's value without the outputs that went into the branches
+        cond.meta["val"] = type(vals)(v for k, v in enumerate(vals) if k not in gone)
     for node in [n for n in cond.users if n.target is operator.getitem]:
         k = int(node.args[1])  # type: ignore[arg-type]
         if k in gone:
@@ -153,7 +156,7 @@ class SinkStateWrites(Pass):
             _sink_cond(gm, cond, writes)
         _, cached = _cond_branches(gm, cond)
         found.state_writes = StateWrites(len(writes), before, _written_bytes(cached))
-        return PassResult(gm, modified=bool(writes))
+        return PassResult(gm, modified=bool(writes), values_kept=True)  # the cond's value narrowed above
 
 
 def _bytes(gm: fx.GraphModule, buffer: object) -> int:

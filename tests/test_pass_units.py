@@ -28,7 +28,7 @@ from graphcache.passes import (
     SplitProbeBlocks,
     SplitTailBlocks,
 )
-from graphcache.passes.base import META_KEY, PassManager, analysis
+from graphcache.passes.base import META_KEY, PassManager, analysis, propagate_meta
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies.fora import FORA
 from graphcache.predictors import Taylor
@@ -259,11 +259,15 @@ def test_sink_state_writes_writes_each_buffer_in_the_branch_that_changes_it():
     from graphcache.passes.sink_state_writes import SinkStateWrites
     from graphcache.policies import make_policy
 
-    gm, _ = _run([*make_policy("taylorseer{order=1,lite=true}").passes(), SinkStateWrites()])
+    gm, flat = _run([*make_policy("taylorseer{order=1,lite=true}").passes(), SinkStateWrites()])
     found = analysis(gm)
     caches = [str(n.target) for n in found.state.cache_nodes()]
     (cond,) = gm.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond)
     assert len(cond.meta["val"]) == len(found.block_stack.region_outputs)  # no state comes out of the cond
+    kept = [(v.shape, v.stride(), v.dtype) for v in cond.meta["val"]]  # the pass keeps the values (no propagation)
+    assert found.propagated[-1] == ("sink_state_writes", 0, len(gm.graph.nodes))
+    propagate_meta(gm, flat)
+    assert kept == [(v.shape, v.stride(), v.dtype) for v in cond.meta["val"]]
     outer_writes = {str(n.args[0].target) for n in gm.graph.nodes if n.target is torch.ops.aten.copy_.default}
     assert not outer_writes & set(caches)  # the clock and log are still written outside
     assert len(_writes(gm._gc_compute)) == len(caches) and _writes(gm._gc_cached) == []
