@@ -27,7 +27,7 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 import graphcache
-from graphcache.passes.base import analysis
+from graphcache.rewrite import describe_lowering, lowering_fields
 
 DEFAULT_POLICIES = ["fora", "fora{granularity=block}", "taylorseer", "taylorseer{lite=true}", "foca",
                     "foca{lite=true}", "pab{window_low=0,window_high=1000}"]
@@ -86,20 +86,6 @@ class Fastest:
             self.seconds, self.steps, self.out = seconds, steps, out
 
 
-def lowering_report(cached: torch.nn.Module) -> str:
-    """What the torch.compile lowering changed in the cached step: state written in place, linears narrowed."""
-    found = analysis(cached.states[0].gm)
-    writes, narrowed = found.state_writes, found.narrowed_linears
-    parts = []
-    if writes is not None:
-        parts.append(f"state a cached step writes {writes.cached_step_bytes_after / 2**20:.2f} MiB "
-                     f"(functional branches: {writes.cached_step_bytes_before / 2**20:.2f} MiB)")
-    if narrowed is not None and narrowed.linears:
-        parts.append(f"{narrowed.linears} linears narrowed ({narrowed.weight_bytes_saved / 2**20:.1f} MiB "
-                     "of weights a cached step no longer reads)")
-    return "; ".join(parts)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", action="append", help=f"a policy spec, repeatable (default: {DEFAULT_POLICIES})")
@@ -156,7 +142,7 @@ def main() -> None:
         error = float((run.out - base.out).abs().max())
         print(f"| {spec} | {speedup:.2f}x | {computed}/{len(decisions)} | {limit:.2f}x | {100 * speedup / limit:.1f}% "
               f"| {1e3 * statistics.median(full):.1f} / {cached_ms} | {error:.2e} |")
-        notes.append(f"{spec}: {lowering_report(runs[spec])}")
+        notes.append(f"{spec}: cached step {describe_lowering(lowering_fields(runs[spec].states[0].gm))}")
     print("\n".join(notes))
 
 

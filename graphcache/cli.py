@@ -265,6 +265,8 @@ def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend:
 
 
 def build_report(result: Any) -> dict[str, Any]:
+    from graphcache.rewrite import lowering_fields
+
     stack = result.cached.block_stack
     errors = result.errors()
     computed_err = result.computed_step_error()
@@ -291,33 +293,8 @@ def build_report(result: Any) -> dict[str, Any]:
         "cache_bytes": result.cached.state.cache_bytes(),
         "state_bytes": result.cached.state.state_bytes(),
         "compile_seconds": {name: round(seconds, 4) for name, seconds in result.timings},
-        **_lowering_fields(result.cached.module),
+        **lowering_fields(result.cached.module),
     }
-
-
-def _lowering_fields(gm: Any) -> dict[str, Any]:
-    """What the torch.compile lowering changed in a cached step (absent: an eager run, nothing lowered)."""
-    from graphcache.passes.base import analysis
-
-    found = analysis(gm)
-    fields: dict[str, Any] = {}
-    if found.state_writes is not None:
-        fields["cached_step_state_bytes"] = found.state_writes.cached_step_bytes_after
-        fields["cached_step_state_bytes_functional"] = found.state_writes.cached_step_bytes_before
-    if found.narrowed_linears is not None:
-        fields["narrowed_linears"] = found.narrowed_linears.linears
-        fields["weight_bytes_not_read"] = found.narrowed_linears.weight_bytes_saved
-    return fields
-
-
-def _cached_step_text(r: dict[str, Any]) -> str | None:
-    if "cached_step_state_bytes" not in r:
-        return None
-    text = (f"writes {r['cached_step_state_bytes']:,} bytes of state (functional branches: "
-            f"{r['cached_step_state_bytes_functional']:,})")
-    if r.get("narrowed_linears"):
-        text += f"; {r['narrowed_linears']} linears narrowed, {r['weight_bytes_not_read']:,} weight bytes not read"
-    return text
 
 
 def _ms(seconds_ms: float) -> str:
@@ -350,6 +327,8 @@ def _speedup_text(r: dict[str, Any]) -> str:
 
 
 def print_report(r: dict[str, Any]) -> None:
+    from graphcache.rewrite import describe_lowering
+
     console.print("[bold]blocks found[/]")
     for line in r["blocks"]:
         console.print(f"  {line}", highlight=False)
@@ -366,7 +345,7 @@ def print_report(r: dict[str, Any]) -> None:
         ("compile time", _compile_text(r["compile_seconds"])),
         ("cache memory", f"{r['cache_bytes']:,} bytes of cached features, {r['state_bytes']:,} bytes of state in all"),
     ]
-    cached_step = _cached_step_text(r)
+    cached_step = describe_lowering(r)
     if cached_step is not None:
         rows.append(("cached step", cached_step))
     for key, value in rows:

@@ -25,6 +25,32 @@ def compile_lowering(backend: str) -> tuple[Pass, ...]:
     return (*dense, NarrowLinearOutputs(), SinkStateWrites())
 
 
+def lowering_fields(gm: fx.GraphModule) -> dict[str, int]:
+    """What the torch.compile lowering changed in a cached step of ``gm``, as report fields (empty when it was not
+    lowered: an export route)."""
+    found = analysis(gm)
+    fields: dict[str, int] = {}
+    if found.state_writes is not None:
+        fields["cached_step_state_bytes"] = found.state_writes.cached_step_bytes_after
+        fields["cached_step_state_bytes_functional"] = found.state_writes.cached_step_bytes_before
+    if found.narrowed_linears is not None:
+        fields["narrowed_linears"] = found.narrowed_linears.linears
+        fields["weight_bytes_not_read"] = found.narrowed_linears.weight_bytes_saved
+    return fields
+
+
+def describe_lowering(fields: dict[str, int]) -> str | None:
+    """:func:`lowering_fields` in words (None when there are none)."""
+    if "cached_step_state_bytes" not in fields:
+        return None
+    text = (f"writes {fields['cached_step_state_bytes']:,} bytes of state (functional branches: "
+            f"{fields['cached_step_state_bytes_functional']:,})")
+    if fields.get("narrowed_linears"):
+        text += (f"; {fields['narrowed_linears']} linears narrowed, {fields['weight_bytes_not_read']:,} weight "
+                 "bytes not read")
+    return text
+
+
 def rewrite(
     gm: fx.GraphModule, example_inputs: Sequence[Any], policy: PolicyConfig, lowering: Sequence[Any] = (),
     self_check: bool = True,
