@@ -87,6 +87,12 @@ def export_model(
         raise ExportError(f"unknown form '{form}'; choose one of {', '.join(FORMS)}")
     if steps < 1:
         raise ExportError(f"steps must be >= 1, got {steps}")
+    buckets = getattr(config, "buckets", 0)
+    if buckets:
+        raise ExportError(f"{config.name}.buckets={buckets} is not exported (the bucketed compute step gathers "
+                          "samples with sort / index_copy inside nested conditionals, which the ONNX / AOTInductor "
+                          f"forms do not carry); export {config.name} with buckets=0: compute steps run the whole "
+                          "batch")
     for module in {"onnx": ["onnxscript"], "tensorrt": ["onnxscript", "tensorrt"]}.get(fmt, []):
         require(module)  # fail before the slow part when an extra is missing
     directory = Path(directory)

@@ -126,6 +126,19 @@ class StateWrites:
     cached_step_bytes_after: int
 
 
+@dataclasses.dataclass
+class SampleBuckets:
+    """Captures of the model at smaller batch sizes, for per-sample decisions (a policy's ``buckets`` under
+    ``graphcache.optimize``): a compute step gathers the samples that need it, needing ones first, into the
+    smallest bucket that holds them and runs the blocks there, as the model's own graph at that batch size.
+    ``graphs``: batch size -> the graph captured at it (meta vals propagated). ``insert_cache_branch`` writes
+    ``used`` (the sizes the compute branch got) or ``reason`` (why it runs the whole batch instead)."""
+
+    graphs: dict[int, fx.GraphModule]
+    used: tuple[int, ...] = ()
+    reason: str = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class LinearNarrowing:
     """What ``narrow_linear_outputs`` did to the cached branch: linears narrowed to the rows read, and the
@@ -157,6 +170,7 @@ class Analyses:
     probe: Probe | None = None
     tail: int | None = None
     cache_plan: CachePlan | None = None
+    sample_buckets: SampleBuckets | None = None  # captures at bucket batch sizes (graphcache.optimize)
     attention_kinds: dict[str, int] | None = None  # PAB: kind -> recompute range
     # transforms
     state: StateSpec | None = None

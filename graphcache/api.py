@@ -65,13 +65,16 @@ class CachedModule(torch.nn.Module):
         self._warmed = False  # one eager call made after a failed capture (see _after_capture_failed)
         self.notes: list[str] = []  # how the model was captured, when not plainly
         self._side_t: torch.Tensor | None = None  # with graph breaks: the call's timestep, written before each call
+        self._buckets: list[Any] = []  # the policy's bucket captures for the call being compiled (graphcache.buckets)
+        self._bucket_shapes: set[Any] = set()  # input signatures whose bucket captures were made
         compiled = None if getattr(policy, "wraps_model", False) else self._compile(fullgraph=True)
         self.__dict__["_compiled"] = compiled  # not a submodule: parameters stay listed once
 
     def _compile(self, fullgraph: bool) -> Any:
         backend = make_backend(self.policy, self.backend, self.states, self.self_check,
                                None if fullgraph else self.pieces, self.used,
-                               side_timestep=None if fullgraph else self._side_t, root=self._modules["model"])
+                               side_timestep=None if fullgraph else self._side_t, root=self._modules["model"],
+                               bucket_graphs=self._buckets)
         return torch.compile(self._modules["model"], backend=backend, fullgraph=fullgraph, dynamic=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -95,12 +98,39 @@ class CachedModule(torch.nn.Module):
         if self._side_t is not None:
             self._fill_side_timestep(args, kwargs)
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
+            self._capture_buckets(args, kwargs)
+            try:
+                out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
+            finally:
+                self._buckets.clear()
         self.contexts.note_call()
         if not self._learned and self.states:
             self._learned = True
             self._learn_timestep(args, kwargs)
         return out
+
+    def _capture_buckets(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """On the first call of an input signature, with a policy that has ``buckets``: the model's captures at
+        the bucket batch sizes, for the backend compiling this call (:mod:`graphcache.buckets`)."""
+        import torch.utils._pytree as pytree
+
+        from graphcache.buckets import bucket_sizes, call_batch, capture_buckets
+
+        count = getattr(self.policy, "buckets", 0)
+        key = tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
+                    for x in pytree.tree_leaves((args, kwargs)))
+        if not count or key in self._bucket_shapes:
+            return
+        self._bucket_shapes.add(key)
+        batch = call_batch(args, kwargs)
+        sizes = bucket_sizes(batch, count) if batch else ()
+        model = self._modules["model"]
+        assert model is not None
+        graphs, reason = capture_buckets(model, args, kwargs, sizes) if sizes else (
+            {}, f"a batch of {batch or 0} has no smaller bucket")
+        if reason:
+            self.notes.append(f"buckets not captured: {reason}")
+        self._buckets[:] = [(graphs, reason)]
 
     def _after_capture_failed(self, err: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One graph failed. Models that fill a cache on their first call with Python the compiler cannot

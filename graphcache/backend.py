@@ -33,7 +33,8 @@ INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 def make_backend(
     policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
     pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
-    side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None, **policy_options: Any,
+    side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None,
+    bucket_graphs: list[tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]] | None = None, **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
     """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
     ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
@@ -47,7 +48,9 @@ def make_backend(
     after a graph break that gets only the timestep's embedding from the graph before it reads this instead
     (an extra input, appended to those dynamo passes). ``root``: the module ``torch.compile`` was given; a
     one-graph compile that received another function's graph instead (dynamo skipping the root's ``forward``)
-    is refused by name (:func:`_refuse_a_nested_frame`)."""
+    is refused by name (:func:`_refuse_a_nested_frame`). ``bucket_graphs``: where the caller puts the model's
+    captures at the policy's bucket batch sizes before a call that may compile (:mod:`graphcache.buckets`);
+    a policy with ``buckets`` and no such captures runs whole batches, with a warning that says why."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -64,6 +67,11 @@ def make_backend(
             if side_timestep is not None and not has_timestep(new):
                 inputs.append(side_timestep)
                 add_side_timestep(new, inputs)
+            if bucket_graphs:
+                _attach_buckets(new, *bucket_graphs[0])
+            elif getattr(config, "buckets", 0):
+                _attach_buckets(new, {}, "torch.compile(backend='graphcache') hands over one graph and cannot "
+                                "capture the model at other batch sizes; graphcache.optimize does")
             state = rewrite(new, inputs, config, lowering, self_check)
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, GraphcacheError):
@@ -89,6 +97,15 @@ def make_backend(
         return compiled if used is None else _recording(compiled, state, used)
 
     return graphcache_backend
+
+
+def _attach_buckets(gm: fx.GraphModule, graphs: dict[int, tuple[fx.GraphModule, list[Any]]], reason: str) -> None:
+    """Record the captures at the bucket sizes (copies with meta vals) for ``insert_cache_branch``, or why
+    there are none."""
+    from graphcache.analyses import SampleBuckets
+
+    analysis(gm).sample_buckets = SampleBuckets({size: prepare_dynamo_graph(small, inputs)
+                                                 for size, (small, inputs) in graphs.items()}, reason=reason)
 
 
 def _refuse_a_nested_frame(gm: fx.GraphModule, root: torch.nn.Module) -> None:

@@ -36,6 +36,9 @@ class RunResult:
     step_error: list[float] = dataclasses.field(default_factory=list)
     cache_bytes: int = 0
     seconds_runs: list[float] = dataclasses.field(default_factory=list)  # every timed run (``seconds``: fastest)
+    sample_steps: float = 1.0  # share of (sample, step) pairs on which the blocks ran for that sample
+    warmup_seconds: float = 0.0  # the untimed 4-step warm-up generation: compilation (capture, passes, Inductor)
+
 
     @property
     def spread(self) -> float:
@@ -54,6 +57,7 @@ class RunResult:
             "class_accuracy": round(self.accuracy, 4), "frechet_distance": round(self.frechet, 3),
             "psnr_db": round(self.psnr, 2), "ssim": round(self.ssim, 4), "cache_bytes": self.cache_bytes,
             "seconds_runs": [round(x, 3) for x in self.seconds_runs], "timing_spread": round(self.spread, 4),
+            "sample_steps_computed": round(self.sample_steps, 4), "warmup_seconds": round(self.warmup_seconds, 1),
         }
 
 
@@ -114,7 +118,9 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
             pipe.transformer = denoiser
             graphcache.optimize(pipe, policy, backend=backend)
         status(f"{label} {settings}: warm-up (compilation)")
+        warmup = time.perf_counter()
         _generate(pipe, labels, min(steps, 4), guidance, seed)
+        warmup = time.perf_counter() - warmup
         status(f"{label} {settings}: timed run of {samples} samples x {steps} steps")
         seconds, images, trajectory = _generate(pipe, labels, steps, guidance, seed, progress)
         times = [seconds]
@@ -122,16 +128,29 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
             status(f"{label} {settings}: timed run {k + 1}/{repeats}")
             times.append(_generate(pipe, labels, steps, guidance, seed, False)[0])
         if settings == "again":
+            results[0].warmup_seconds = min(results[0].warmup_seconds, warmup)
             results[0].seconds_runs += times
             results[0].seconds = min(results[0].seconds_runs)
             continue
         run = RunResult(label, settings, min(times), images, trajectory,
-                        decisions(pipe) if policy is not None else ["computed"] * steps, seconds_runs=times)
+                        decisions(pipe) if policy is not None else ["computed"] * steps, seconds_runs=times,
+                        warmup_seconds=warmup)
         if isinstance(pipe.transformer, CachedModule):
             run.cache_bytes = pipe.transformer.cache_bytes()
+            run.sample_steps = _sample_steps(pipe.transformer, run.computed / steps)
         results.append(run)
     _score(results, judge, real_features, torch.tensor(labels))
     return results
+
+
+def _sample_steps(denoiser: CachedModule, pooled: float) -> float:
+    """The share of (sample, step) pairs computed in the last generation of the stream last run: from the
+    per-sample log of a dynamic policy, else every sample follows the batch (``pooled``)."""
+    state = denoiser.used[0] if denoiser.used else None
+    rows = state.sample_decisions() if state is not None and hasattr(state, "sample_decisions") else []
+    if not rows:
+        return pooled
+    return sum(r.count("computed") for r in rows) / sum(len(r) for r in rows)
 
 
 def _settings(policy: PolicyConfig) -> str:

@@ -14,15 +14,17 @@ COLUMNS = ("policy", "settings", "speedup", "computed_steps", "steps", "class_ac
 
 
 def markdown_table(results: list[RunResult]) -> str:
-    header = "| policy | settings | wall time ratio | computed / total | class accuracy | Frechet | PSNR (dB) | SSIM |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    header = ("| policy | settings | wall time ratio | computed / total | sample-steps computed | class accuracy "
+              "| Frechet | PSNR (dB) | SSIM |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         row = r.row()
         psnr_text = "-" if r is results[0] else f"{r.psnr:.1f}"
         ssim_text = "-" if r is results[0] else f"{r.ssim:.3f}"
         lines.append(
             f"| {row['policy']} | {row['settings']} | {row['speedup']:.2f}x | {row['computed_steps']}/{row['steps']} "
-            f"| {100 * row['class_accuracy']:.1f}% | {row['frechet_distance']:.2f} | {psnr_text} | {ssim_text} |"
+            f"| {100 * row['sample_steps_computed']:.0f}% | {100 * row['class_accuracy']:.1f}% "
+            f"| {row['frechet_distance']:.2f} | {psnr_text} | {ssim_text} |"
         )
     return "\n".join(lines)
 

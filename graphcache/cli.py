@@ -202,14 +202,14 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
     write_report(results, out, command)
     table = Table(title=f"reference digits DiT, {samples} samples x {steps} steps, guidance {guidance}, {backend}; "
                         f"wall ratio: fastest of {repeats} timed runs each")
-    for column in ("policy", "settings", "wall ratio", "timing spread", "computed", "class acc.", "Frechet",
-                   "PSNR dB", "SSIM"):
+    for column in ("policy", "settings", "wall ratio", "timing spread", "computed", "sample-steps", "class acc.",
+                   "Frechet", "PSNR dB", "SSIM", "warm-up s"):
         table.add_column(column)
     for i, r in enumerate(results):
         table.add_row(escape(r.label), escape(r.settings), f"{r.speedup:.2f}x", f"{100 * r.spread:.1f}%",
-                      f"{r.computed}/{len(r.trajectory)}",
+                      f"{r.computed}/{len(r.trajectory)}", f"{100 * r.sample_steps:.0f}%",
                       f"{100 * r.accuracy:.1f}%", f"{r.frechet:.2f}", "-" if i == 0 else f"{r.psnr:.1f}",
-                      "-" if i == 0 else f"{r.ssim:.3f}")
+                      "-" if i == 0 else f"{r.ssim:.3f}", f"{r.warmup_seconds:.0f}")
     console.print(table)
     console.print(f"report: {out}/report.md and plots in {out}/")
 
@@ -265,9 +265,13 @@ def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend:
 
 
 def build_report(result: Any) -> dict[str, Any]:
+    from graphcache.passes.base import analysis
     from graphcache.rewrite import lowering_fields
 
     stack = result.cached.block_stack
+    buckets = analysis(result.cached.module).sample_buckets
+    bucket_fields = {} if buckets is None else {"sample_buckets": list(buckets.used),
+                                                "sample_buckets_not_used": buckets.reason}
     errors = result.errors()
     computed_err = result.computed_step_error()
     return {
@@ -294,6 +298,7 @@ def build_report(result: Any) -> dict[str, Any]:
         "state_bytes": result.cached.state.state_bytes(),
         "compile_seconds": {name: round(seconds, 4) for name, seconds in result.timings},
         **lowering_fields(result.cached.module),
+        **bucket_fields,
     }
 
 
@@ -348,6 +353,10 @@ def print_report(r: dict[str, Any]) -> None:
     cached_step = describe_lowering(r)
     if cached_step is not None:
         rows.append(("cached step", cached_step))
+    if "sample_buckets" in r:
+        rows.append(("sample buckets", f"the blocks run for the needing samples only, in buckets of "
+                     f"{', '.join(map(str, r['sample_buckets']))} or the whole batch" if r["sample_buckets"] else
+                     f"not used: {r['sample_buckets_not_used']}"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

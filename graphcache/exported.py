@@ -9,8 +9,10 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from graphcache.analyses import SampleBuckets
 from graphcache.blockstack import BlockStack
 from graphcache.capture import capture_export
+from graphcache.errors import GraphcacheError, first_line
 from graphcache.passes.base import analysis
 from graphcache.policies import PolicyConfig, make_policy
 from graphcache.rewrite import rewrite
@@ -34,6 +36,24 @@ class ExportedCache:
             return self.module(**kwargs)
 
 
+def export_buckets(model: torch.nn.Module, example_kwargs: Mapping[str, Any], count: int) -> SampleBuckets:
+    """The model exported at each of ``count`` bucket batch sizes (:mod:`graphcache.buckets`), or why not."""
+    from graphcache.buckets import bucket_sizes, call_batch, sliced
+
+    batch = call_batch((), example_kwargs)
+    sizes = bucket_sizes(batch, count) if batch else ()
+    if not sizes:
+        return SampleBuckets({}, reason=f"a batch of {batch or 0} has no smaller bucket")
+    graphs = {}
+    for size in sizes:
+        _, small = sliced((), example_kwargs, batch, size)  # type: ignore[arg-type]
+        try:
+            graphs[size] = capture_export(model, small)[0]
+        except GraphcacheError as err:
+            return SampleBuckets({}, reason=f"exporting the model at batch {size} failed: {first_line(err, 160)}")
+    return SampleBuckets(graphs)
+
+
 def optimize_exported(
     model: torch.nn.Module, example_kwargs: Mapping[str, Any], policy: str | PolicyConfig = "fora",
     lowering: tuple[Any, ...] = (), self_check: bool = True, **options: Any,
@@ -43,5 +63,7 @@ def optimize_exported(
     config = make_policy(policy, **options)
     config.check_model(model)
     gm, flat_inputs = capture_export(model.eval(), example_kwargs)
+    if getattr(config, "buckets", 0):
+        analysis(gm).sample_buckets = export_buckets(model, example_kwargs, config.buckets)  # type: ignore[attr-defined]
     state = rewrite(gm, flat_inputs, config, lowering, self_check)
     return ExportedCache(gm, state, config)

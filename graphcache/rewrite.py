@@ -70,4 +70,22 @@ def rewrite(
         analysis(gm).timings.append(("self-check", time.perf_counter() - start, 0.0))
     if lowering:
         PassManager(list(lowering), example_inputs)(gm)
+    warn_unused_buckets(gm, policy)
     return CacheState(gm, policy.name)
+
+
+def warn_unused_buckets(gm: fx.GraphModule, policy: PolicyConfig) -> None:
+    """A policy asked for buckets (:mod:`graphcache.buckets`) that the compute branch did not get: say why, so
+    that whole-batch compute steps are never a silent surprise."""
+    import warnings
+
+    count = getattr(policy, "buckets", 0)
+    found = analysis(gm)
+    if not count or found.decision is None or found.decision.sample_mask is None:
+        return
+    buckets = found.sample_buckets
+    if buckets is not None and buckets.used:
+        return
+    reason = buckets.reason if buckets is not None else "this route captured the model at one batch size only"
+    warnings.warn(f"graphcache: {policy.name}.buckets={count} not used, compute steps run the whole batch: {reason}",
+                  stacklevel=3)

@@ -37,7 +37,7 @@ import torch
 from graphcache.errors import GraphcacheError
 from graphcache.policies import PolicyConfig, make_policy
 
-MODELS = ("dit", "flux")
+MODELS = ("dit", "flux", "pixart")
 METHODS = ("fbcache", "taylorseer", "taylorseer-lite", "magcache", "pab", "fastercache")
 
 Status = Callable[[str], None]
@@ -119,11 +119,33 @@ def flux(dual: int = 4, single: int = 8, tokens: int = 256, text_tokens: int = 1
     return subject_from_inputs(f"Flux {dual}+{single}", "flux", model, inputs, timestep_scale=1000.0)
 
 
+def pixart(hidden: int = 512, layers: int = 12, text_tokens: int = 16) -> Subject:
+    """A ``PixArtTransformer2DModel`` with random weights (AdaLN-single, self- and cross-attention per block;
+    32x32x4 latent, a fixed random caption embedding)."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    model = PixArtTransformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, num_attention_heads=8,
+        attention_head_dim=hidden // 8, cross_attention_dim=hidden, caption_channels=64,
+        norm_type="ada_norm_single", use_additional_conditions=False,
+    )
+    g = torch.Generator().manual_seed(1)
+    latent, caption = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, text_tokens, 64, generator=g)
+
+    def inputs(t: float) -> dict[str, Any]:
+        return {"hidden_states": latent, "encoder_hidden_states": caption, "timestep": torch.tensor([int(t)]),
+                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+    return subject_from_inputs(f"PixArt {hidden}x{layers}", "pixart", model, inputs)
+
+
 def subject(key: str) -> Subject:
-    """The benchmark's models: ``dit`` (DiT 512x12) or ``flux`` (Flux 4+8)."""
+    """The benchmark's models: ``dit`` (DiT 512x12), ``flux`` (Flux 4+8) or ``pixart`` (PixArt 512x12)."""
     if key not in MODELS:
         raise ValueError(f"unknown model {key!r}; choose from {', '.join(MODELS)}")
-    return dit() if key == "dit" else flux()
+    builders: dict[str, Callable[[], Subject]] = {"dit": dit, "flux": flux, "pixart": pixart}
+    return builders[key]()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +244,7 @@ def mapping(method: str, subj: Subject, settings: Settings, workdir: Path, statu
 
     steps, scale = settings.steps, subj.timestep_scale
     if method == "fbcache":
-        threshold = settings.threshold if settings.threshold is not None else (0.2 if subj.kind == "dit" else 0.5)
+        threshold = settings.threshold if settings.threshold is not None else (0.5 if subj.kind == "flux" else 0.2)
         policy = make_policy("fbcache", threshold=threshold, per_sample=False)
         return Mapping(
             method, f"FirstBlockCacheConfig(threshold={threshold})",
@@ -245,8 +267,10 @@ def mapping(method: str, subj: Subject, settings: Settings, workdir: Path, statu
                     "the stack's residual and runs the epilogue on it; "
                     f"warmup=W+1: graphcache also computes step W={w}")
         else:
-            modules = ([r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"] if subj.kind == "dit"
-                       else [r"transformer_blocks\.\d+\.(attn|ff|ff_context)", r"single_transformer_blocks\.\d+\.attn"])
+            modules = {"dit": [r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"],
+                       "pixart": [r"transformer_blocks\.\d+\.(attn1|attn2|ff)"],
+                       "flux": [r"transformer_blocks\.\d+\.(attn|ff|ff_context)",
+                                r"single_transformer_blocks\.\d+\.attn"]}[subj.kind]
             config = TaylorSeerCacheConfig(cache_interval=n, disable_cache_before_step=w, max_order=1,
                                            taylor_factors_dtype=torch.float32, cache_identifiers=modules)
             shown = f"TaylorSeerCacheConfig(cache_interval={n}, disable_cache_before_step={w}, max_order=1, " \
@@ -289,19 +313,19 @@ def mapping(method: str, subj: Subject, settings: Settings, workdir: Path, statu
 
         policy = make_policy("pab", spatial=rng, temporal=None, cross=None, window_low=low, window_high=high,
                              timestep_scale=scale)
-        approx = ("" if subj.kind == "dit" else
-                  "; approximate in what is cached on Flux's single blocks: diffusers reuses the attention module's "
-                  "output, graphcache the block's parallel attention+MLP branch (proj_out(cat(attn, mlp))), found "
-                  "as one attention branch")
+        approx = {"dit": "", "pixart": "; PixArt's cross-attention runs on every step on both sides",
+                  "flux": "; approximate in what is cached on Flux's single blocks: diffusers reuses the attention "
+                          "module's output, graphcache the block's parallel attention+MLP branch "
+                          "(proj_out(cat(attn, mlp))), found as one attention branch"}[subj.kind]
         return Mapping(
             method,
             f"PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range={rng}, "
             f"spatial_attention_timestep_skip_range=({low:g}, {high:g}))",
             apply_pab, policy, policy.spec(), True,
             "exact schedule: inside the open timestep window a self-attention output is recomputed at steps "
-            f"i % {rng} == 0 and reused otherwise, outside it always runs; every attention of these models is "
-            "spatial self-attention on both sides (diffusers by module name, graphcache by structure), so "
-            "temporal/cross ranges are None on both" + approx,
+            f"i % {rng} == 0 and reused otherwise, outside it always runs; the self-attention of these models is "
+            "spatial on both sides (diffusers by module name, graphcache by structure); temporal/cross ranges are "
+            "None on both" + approx,
             "not expected (same rule): a timestep on a window bound moved across it by float rounding "
             "(t / 1000 on Flux)",
             probes=_attention_probes)

@@ -253,6 +253,11 @@ class InsertCacheBranch(Pass):
             operands.append(decision.sample_mask)
         compute = build_compute_branch(gm, region, outputs, operands, plan, state, self.predictor,
                                        decision.sample_mask)
+        if decision.sample_mask is not None and found.sample_buckets is not None:
+            from .bucket_branch import bucketed_compute
+
+            compute = bucketed_compute(gm, region, list(stack.region_inputs), outputs, operands, plan, state,
+                                       self.predictor, decision.sample_mask, found.sample_buckets, compute)
         if plan.phases is None:
             cached = build_cached_branch(gm, region, outputs, operands, plan, state, self.predictor,
                                          decision.sample_mask is not None)

@@ -32,7 +32,7 @@ import torch.fx as fx
 from graphcache.analyses import Decision, StateSpec
 from graphcache.blockstack import BlockStack
 from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, next_step_directed
-from graphcache.errors import PassError
+from graphcache.errors import PassError, PolicyConfigError
 
 from .base import Pass, PassResult, analysis, mark_new
 from .graph_utils import per_sample_where, tensor_val
@@ -132,6 +132,10 @@ class InsertDecision(Pass):
         used = [f"s{k}" for k in range(len(signals))] + [f"a{k}" for k in range(len(self.accumulators))]
         if per_sample:
             batch = _batch_size(signals[0])
+            config = getattr(self.rule, "__self__", None)
+            if getattr(config, "pair_halves", False) and getattr(config, "per_sample", True) and batch % 2:
+                raise PolicyConfigError(f"{getattr(config, 'name', 'policy')}.pair_halves=true needs a batch of two "
+                                        f"halves (guidance as one call on a doubled batch); this batch is {batch}")
             sample_log = state.add(gm, "_gc_sample_log", torch.empty(LOG_CAPACITY, batch, dtype=LOG_DTYPE),
                                    anchor, self.name, -1)
             for clock_buffer in (state.history, state.n_computed):  # one clock per sample

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler
 from graphcache import vs_diffusers as vd
 from graphcache.cli import main
 
-from models import tiny_dit
+from models import tiny_dit, tiny_pixart
 
 STEPS = 10
 
@@ -50,6 +50,33 @@ def test_pab_decides_as_diffusers_pyramid_attention_broadcast(subject, tmp_path)
     a = _agreement(subject, "pab", tmp_path)
     assert a.exact and 2 < sum(a.diffusers) < STEPS
     assert a.identical, a.describe()
+
+
+@pytest.mark.parametrize("method", ["fbcache", "magcache", "pab"])
+def test_pixart_with_cross_attention_decides_as_diffusers(method, tmp_path):
+    """PixArt (self- and cross-attention per block): the exact mappings decide step for step as the hooks do."""
+    pixart = vd.subject_from_inputs("tiny PixArt", "pixart", *tiny_pixart())
+    a = _agreement(pixart, method, tmp_path, threshold=0.1)
+    assert a.exact and 2 < sum(a.diffusers) < STEPS, a.describe()
+    assert a.identical, a.describe()
+
+
+def test_pixart_taylorseer_forecasts_the_same_modules_as_diffusers(tmp_path):
+    """diffusers' TaylorSeer hooks attn1, attn2 and ff of every block: as many as the units graphcache finds."""
+    from graphcache.analyses import CachePlan
+    from graphcache.exported import optimize_exported
+    from graphcache.passes.base import analysis
+
+    model, inputs = tiny_pixart()
+    pixart = vd.subject_from_inputs("tiny PixArt", "pixart", model, inputs)
+    m = vd.mapping("taylorseer", pixart, vd.Settings(steps=STEPS), tmp_path)
+    hooked = vd.hooked_model(pixart, m, vd.Clock())
+    forecast = sorted(name.split(".")[-1] for name, module in hooked.named_modules()
+                      if "transformer_blocks." in name and getattr(module, "_diffusers_hook", None) is not None
+                      and module._diffusers_hook.hooks)
+    units = analysis(optimize_exported(model, inputs(999.0), m.policy).module).require(CachePlan).units
+    assert forecast == sorted(["attn1", "attn2", "ff"] * 3)
+    assert len(units) == len(forecast)
 
 
 def test_fastercache_differs_only_at_the_documented_t0_step(subject, tmp_path):

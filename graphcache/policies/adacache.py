@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option
+from graphcache.policies.base import PolicyConfig, buckets_option, forecast_from_option, forecast_option, option
 
 
 def parse_codebook(text: str) -> list[tuple[float, int]]:
@@ -43,6 +43,7 @@ class AdaCache(PolicyConfig):
                            "them (published, 30 steps)")
     default_steps: int = option(1, "steps to the next compute when the distance is above every codebook entry",
                                 minimum=1)
+    buckets: int = buckets_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 

@@ -197,6 +197,14 @@ def per_sample_option() -> Any:
                   "cache); False: one decision from the batch-mean indicator")
 
 
+def buckets_option() -> Any:
+    """The ``buckets`` field of the dynamic policies (see :mod:`graphcache.buckets`)."""
+    return option(0, "per-sample compute steps run the blocks only for the samples that need them, gathered into "
+                  "the smallest of this many bucket batch sizes (B/(n+1), 2B/(n+1), ...; the whole batch above "
+                  "them); each bucket adds a copy of the blocks to the compiled graph. 0: the whole batch runs "
+                  "when any sample needs a step. graphcache.optimize only (a capture per bucket size)", minimum=0)
+
+
 def forecast_option(default: str = "reuse") -> Any:
     """The ``forecast`` field: compose the policy's decision with any predictor (see ``predictor()``)."""
     from graphcache.predictors import FORECAST_HELP
@@ -210,9 +218,22 @@ def forecast_from_option() -> Any:
                   "(graphcache's knob for models whose early features do not extrapolate)")
 
 
-def pooled(signal: torch.Tensor, per_sample: bool) -> torch.Tensor:
-    """``signal`` as is when each sample decides, else its batch mean for every sample."""
-    return signal if per_sample else signal.mean(0, keepdim=True).expand_as(signal)
+def pair_halves_option() -> Any:
+    """The ``pair_halves`` field of the per-sample policies (see :func:`pooled`)."""
+    return option(False, "the batch is a guidance pair of halves (conditional and unconditional, either order): "
+                  "sample i and i + B/2 decide together, from the mean of their indicators (one decision per "
+                  "prompt instead of two)")
+
+
+def pooled(signal: torch.Tensor, per_sample: bool, pair_halves: bool = False) -> torch.Tensor:
+    """``signal`` as is when each sample decides, its batch mean for every sample when not; with
+    ``pair_halves`` (and per sample) the mean of samples ``i`` and ``i + B/2`` for both."""
+    if not per_sample:
+        return signal.mean(0, keepdim=True).expand_as(signal)
+    if pair_halves:
+        halves = signal.reshape(2, -1).mean(0)
+        return torch.cat([halves, halves])
+    return signal
 
 
 def require_int(config: PolicyConfig, key: str, minimum: int, note: str = "") -> None:

@@ -9,9 +9,11 @@ import torch
 
 from graphcache.policies.base import (
     PolicyConfig,
+    buckets_option,
     forecast_from_option,
     forecast_option,
     option,
+    pair_halves_option,
     per_sample_option,
     pooled,
     require_int,
@@ -41,6 +43,8 @@ class DBCache(PolicyConfig):
     max_cached_steps: int = option(-1, "at most this many cached steps per generation (-1: no cap)")
     max_continuous_cached_steps: int = option(-1, "at most this many cached steps in a row (-1: no cap)")
     per_sample: bool = per_sample_option()
+    buckets: int = buckets_option()
+    pair_halves: bool = pair_halves_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 
@@ -53,7 +57,7 @@ class DBCache(PolicyConfig):
              run: torch.Tensor | None = None) -> Any:
         if change is None or cached is None or run is None:
             return i < max(self.warmup, 1)
-        change = pooled(change, self.per_sample)
+        change = pooled(change, self.per_sample, self.pair_halves)
         fresh = (i == 0) | torch.zeros_like(cached, dtype=torch.bool)
         cached = torch.where(fresh, torch.zeros_like(cached), cached)
         run = torch.where(fresh, torch.zeros_like(run), run)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option
+from graphcache.policies.base import PolicyConfig, buckets_option, forecast_from_option, forecast_option, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class EasyCache(PolicyConfig):
     tau: float = option(0.05, "accumulated predicted relative change that forces a compute step", minimum=0)
     warmup: int = option(10, "the first `warmup` steps are always computed (at least 2: k needs two)", minimum=0)
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
+    buckets: int = buckets_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 

@@ -9,9 +9,11 @@ import torch
 
 from graphcache.policies.base import (
     PolicyConfig,
+    buckets_option,
     forecast_from_option,
     forecast_option,
     option,
+    pair_halves_option,
     per_sample_option,
     pooled,
 )
@@ -37,6 +39,8 @@ class FBCache(PolicyConfig):
                                minimum=0, note=" (0 computes every step)")
     warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     per_sample: bool = per_sample_option()
+    buckets: int = buckets_option()
+    pair_halves: bool = pair_halves_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 
@@ -46,7 +50,8 @@ class FBCache(PolicyConfig):
     def rule(self, i: torch.Tensor, change: torch.Tensor | None = None) -> torch.Tensor:
         if change is None:  # the static part of the schedule only (graphcache policies, expected())
             return i < self.warmup
-        stale = ~(pooled(change, self.per_sample) < self.threshold)  # NaN (no reference yet) counts as stale
+        # NaN (no reference yet) counts as stale
+        stale = ~(pooled(change, self.per_sample, self.pair_halves) < self.threshold)
         return (i < self.warmup) | stale  # per sample: the batch computes if any does, samples blend
 
     def passes(self) -> list[Any]:

@@ -8,7 +8,14 @@ from typing import Any
 import torch
 
 from graphcache.errors import PolicyConfigError
-from graphcache.policies.base import PolicyConfig, forecast_from_option, forecast_option, option, require
+from graphcache.policies.base import (
+    PolicyConfig,
+    buckets_option,
+    forecast_from_option,
+    forecast_option,
+    option,
+    require,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +38,7 @@ class MagCache(PolicyConfig):
     max_skips: int = option(5, "K: at most this many consecutive cached steps", minimum=0)
     retention: float = option(0.1, "R: the first int(R*T + 0.5) steps (of the calibration run) are computed")
     calibration: str | None = option(None, "calibration file from `graphcache calibrate` (required)")
+    buckets: int = buckets_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 

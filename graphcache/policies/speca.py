@@ -9,8 +9,10 @@ import torch
 
 from graphcache.policies.base import (
     PolicyConfig,
+    buckets_option,
     forecast_option,
     option,
+    pair_halves_option,
     per_sample_option,
     pooled,
     require,
@@ -39,6 +41,8 @@ class SpeCa(PolicyConfig):
                          minimum=1, note=' (step 0 seeds the draft)')
     num_steps: int = option(50, "steps per generation T, for the threshold schedule", minimum=1)
     per_sample: bool = per_sample_option()
+    buckets: int = buckets_option()
+    pair_halves: bool = pair_halves_option()
 
     def validate(self) -> None:
         self.predictor()
@@ -55,7 +59,8 @@ class SpeCa(PolicyConfig):
              ) -> torch.Tensor:
         if error is None or since is None:  # the static part only (graphcache policies, expected())
             return i < self.warmup
-        rejected = ~(pooled(error, self.per_sample) <= self.threshold(i))  # NaN (no draft yet) is rejected
+        # NaN (no draft yet) is rejected
+        rejected = ~(pooled(error, self.per_sample, self.pair_halves) <= self.threshold(i))
         return (i < self.warmup) | rejected | (since > self.max_forecasts)
 
     def passes(self) -> list[Any]:

@@ -10,9 +10,11 @@ import torch
 from graphcache.errors import PolicyConfigError
 from graphcache.policies.base import (
     PolicyConfig,
+    buckets_option,
     forecast_from_option,
     forecast_option,
     option,
+    pair_halves_option,
     per_sample_option,
     pooled,
 )
@@ -54,6 +56,8 @@ class TeaCache(PolicyConfig):
     warmup: int = option(1, "the first `warmup` steps are always computed", minimum=0)
     num_steps: int | None = option(None, "steps per generation: the last step is always computed when given")
     per_sample: bool = per_sample_option()
+    buckets: int = buckets_option()
+    pair_halves: bool = pair_halves_option()
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 
@@ -97,7 +101,7 @@ class TeaCache(PolicyConfig):
             forced = forced | (i >= self.num_steps - 1)
         if distance is None or accumulated is None:  # the static part only (graphcache policies, expected())
             return forced
-        total = accumulated + self.rescale(pooled(distance, self.per_sample))
+        total = accumulated + self.rescale(pooled(distance, self.per_sample, self.pair_halves))
         compute = forced | ~(total < self.threshold)  # NaN (no previous input) computes
         return compute, torch.where(compute, torch.zeros_like(total), total)
 
