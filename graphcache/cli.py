@@ -272,6 +272,10 @@ def build_report(result: Any) -> dict[str, Any]:
     buckets = analysis(result.cached.module).sample_buckets
     bucket_fields = {} if buckets is None else {"sample_buckets": list(buckets.used),
                                                 "sample_buckets_not_used": buckets.reason}
+    per_sample = result.cached.state.sample_decisions()
+    if per_sample:
+        bucket_fields["sample_steps_computed"] = (sum(s.count("computed") for s in per_sample)
+                                                  / sum(len(s) for s in per_sample))
     errors = result.errors()
     computed_err = result.computed_step_error()
     return {
@@ -339,6 +343,9 @@ def print_report(r: dict[str, Any]) -> None:
         console.print(f"  {line}", highlight=False)
     console.print(f"[bold]schedule[/] ({r['computed_steps']}/{r['steps']} computed, C = computed, . = cached)")
     console.print(f"  {r['decisions']}", highlight=False)
+    if "sample_steps_computed" in r:
+        console.print(f"  per sample: {100 * r['sample_steps_computed']:.0f}% of (sample, step) pairs computed (a "
+                      "batch step computes when any sample needs it)", highlight=False)
     table = Table(show_header=False)
     rows = [
         ("uncached", f"{r['uncached_seconds']:.3f} s"),

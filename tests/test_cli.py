@@ -45,6 +45,22 @@ def test_optimize_example_dit(root, tmp_path):
     assert "\n\n" not in result.output.strip()  # not a terminal: no progress bars, no blank lines left by them
 
 
+def test_optimize_reports_per_sample_steps_and_buckets(root, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        main, ["optimize", str(root / "examples" / "dit.py"), "--steps", "12", "--policy",
+               "fbcache{threshold=0.2,buckets=1}", "--backend", "eager", "--repeats", "1", "--json", str(report_path)],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["sample_buckets"] == [1] and report["sample_buckets_not_used"] == ""
+    assert "in buckets of 1 or the whole batch" in result.output
+    batch_share = report["computed_steps"] / report["steps"]
+    assert 0 < report["sample_steps_computed"] < batch_share  # the two samples do not always agree
+    assert f"per sample: {100 * report['sample_steps_computed']:.0f}% of (sample, step) pairs" in result.output
+
+
 def test_optimize_example_flux_block_granularity(root, tmp_path):
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(
