@@ -112,22 +112,16 @@ class CachedModule(torch.nn.Module):
     def _capture_buckets(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """On the first call of an input signature, with a policy that has ``buckets``: the model's captures at
         the bucket batch sizes, for the backend compiling this call (:mod:`graphcache.buckets`)."""
-        import torch.utils._pytree as pytree
-
-        from graphcache.buckets import bucket_sizes, call_batch, capture_buckets
+        from graphcache.buckets import capture_buckets
 
         count = getattr(self.policy, "buckets", 0)
-        key = tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
-                    for x in pytree.tree_leaves((args, kwargs)))
+        key = _signature(args, kwargs)
         if not count or key in self._bucket_shapes:
             return
         self._bucket_shapes.add(key)
-        batch = call_batch(args, kwargs)
-        sizes = bucket_sizes(batch, count) if batch else ()
         model = self._modules["model"]
         assert model is not None
-        graphs, reason = capture_buckets(model, args, kwargs, sizes) if sizes else (
-            {}, f"a batch of {batch or 0} has no smaller bucket")
+        graphs, reason = capture_buckets(model, args, kwargs, count)
         if reason:
             self.notes.append(f"buckets not captured: {reason}")
         self._buckets[:] = [(graphs, reason)]
@@ -218,12 +212,9 @@ class CachedModule(torch.nn.Module):
         """The call-wrapping policy's module for these input shapes and this stream, built on their first
         call: it captures the model at those shapes, so another batch (guidance on or off), resolution or
         dtype gets its own wrapper and state instead of failing inside the old one."""
-        import torch.utils._pytree as pytree
-
         from graphcache.cfg_cache import CFGState
 
-        key = (stream, *((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
-                         for x in pytree.tree_leaves((args, kwargs))))
+        key = (stream, *_signature(args, kwargs))
         wrappers = self.__dict__.setdefault("_wrappers", {})
         if key not in wrappers:
             wrapper = self.policy.wrap(self._modules["model"], args, kwargs)  # type: ignore[attr-defined]
@@ -297,6 +288,14 @@ class CachedModule(torch.nn.Module):
 
     def cache_bytes(self) -> int:
         return sum(s.cache_bytes() for s in self.states)
+
+
+def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """A call's input signature: each argument leaf's shape and dtype (its type when not a tensor)."""
+    import torch.utils._pytree as pytree
+
+    return tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else type(x)
+                 for x in pytree.tree_leaves((args, kwargs)))
 
 
 def _timestep_getter(model: torch.nn.Module) -> Any:

@@ -41,6 +41,13 @@ def call_batch(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int | None:
     return None if first is None else int(first.shape[0])
 
 
+def bucket_plan(args: Sequence[Any], kwargs: Mapping[str, Any], count: int) -> tuple[int, tuple[int, ...], str]:
+    """The call's batch, its bucket sizes for ``count`` buckets, and why there are none (else "")."""
+    batch = call_batch(args, kwargs) or 0
+    sizes = bucket_sizes(batch, count)
+    return batch, sizes, "" if sizes else f"a batch of {batch} has no smaller bucket"
+
+
 def sliced(args: Sequence[Any], kwargs: Mapping[str, Any], batch: int, size: int) -> tuple[Any, Any]:
     """The call with every tensor whose first dimension is ``batch`` cut to its first ``size`` samples."""
     def cut(x: Any) -> Any:
@@ -50,13 +57,14 @@ def sliced(args: Sequence[Any], kwargs: Mapping[str, Any], batch: int, size: int
 
 
 def capture_buckets(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any],
-                    sizes: Sequence[int]) -> tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]:
-    """The model's dynamo graph (and its example inputs) at each bucket size, as ``torch.compile`` of the
-    same call at that batch would hand it to a backend; with a reason instead of graphs when a capture
-    fails (the caller then runs whole batches). Each capture runs the model once at that batch size."""
-    batch = call_batch(args, kwargs)
-    if batch is None:
-        return {}, "the call has no batched tensor argument"
+                    count: int) -> tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]:
+    """The model's dynamo graph (and its example inputs) at each of the call's ``count`` bucket sizes, as
+    ``torch.compile`` of the same call at that batch would hand it to a backend; with a reason instead of
+    graphs when there is no bucket or a capture fails (the caller then runs whole batches). Each capture runs
+    the model once at that batch size."""
+    batch, sizes, reason = bucket_plan(args, kwargs, count)
+    if reason:
+        return {}, reason
     graphs: dict[int, tuple[fx.GraphModule, list[Any]]] = {}
     for size in sizes:
         def record(gm: fx.GraphModule, example_inputs: Sequence[Any], size: int = size) -> Any:

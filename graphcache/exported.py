@@ -38,12 +38,11 @@ class ExportedCache:
 
 def export_buckets(model: torch.nn.Module, example_kwargs: Mapping[str, Any], count: int) -> SampleBuckets:
     """The model exported at each of ``count`` bucket batch sizes (:mod:`graphcache.buckets`), or why not."""
-    from graphcache.buckets import bucket_sizes, call_batch, sliced
+    from graphcache.buckets import bucket_plan, sliced
 
-    batch = call_batch((), example_kwargs)
-    sizes = bucket_sizes(batch, count) if batch else ()
-    if not sizes:
-        return SampleBuckets({}, reason=f"a batch of {batch or 0} has no smaller bucket")
+    batch, sizes, reason = bucket_plan((), example_kwargs, count)
+    if reason:
+        return SampleBuckets({}, reason=reason)
     graphs = {}
     for size in sizes:
         _, small = sliced((), example_kwargs, batch, size)  # type: ignore[arg-type]
