@@ -27,26 +27,6 @@ def tiny_dit(num_layers: int = 3, batch: int = 2, seed: int = 0) -> tuple[nn.Mod
     return model, inputs
 
 
-def tiny_pixart(num_layers: int = 3) -> tuple[nn.Module, Any]:
-    """A tiny ``PixArtTransformer2DModel`` (AdaLN-single, self- and cross-attention), batch 1."""
-    from diffusers import PixArtTransformer2DModel
-
-    torch.manual_seed(0)
-    model = PixArtTransformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers, num_attention_heads=2,
-        attention_head_dim=16, cross_attention_dim=32, caption_channels=24, norm_type="ada_norm_single",
-        use_additional_conditions=False,
-    ).eval()
-    g = torch.Generator().manual_seed(1)
-    x, caption = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 6, 24, generator=g)
-
-    def inputs(t: float) -> dict[str, Any]:
-        return {"hidden_states": x, "encoder_hidden_states": caption, "timestep": torch.tensor([int(t)]),
-                "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
-
-    return model, inputs
-
-
 def tiny_flux(dual: int = 2, single: int = 3) -> tuple[nn.Module, Any]:
     from diffusers import FluxTransformer2DModel
 
