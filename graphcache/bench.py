@@ -39,7 +39,6 @@ class RunResult:
     sample_steps: float = 1.0  # share of (sample, step) pairs on which the blocks ran for that sample
     warmup_seconds: float = 0.0  # the untimed 4-step warm-up generation: compilation (capture, passes, Inductor)
 
-
     @property
     def spread(self) -> float:
         """(slowest - fastest) / fastest over the timed runs: how noisy this row's timing was."""
@@ -146,11 +145,11 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
 def _sample_steps(denoiser: CachedModule, pooled: float) -> float:
     """The share of (sample, step) pairs computed in the last generation of the stream last run: from the
     per-sample log of a dynamic policy, else every sample follows the batch (``pooled``)."""
+    from graphcache.state import computed_share
+
     state = denoiser.used[0] if denoiser.used else None
-    rows = state.sample_decisions() if state is not None and hasattr(state, "sample_decisions") else []
-    if not rows:
-        return pooled
-    return sum(r.count("computed") for r in rows) / sum(len(r) for r in rows)
+    share = computed_share(state.sample_decisions()) if state is not None else None
+    return pooled if share is None else share
 
 
 def _settings(policy: PolicyConfig) -> str:

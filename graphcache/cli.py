@@ -267,15 +267,15 @@ def _bench_model_file(model_file: Path, configs: list[Any], steps: int, backend:
 def build_report(result: Any) -> dict[str, Any]:
     from graphcache.passes.base import analysis
     from graphcache.rewrite import lowering_fields
+    from graphcache.state import computed_share
 
     stack = result.cached.block_stack
     buckets = analysis(result.cached.module).sample_buckets
     bucket_fields = {} if buckets is None else {"sample_buckets": list(buckets.used),
                                                 "sample_buckets_not_used": buckets.reason}
-    per_sample = result.cached.state.sample_decisions()
-    if per_sample:
-        bucket_fields["sample_steps_computed"] = (sum(s.count("computed") for s in per_sample)
-                                                  / sum(len(s) for s in per_sample))
+    share = computed_share(result.cached.state.sample_decisions())
+    if share is not None:
+        bucket_fields["sample_steps_computed"] = share
     errors = result.errors()
     computed_err = result.computed_step_error()
     return {

@@ -14,6 +14,12 @@ from graphcache.clock import LOG_CAPACITY
 from graphcache.passes.base import analysis
 
 
+def computed_share(per_sample: list[list[str]]) -> float | None:
+    """The share of (sample, step) pairs computed, from :meth:`CacheState.sample_decisions` (None: no rows)."""
+    pairs = sum(len(row) for row in per_sample)
+    return sum(row.count("computed") for row in per_sample) / pairs if pairs else None
+
+
 def log_decisions(step: torch.Tensor, last_t: torch.Tensor, log: torch.Tensor) -> list[str]:
     """The current generation's decisions from the step counter, the last timestep and the ring log."""
     if torch.isinf(last_t).item():

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 
 from graphcache.analyses import CachePlan, SampleBuckets, StateSpec
-from graphcache.predictors import Clock, Predictor
+from graphcache.predictors import Clock, Predictor, call
 
 from .graph_utils import tensor_val
 from .insert_cache_branch import _cached_values, _dense_outputs, _finish, _fresh_value, _new_branch, _unit_clock
@@ -33,10 +33,6 @@ _AT = torch.ops.aten
 
 class NoBuckets(Exception):
     """Why the compute branch runs the whole batch instead of buckets."""
-
-
-def _call(g: fx.Graph, op: object, *args: object, **kwargs: object) -> fx.Node:
-    return g.call_function(op, args, kwargs)  # type: ignore[arg-type]
 
 
 def _batched(node: fx.Node, batch: int) -> bool:
@@ -69,12 +65,12 @@ def bucket_branch(
     g, env, phs, ticks = _new_branch(operands)
     cached = _cached_values(g, dict(env), region, outputs, plan, state, predictor, ticks, per_sample=True)
     mask = env[sample_mask]
-    key = _call(g, _AT._to_copy.default, mask, dtype=torch.int32)
-    order = _call(g, operator.getitem, _call(g, _AT.sort.stable, key, stable=True, dim=0, descending=True), 1)
-    index = _call(g, _AT.slice.Tensor, order, 0, 0, size)
+    key = call(g, _AT._to_copy.default, mask, dtype=torch.int32)
+    order = call(g, operator.getitem, call(g, _AT.sort.stable, key, stable=True, dim=0, descending=True), 1)
+    index = call(g, _AT.slice.Tensor, order, 0, 0, size)
 
     def gather(node: fx.Node) -> fx.Node:
-        return _call(g, _AT.index_select.default, node, 0, index)
+        return call(g, _AT.index_select.default, node, 0, index)
 
     small_env: dict[fx.Node, fx.Node] = {}  # capture node -> value in g
     fresh: dict[fx.Node, fx.Node] = {}  # this graph's region input or node -> its value at ``size``
@@ -117,9 +113,9 @@ def bucket_branch(
     written = []
     for value, old, like in zip(results, cached, [*outputs, *state.cache_nodes()], strict=True):
         rank = tensor_val(like).dim()  # type: ignore[union-attr]
-        where = _call(g, _AT.view.default, needs, [-1] + [1] * (rank - 1))
-        kept = _call(g, _AT.where.self, where, value, gather(old))
-        written.append(_call(g, _AT.index_copy.default, old, 0, index, kept))
+        where = call(g, _AT.view.default, needs, [-1] + [1] * (rank - 1))
+        kept = call(g, _AT.where.self, where, value, gather(old))
+        written.append(call(g, _AT.index_copy.default, old, 0, index, kept))
     return _finish(root, g, _dense_outputs(g, written, phs, outputs))
 
 
@@ -128,8 +124,8 @@ def bucketed_compute(
     operands: list[fx.Node], plan: CachePlan, state: StateSpec, predictor: Predictor, sample_mask: fx.Node,
     buckets: SampleBuckets, whole: fx.GraphModule,
 ) -> fx.GraphModule:
-    """``whole`` (the compute branch over the whole batch) behind a chain of bucket branches, one per size in
-    ``buckets`` below the batch; ``whole`` itself with ``buckets.reason`` set when they cannot be built."""
+    """``whole`` (the compute branch over the whole batch) and one bucket branch per size in ``buckets`` below the
+    batch, chosen by :func:`_tree`; ``whole`` itself with ``buckets.reason`` set when they cannot be built."""
     batch = int(tensor_val(sample_mask).shape[0])  # type: ignore[union-attr]
     sizes = sorted(s for s in buckets.graphs if s < batch)
     if not sizes:
@@ -157,9 +153,9 @@ def _tree(leaves: list[tuple[int, fx.GraphModule]], operands: list[fx.Node], sam
     left, right = _tree(leaves[:half], operands, sample_mask, count), _tree(leaves[half:], operands, sample_mask,
                                                                             count)
     g, env, _, ticks = _new_branch(operands)
-    needing = _call(g, _AT.sum.default, _call(g, _AT._to_copy.default, env[sample_mask], dtype=torch.int64))
-    pred = _call(g, _AT.le.Scalar, needing, leaves[half - 1][0])
+    needing = call(g, _AT.sum.default, call(g, _AT._to_copy.default, env[sample_mask], dtype=torch.int64))
+    pred = call(g, _AT.le.Scalar, needing, leaves[half - 1][0])
     args = (*[env[op] for op in operands], ticks.step, ticks.history, ticks.n_computed)
-    cond = _call(g, torch.ops.higher_order.cond, pred, g.get_attr("left"), g.get_attr("right"), args)
-    g.output(tuple(_call(g, operator.getitem, cond, k) for k in range(count)))
+    cond = call(g, torch.ops.higher_order.cond, pred, g.get_attr("left"), g.get_attr("right"), args)
+    g.output(tuple(call(g, operator.getitem, cond, k) for k in range(count)))
     return fx.GraphModule({"left": left, "right": right}, g)

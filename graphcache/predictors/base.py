@@ -19,8 +19,8 @@ import torch.fx as fx
 HISTORY = 5  # computed-step positions the clock keeps (Newton order 4, Adams-Bashforth order 5)
 
 
-def call(g: fx.Graph, op: Any, *args: Any) -> fx.Node:
-    return g.call_function(op, args)
+def call(g: fx.Graph, op: Any, *args: Any, **kwargs: Any) -> fx.Node:
+    return g.call_function(op, args, kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
