@@ -13,25 +13,13 @@ of 10 ``sum``s over 120 MiB): a cached step that must read N bytes cannot be fas
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from dit_cpu import build
+from dit_cpu import build, read_bandwidth
 from torch.profiler import ProfilerActivity, profile
 
 from graphcache.exported import optimize_exported
-from graphcache.rewrite import compile_lowering
-
-
-def read_bandwidth(mib: int = 120) -> float:
-    """GiB/s of the fastest of 10 ``sum``s over ``mib`` MiB of float32."""
-    x = torch.randn(mib * 1024 * 1024 // 4)
-    best = float("inf")
-    for _ in range(10):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return mib / 1024 / best
+from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering
 
 
 def main() -> None:
@@ -47,7 +35,7 @@ def main() -> None:
 
     steps = torch.linspace(999, 0, 50).tolist()
     cached = optimize_exported(model, inputs(steps[0]), args.policy, compile_lowering("inductor"))
-    fast = torch.compile(cached.module, fullgraph=True, dynamic=False)
+    fast = torch.compile(cached.module, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
     with torch.no_grad():
         for t in steps:  # compile every branch, then stop before a run of cached steps
             fast(**inputs(t))

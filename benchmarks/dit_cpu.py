@@ -1,13 +1,16 @@
 """Policies on a DiT big enough that blocks dominate: % of the schedule's limit, measured in one run.
 
 For each ``--policy`` the model is optimized (Inductor, one graph); the uncached model is compiled the same way
-(``torch.compile(fullgraph=True)``). After one untimed 4-step generation each (compilation, every branch), the
-uncached model and every policy run ``--repeats`` timed generations of ``--steps`` steps in turn, and the
-fastest generation of each counts (a busy machine only ever adds time). Printed per policy: the speedup, the
-schedule's limit (calls / computed calls), the percentage of it reached, the median computed and cached step
-times, the final-step error vs uncached, and what the lowering changed in the cached step (state written in
-place, linears narrowed); and once, the time of prologue + epilogue alone (the same DiT with its blocks
-replaced by identities, compiled the same way): no cached step can be cheaper. A cached step of attention
+(``torch.compile(fullgraph=True)``). After one untimed 4-step generation each (compilation, every branch), each
+of ``--repeats`` rounds times, for every policy, one generation of ``--steps`` steps of the uncached model
+right before one of the policy: the speedup is the median over the rounds of those adjacent pairs' ratios (this
+shared machine's speed drifts by 10-20% over minutes; a pair shares the drift). Printed per policy: that
+speedup, the schedule's limit (calls / computed calls), the percentage of it reached, the median computed and
+cached step times (of its fastest generation), the bytes a cached step reads and what reading them takes at
+this machine's read bandwidth (measured in the run), the final-step error vs uncached, and what the lowering
+changed in the cached step (state written in place, linears narrowed, few-row linears as reductions); and
+once, the time of prologue + epilogue alone (the same DiT with its blocks replaced by identities, compiled the
+same way): no cached step can be cheaper. A cached step of attention
 reuse (PAB) still runs everything but the attention, so its limit is Amdahl's with the measured step of the
 DiT without self-attention: steps / (computed + cached x that step / the uncached step).
 
@@ -43,6 +46,18 @@ def build(hidden: int, layers: int, batch: int) -> tuple[torch.nn.Module, torch.
     latent = torch.randn(batch, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(batch) % 10
     return model, latent, labels
+
+
+def read_bandwidth(mib: int = 120) -> float:
+    """GiB/s of the fastest of 10 ``sum``s over ``mib`` MiB of float32: a step that must read N bytes cannot be
+    faster than N / that."""
+    x = torch.randn(mib * 1024 * 1024 // 4)
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return mib / 1024 / best
 
 
 def without_blocks(model: torch.nn.Module) -> torch.nn.Module:
@@ -102,7 +117,8 @@ def main() -> None:
     model, latent, labels = build(args.hidden, args.layers, args.batch)
     tokens = (32 // 2) ** 2
     print(f"DiT hidden {args.hidden}, {args.layers} blocks, {tokens} tokens, batch {args.batch}, {args.steps} steps, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, Inductor; fastest of {args.repeats}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, Inductor; "
+          f"median of {args.repeats} adjacent pairs")
     runs: dict[str, torch.nn.Module] = {
         "uncached": torch.compile(model, fullgraph=True, dynamic=False),
         "prologue+epilogue": torch.compile(without_blocks(model), fullgraph=True, dynamic=False),
@@ -116,33 +132,46 @@ def main() -> None:
     for name in ("uncached", "prologue+epilogue", "without attention"):
         generate(runs[name], latent, labels, 4)
     fastest = {name: Fastest() for name in runs}
+    ratios: dict[str, list[float]] = {name: [] for name in runs}  # uncached seconds / its seconds, adjacent pairs
     for _ in range(args.repeats):
         for name, fn in runs.items():
-            fastest[name].offer(*generate(fn, latent, labels, args.steps))
+            if name == "uncached":
+                continue
+            base_seconds, *rest = generate(runs["uncached"], latent, labels, args.steps)
+            fastest["uncached"].offer(base_seconds, *rest)
+            seconds, *rest = generate(fn, latent, labels, args.steps)
+            fastest[name].offer(seconds, *rest)
+            ratios[name].append(base_seconds / seconds)
 
     base, bare, no_attention = fastest["uncached"], fastest["prologue+epilogue"], fastest["without attention"]
     assert base.out is not None
-    attention_share = 1 - no_attention.seconds / base.seconds
+    attention_share = 1 - 1 / statistics.median(ratios["without attention"])
     print(f"uncached {base.seconds:.3f} s/generation ({1e3 * base.seconds / args.steps:.2f} ms/step); "
           f"prologue+epilogue alone {1e3 * statistics.median(bare.steps):.2f} ms/step; without self-attention "
           f"{1e3 * no_attention.seconds / args.steps:.2f} ms/step (attention {100 * attention_share:.0f}% of a step)")
-    print("| policy | speedup | computed | limit | % of limit | step: computed / cached (ms) | final-step err |")
-    print("|---|---|---|---|---|---|---|")
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth {bandwidth:.1f} GiB/s (fastest sum over 120 MiB)")
+    print("| policy | speedup | computed | limit | % of limit | step: computed / cached (ms) "
+          "| cached step reads (MiB, ms at that bandwidth) | final-step err |")
+    print("|---|---|---|---|---|---|---|---|")
     notes = []
     for spec in specs:
         run, decisions = fastest[spec], graphcache.decisions(runs[spec])
         assert run.out is not None
         computed = decisions.count("computed")
-        speedup = base.seconds / run.seconds
+        speedup = statistics.median(ratios[spec])
         cached_share = 1 - attention_share if spec.startswith(("pab", "fastercache")) else 0.0  # Amdahl
         limit = len(decisions) / (computed + (len(decisions) - computed) * cached_share)
         full = [s for s, d in zip(run.steps, decisions, strict=True) if d == "computed"]
         cached = [s for s, d in zip(run.steps, decisions, strict=True) if d == "cached"]
         cached_ms = f"{1e3 * statistics.median(cached):.2f}" if cached else "-"
         error = float((run.out - base.out).abs().max())
+        fields = lowering_fields(runs[spec].states[0].gm)
+        reads = fields.get("cached_step_read_bytes", 0) / 2**30
         print(f"| {spec} | {speedup:.2f}x | {computed}/{len(decisions)} | {limit:.2f}x | {100 * speedup / limit:.1f}% "
-              f"| {1e3 * statistics.median(full):.1f} / {cached_ms} | {error:.2e} |")
-        notes.append(f"{spec}: cached step {describe_lowering(lowering_fields(runs[spec].states[0].gm))}")
+              f"| {1e3 * statistics.median(full):.1f} / {cached_ms} "
+              f"| {1024 * reads:.1f}, {1e3 * reads / bandwidth:.2f} | {error:.2e} |")
+        notes.append(f"{spec}: cached step {describe_lowering(fields)}")
     print("\n".join(notes))
 
 

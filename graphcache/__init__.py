@@ -16,10 +16,12 @@ from graphcache.errors import (
 )
 from graphcache.policies import available as policies
 from graphcache.policies import make_policy
+from graphcache.rewrite import INDUCTOR_OPTIONS
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "INDUCTOR_OPTIONS",
     "CachedModule",
     "ExportError",
     "GraphcacheError",

@@ -148,6 +148,15 @@ class LinearNarrowing:
     weight_bytes_saved: int
 
 
+@dataclasses.dataclass(frozen=True)
+class MatvecRewrite:
+    """What ``matvec_reductions`` did to the cached branch: few-row linears written as multiply-and-sum
+    reductions for Inductor, and the weight bytes they read per cached step."""
+
+    linears: int
+    weight_bytes: int
+
+
 @dataclasses.dataclass
 class Analyses:
     """What capture and the passes found and built, one typed field per result (``None`` / empty: not yet).
@@ -183,6 +192,7 @@ class Analyses:
     dense_cond_operands: bool | None = None  # the lowering changed the graph
     state_writes: StateWrites | None = None  # sink_state_writes (torch.compile lowerings)
     narrowed_linears: LinearNarrowing | None = None  # narrow_linear_outputs
+    matvec_reductions: MatvecRewrite | None = None  # matvec_reductions (Inductor on CPU)
 
     def require(self, kind: type[_T]) -> _T:
         """The result of type ``kind`` (a :class:`BlockStack`, :class:`CachePlan`, :class:`StateSpec`,

@@ -24,7 +24,7 @@ from graphcache.errors import (
 )
 from graphcache.passes.base import analysis
 from graphcache.policies import make_policy
-from graphcache.rewrite import compile_lowering, rewrite
+from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering, rewrite
 from graphcache.state import CacheState, register
 
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
@@ -160,7 +160,7 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Any], inner: str) -> Call
         return aot_autograd(fw_compiler=make_boxed_compiler(lambda g, _: g))(gm, example_inputs)  # type: ignore[no-any-return]
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, list(example_inputs))  # type: ignore[return-value]
+    return compile_fx(gm, list(example_inputs), config_patches=INDUCTOR_OPTIONS)  # type: ignore[return-value]
 
 
 def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str, Any] | None = None,

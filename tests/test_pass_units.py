@@ -349,3 +349,24 @@ def test_narrow_linear_outputs_narrows_only_a_partly_read_linear():
     assert [tuple(n.meta["val"].shape) for n in linears] == [(2, 6), (2, 2), (2, 2)]
     with torch.no_grad():
         torch.testing.assert_close(gm(x=x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_read_bytes_counts_what_a_branch_uses_and_only_the_slices_of_a_narrowed_weight():
+    from graphcache.passes.narrow_linear_outputs import narrow_graph
+    from graphcache.rewrite import read_bytes
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.full, self.part, self.unused = torch.nn.Linear(4, 6), torch.nn.Linear(4, 6), torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            a, b, c = self.full(x).chunk(3, dim=-1)
+            _, middle, _ = self.part(x).chunk(3, dim=-1)  # rows 2..4 of part's weight and bias read
+            return a + b + c + middle
+
+    gm, _ = capture_export(Two().eval(), {"x": torch.randn(2, 4)})
+    floats = 2 * 4 + (6 * 4 + 6) + (6 * 4 + 6)  # x, full, part (unused: not read)
+    assert read_bytes(gm) == 4 * floats
+    narrow_graph(gm)
+    assert read_bytes(gm) == 4 * (2 * 4 + (6 * 4 + 6) + (2 * 4 + 2))

@@ -176,7 +176,7 @@ class ModelFileTarget:
     def run(self, policy: PolicyConfig | None, split: str, backend: str, repeats: int = 1) -> Run:
         from graphcache.capture import reuse_captures
         from graphcache.exported import optimize_exported
-        from graphcache.rewrite import compile_lowering
+        from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering
         from graphcache.runner import run_generation
 
         torch._dynamo.reset()
@@ -188,7 +188,7 @@ class ModelFileTarget:
                 cached = optimize_exported(self.model, inputs(self.timesteps[0]), policy, compile_lowering(backend))
             fn, state = cached.module, cached.state
         if backend == "inductor":
-            fn = torch.compile(fn, fullgraph=True, dynamic=False)
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS if policy else None)
         run_generation(fn, inputs, self.timesteps[:3])  # warm-up (compilation)
         best: Run | None = None
         runs = []
