@@ -2,17 +2,18 @@
 
 For each ``--policy`` the model is optimized (Inductor, one graph); the uncached model is compiled the same way
 (``torch.compile(fullgraph=True)``). After one untimed 4-step generation each (compilation, every branch), each
-of ``--repeats`` rounds times, for every policy, one generation of ``--steps`` steps of the uncached model
-right before one of the policy: the speedup is the median over the rounds of those adjacent pairs' ratios (this
-shared machine's speed drifts by 10-20% over minutes; a pair shares the drift). Printed per policy: that
-speedup, the schedule's limit (calls / computed calls), the percentage of it reached, the median computed and
-cached step times (of its fastest generation), the bytes a cached step reads and what reading them takes at
-this machine's read bandwidth (measured in the run), the final-step error vs uncached, and what the lowering
-changed in the cached step (state written in place, linears narrowed, few-row linears as reductions); and
-once, the time of prologue + epilogue alone (the same DiT with its blocks replaced by identities, compiled the
-same way): no cached step can be cheaper. A cached step of attention
-reuse (PAB) still runs everything but the attention, so its limit is Amdahl's with the measured step of the
-DiT without self-attention: steps / (computed + cached x that step / the uncached step).
+of ``--repeats`` rounds times, for every policy, one generation of ``--steps`` steps of the uncached model right
+before one of the policy: the speedup is the median over the rounds of those adjacent pairs' ratios (this shared
+machine's speed drifts by 10-20% over minutes; a pair shares the drift). Printed per policy: that speedup, the
+schedule's limit (calls / computed calls), the percentage of it reached, the same percentage from the
+generation's own step times (computed steps x the median computed step over the time its steps took: free of
+drift between runs), the median computed and cached step times (of its fastest generation), the bytes a cached
+step reads and what reading them takes at this machine's read bandwidth (measured in the run), the final-step
+error vs uncached, and what the lowering changed in the cached step (state written in place, linears narrowed,
+few-row linears as reductions); and once, the time of prologue + epilogue alone (the same DiT with its blocks
+replaced by identities, compiled the same way): no cached step can be cheaper. A cached step of attention reuse
+(PAB) still runs everything but the attention, so its limit is Amdahl's with the measured step of the DiT
+without self-attention: steps / (computed + cached x that step / the uncached step).
 
     python benchmarks/dit_cpu.py                                   # hidden 512, 12 blocks, 256 tokens, 50 steps
     python benchmarks/dit_cpu.py --policy fora --policy 'fora{granularity=block}' --policy taylorseer
@@ -151,9 +152,9 @@ def main() -> None:
           f"{1e3 * no_attention.seconds / args.steps:.2f} ms/step (attention {100 * attention_share:.0f}% of a step)")
     bandwidth = read_bandwidth()
     print(f"read bandwidth {bandwidth:.1f} GiB/s (fastest sum over 120 MiB)")
-    print("| policy | speedup | computed | limit | % of limit | step: computed / cached (ms) "
+    print("| policy | speedup | computed | limit | % of limit | % of limit, own steps | step: computed / cached (ms) "
           "| cached step reads (MiB, ms at that bandwidth) | final-step err |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     notes = []
     for spec in specs:
         run, decisions = fastest[spec], graphcache.decisions(runs[spec])
@@ -165,11 +166,15 @@ def main() -> None:
         full = [s for s, d in zip(run.steps, decisions, strict=True) if d == "computed"]
         cached = [s for s, d in zip(run.steps, decisions, strict=True) if d == "cached"]
         cached_ms = f"{1e3 * statistics.median(cached):.2f}" if cached else "-"
+        # the same yardstick from this generation's own step times (drift between runs cancels): the time its
+        # steps would take if a cached step cost what the limit assumes, over the time they took
+        t_full, t_cached = statistics.median(full), statistics.median(cached) if cached else 0.0
+        own = t_full * (computed + len(cached) * cached_share) / (computed * t_full + len(cached) * t_cached)
         error = float((run.out - base.out).abs().max())
         fields = lowering_fields(runs[spec].states[0].gm)
         reads = fields.get("cached_step_read_bytes", 0) / 2**30
         print(f"| {spec} | {speedup:.2f}x | {computed}/{len(decisions)} | {limit:.2f}x | {100 * speedup / limit:.1f}% "
-              f"| {1e3 * statistics.median(full):.1f} / {cached_ms} "
+              f"| {100 * own:.1f}% | {1e3 * t_full:.1f} / {cached_ms} "
               f"| {1024 * reads:.1f}, {1e3 * reads / bandwidth:.2f} | {error:.2e} |")
         notes.append(f"{spec}: cached step {describe_lowering(fields)}")
     print("\n".join(notes))
