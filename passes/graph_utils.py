@@ -1,5 +1,6 @@
 """Small helpers over FX graphs shared by the passes: module stacks, op names, dataflow sets, a region's
-boundary, the timestep input, the residual structure of a block (queries, not passes)."""
+boundary, the timestep input, the residual structure of a block (queries, not passes), and the walk that
+rewrites nodes of a graph and of the cond branches nested in it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from graphcache.blockstack import Block
 from graphcache.errors import NoStackError
 
 from .base import analysis
+from .dead_code import eliminate_dead_code
 
 COMPUTE_OPS = ("call_function", "call_method")
 
@@ -94,6 +96,26 @@ def emit_traced(graph: fx.Graph, fn: Callable[..., Any], args: list[fx.Node]) ->
     traced = fx.symbolic_trace(fn)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     return graph.graph_copy(traced.graph, dict(zip(placeholders, args, strict=True)))
+
+
+def rewrite_nested(gm: fx.GraphModule, rewrite: Callable[[fx.GraphModule, fx.Node], int | None]) -> tuple[int, int]:
+    """Call ``rewrite(owner, node)`` on every node of ``gm`` and of the cond branches nested in it; it returns
+    None where it left the node, else a byte count. Each changed graph loses its dead nodes and is recompiled.
+    Returns (nodes rewritten, their bytes summed)."""
+    count = total = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.higher_order.cond:
+            for branch in node.args[1:3]:
+                inner_count, inner_total = rewrite_nested(getattr(gm, str(branch.target)), rewrite)
+                count, total = count + inner_count, total + inner_total
+        done = rewrite(gm, node)
+        if done is not None:
+            count, total = count + 1, total + done
+    if count:
+        eliminate_dead_code(gm.graph)
+        gm.graph.lint()
+        gm.recompile()
+    return count, total
 
 
 def tensor_val(node: fx.Node) -> torch.Tensor | None:

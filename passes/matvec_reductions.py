@@ -27,8 +27,7 @@ import torch.fx as fx
 from graphcache.analyses import MatvecRewrite
 
 from .base import Pass, PassResult, analysis, mark
-from .dead_code import eliminate_dead_code
-from .graph_utils import tensor_val
+from .graph_utils import rewrite_nested, tensor_val
 
 MAX_ROWS = 4  # measured above: from 8 rows on, BLAS catches up
 _LINEAR = (torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default)
@@ -97,26 +96,20 @@ def _reduce(graph: fx.Graph, linear: fx.Node, x: fx.Node, weight: fx.Node, bias:
     linear.replace_all_uses_with(total)
 
 
+def _reduce_node(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """Rewrite ``node`` when it is a few-row linear: its weight's bytes (None: left)."""
+    operands = _operands(node)
+    if operands is None:
+        return None
+    _reduce(gm.graph, node, *operands)
+    w_val = tensor_val(operands[1])
+    assert w_val is not None
+    return w_val.numel() * w_val.element_size()
+
+
 def reduce_graph(gm: fx.GraphModule) -> tuple[int, int]:
     """Rewrite every few-row linear in ``gm`` and the cond branches nested in it: (linears, weight bytes)."""
-    count = weight_bytes = 0
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is torch.ops.higher_order.cond:
-            for branch in node.args[1:3]:
-                inner_count, inner_bytes = reduce_graph(getattr(gm, str(branch.target)))
-                count, weight_bytes = count + inner_count, weight_bytes + inner_bytes
-        operands = _operands(node)
-        if operands is None:
-            continue
-        _reduce(gm.graph, node, *operands)
-        w_val = tensor_val(operands[1])
-        assert w_val is not None
-        count, weight_bytes = count + 1, weight_bytes + w_val.numel() * w_val.element_size()
-    if count:
-        eliminate_dead_code(gm.graph)
-        gm.graph.lint()
-        gm.recompile()
-    return count, weight_bytes
+    return rewrite_nested(gm, _reduce_node)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,7 @@ import torch.fx as fx
 from graphcache.analyses import LinearNarrowing
 
 from .base import Pass, PassResult, analysis, mark
-from .dead_code import eliminate_dead_code
-from .graph_utils import tensor_val
+from .graph_utils import rewrite_nested, tensor_val
 
 _LINEAR = (torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default)
 _SPLIT_METHODS = ("chunk", "split", "split_with_sizes")
@@ -126,28 +125,21 @@ def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[Piece]) -> int:
     return (w_val.numel() - kept) * w_val.element_size()
 
 
+def _narrow_node(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """Narrow ``node`` when it is a partly read linear: the weight bytes no longer read (None: left)."""
+    if node.op != "call_function" or node.target not in _LINEAR:
+        return None
+    pieces = _pieces(node)
+    width = tensor_val(node).shape[-1] if tensor_val(node) is not None else 0  # type: ignore[union-attr]
+    if pieces is None or sum(end - start for _, start, end, _ in pieces) >= width:
+        return None
+    return _narrow(gm.graph, node, pieces)
+
+
 def narrow_graph(gm: fx.GraphModule) -> tuple[int, int]:
     """Narrow every partly read linear in ``gm`` and the cond branches nested in it: (linears, weight bytes no
     longer read)."""
-    count = saved = 0
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is torch.ops.higher_order.cond:
-            for branch in node.args[1:3]:
-                inner_count, inner_saved = narrow_graph(getattr(gm, str(branch.target)))
-                count, saved = count + inner_count, saved + inner_saved
-        if node.op != "call_function" or node.target not in _LINEAR:
-            continue
-        pieces = _pieces(node)
-        width = tensor_val(node).shape[-1] if tensor_val(node) is not None else 0  # type: ignore[union-attr]
-        if pieces is None or sum(end - start for _, start, end, _ in pieces) >= width:
-            continue
-        saved += _narrow(gm.graph, node, pieces)
-        count += 1
-    if count:
-        eliminate_dead_code(gm.graph)
-        gm.graph.lint()
-        gm.recompile()
-    return count, saved
+    return rewrite_nested(gm, _narrow_node)
 
 
 @dataclasses.dataclass(frozen=True)
