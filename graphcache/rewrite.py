@@ -23,8 +23,9 @@ from graphcache.state import CacheState
 # routes pass them). A per-block forecast's cached step is one long chain of elementwise work (the residual
 # stream plus each unit's gated forecast): by default Inductor fuses it into one loop reading every cached
 # tensor at once (120 streams for TaylorSeer order 4 on 12 blocks), which the hardware prefetchers cannot
-# follow: 4.1 ms for 60 MiB on this project's CPU, 1.6 ms as kernels of at most 8 buffers each. Measured neutral
-# on the uncached DiT (bit-identical output, same time), so compute steps keep their kernels' results.
+# follow: 6.45 ms for 60 MiB on this project's CPU, 2.02 ms as kernels of at most 8 buffers each
+# (``python benchmarks/cached_step_kernels.py``). Measured neutral on the uncached DiT (bit-identical output,
+# same time), so compute steps keep their kernels' results.
 INDUCTOR_OPTIONS: dict[str, Any] = {"max_fusion_unique_io_buffers": 8}
 
 

@@ -17,6 +17,7 @@ from .base import analysis
 from .dead_code import eliminate_dead_code
 
 COMPUTE_OPS = ("call_function", "call_method")
+LINEAR_TARGETS = (torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default)  # dynamo, export
 
 # Ops that move or reshape values without computing on them.
 STRUCTURAL_OPS = frozenset(

@@ -27,9 +27,8 @@ import torch.fx as fx
 from graphcache.analyses import LinearNarrowing
 
 from .base import Pass, PassResult, analysis, mark
-from .graph_utils import rewrite_nested, tensor_val
+from .graph_utils import LINEAR_TARGETS, rewrite_nested, tensor_val
 
-_LINEAR = (torch._C._nn.linear, torch.nn.functional.linear, torch.ops.aten.linear.default)
 _SPLIT_METHODS = ("chunk", "split", "split_with_sizes")
 _SPLIT_FUNCTIONS = (torch.chunk, torch.split, torch.ops.aten.chunk.default, torch.ops.aten.split.Tensor,
                     torch.ops.aten.split_with_sizes.default)
@@ -127,7 +126,7 @@ def _narrow(graph: fx.Graph, linear: fx.Node, pieces: list[Piece]) -> int:
 
 def _narrow_node(gm: fx.GraphModule, node: fx.Node) -> int | None:
     """Narrow ``node`` when it is a partly read linear: the weight bytes no longer read (None: left)."""
-    if node.op != "call_function" or node.target not in _LINEAR:
+    if node.op != "call_function" or node.target not in LINEAR_TARGETS:
         return None
     pieces = _pieces(node)
     width = tensor_val(node).shape[-1] if tensor_val(node) is not None else 0  # type: ignore[union-attr]

@@ -188,7 +188,8 @@ class ModelFileTarget:
                 cached = optimize_exported(self.model, inputs(self.timesteps[0]), policy, compile_lowering(backend))
             fn, state = cached.module, cached.state
         if backend == "inductor":
-            fn = torch.compile(fn, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS if policy else None)
+            options = INDUCTOR_OPTIONS if policy is not None else None  # the uncached model: plain torch.compile
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
         run_generation(fn, inputs, self.timesteps[:3])  # warm-up (compilation)
         best: Run | None = None
         runs = []
