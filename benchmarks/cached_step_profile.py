@@ -6,13 +6,23 @@ profiles the ``--cached`` cached steps after the first with ``torch.profiler`` (
 generations run) and prints the top operators. First it measures this machine's read bandwidth (the fastest
 of 10 ``sum``s over 120 MiB): a cached step that must read N bytes cannot be faster than N / that.
 
+With ``--model flux`` the model is the side by side's Flux 4+8 at width 128 (``graphcache.vs_diffusers.flux``);
+``--uncached`` also profiles one step of the uncached model compiled plainly (the cost of calling a compiled
+graph of the whole model, which both pay); ``--no-size-asserts`` compiles both without Inductor's
+``assert_size_stride`` on their inputs, to measure what those cost (never the default: they catch a branch
+compiled for other strides).
+
     python benchmarks/cached_step_profile.py                      # taylorseer (per block, order 4)
     python benchmarks/cached_step_profile.py --policy 'fora{granularity=block}'
+    python benchmarks/cached_step_profile.py --model flux --policy 'fbcache{threshold=0.5,per_sample=false}' \
+        --cached 1 --uncached
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from dit_cpu import build, read_bandwidth
@@ -22,20 +32,37 @@ from graphcache.exported import optimize_exported
 from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering
 
 
+def model_and_inputs(name: str) -> tuple[torch.nn.Module, Callable[[float], dict[str, Any]]]:
+    if name == "flux":
+        from graphcache.vs_diffusers import flux
+
+        subj = flux()
+        return subj.model, lambda t: subj.kwargs(subj.latent, torch.tensor(t))
+    model, latent, labels = build(512, 12, 1)
+    return model, lambda t: {"hidden_states": latent, "timestep": torch.tensor([int(t)]), "class_labels": labels}
+
+
+def table(prof: profile, steps: int, what: str) -> None:
+    total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+    print(f"{what}: {steps} step(s), {total / steps:.2f} ms each under the profiler")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="taylorseer")
+    parser.add_argument("--model", choices=("dit", "flux"), default="dit")
     parser.add_argument("--cached", type=int, default=2, help="cached steps to profile (after the first)")
+    parser.add_argument("--uncached", action="store_true", help="also profile one step of the uncached model")
+    parser.add_argument("--no-size-asserts", action="store_true", help="compile without Inductor's input asserts")
     args = parser.parse_args()
+    torch._inductor.config.cpp.enable_kernel_profile = True  # Inductor's kernels by name, apart from its wrapper
     print(f"read bandwidth: {read_bandwidth():.1f} GiB/s (fastest sum over 120 MiB)")
-    model, latent, labels = build(512, 12, 1)
-
-    def inputs(t: float) -> dict:
-        return {"hidden_states": latent, "timestep": torch.tensor([int(t)]), "class_labels": labels}
-
+    model, inputs = model_and_inputs(args.model)
+    options = {**INDUCTOR_OPTIONS, "size_asserts": not args.no_size_asserts}
     steps = torch.linspace(999, 0, 50).tolist()
     cached = optimize_exported(model, inputs(steps[0]), args.policy, compile_lowering("inductor"))
-    fast = torch.compile(cached.module, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+    fast = torch.compile(cached.module, fullgraph=True, dynamic=False, options=options)
     with torch.no_grad():
         for t in steps:  # compile every branch, then stop before a run of cached steps
             fast(**inputs(t))
@@ -48,11 +75,17 @@ def main() -> None:
             for t in steps[k:k + args.cached]:
                 fast(**inputs(t))
         ran = cached.state.decisions()[k:]
-    if any(d != "cached" for d in ran):
-        raise SystemExit(f"the profiled steps were not all cached ({ran}); use a smaller --cached")
-    total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
-    print(f"{args.policy}: {len(ran)} cached steps, {total / len(ran):.1f} ms each under the profiler")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        if any(d != "cached" for d in ran):
+            raise SystemExit(f"the profiled steps were not all cached ({ran}); use a smaller --cached")
+        table(prof, len(ran), f"{args.policy}, cached")
+        if args.uncached:
+            base = torch.compile(model, fullgraph=True, dynamic=False,
+                                 options={"size_asserts": not args.no_size_asserts})
+            for t in steps[:3]:
+                base(**inputs(t))
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                base(**inputs(steps[k]))
+            table(prof, 1, "uncached")
 
 
 if __name__ == "__main__":
