@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import operator
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -67,8 +67,7 @@ def read_bytes(branch: fx.GraphModule) -> int:
             continue
         val = node.meta.get("val")
         if node.op == "get_attr" and not isinstance(val, torch.Tensor):  # a parameter or buffer of the module
-            owner: Any = branch
-            val = functools.reduce(lambda owner, name: getattr(owner, name, None), str(node.target).split("."), owner)
+            val = operator.attrgetter(str(node.target))(branch)
         if not node.users or not isinstance(val, torch.Tensor):
             continue
         if all(user.target is torch.ops.aten.slice.Tensor for user in node.users):
