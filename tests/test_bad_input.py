@@ -272,3 +272,8 @@ def test_fuzz_the_cli_exits_with_a_named_error(tmp_path, spec, sets, command):
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     kind = "cli" if "Error: " in result.output and "error:" not in result.output else "graphcache"
     FUZZ_COUNTS[f"cli exits ({kind})"] += 1
+
+
+def test_an_option_named_policy_is_refused_by_name():
+    with pytest.raises(PolicyConfigError, match="policy"):
+        make_policy("fora", policy=3)

@@ -38,7 +38,7 @@ def policy_class(name: str) -> type[PolicyConfig]:
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
-def make_policy(policy: str | PolicyConfig, **options: Any) -> PolicyConfig:
+def make_policy(policy: str | PolicyConfig, /, **options: Any) -> PolicyConfig:
     """A policy config from a name or spec string plus options (or a config passed through)."""
     if isinstance(policy, PolicyConfig):
         if options:
