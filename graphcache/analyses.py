@@ -30,13 +30,16 @@ class StateSpec:
     caches: dict[str, list[fx.Node]]  # unit name -> predictor state nodes
     buffers: list[str]
     fills: dict[str, float] = dataclasses.field(default_factory=dict)  # value of a buffer at a new start
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))  # every buffer lives there
 
     def add(self, gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str,
             fill: float = 0.0) -> fx.Node:
-        """Register a state buffer (filled with ``fill``) that ``reset()`` and the exports know about."""
+        """Register a state buffer (filled with ``fill``) that ``reset()`` and the exports know about, on the
+        model's device whatever device ``value`` was made on (a CPU buffer in a CUDA graph is refused by
+        fake-tensor propagation, or costs a copy per step)."""
         self.buffers.append(name)
         self.fills[name] = fill
-        return add_state_buffer(gm, name, value.fill_(fill), anchor, pass_name)
+        return add_state_buffer(gm, name, value.to(self.device).fill_(fill), anchor, pass_name)
 
     def cache_nodes(self) -> list[fx.Node]:
         return [n for nodes in self.caches.values() for n in nodes]

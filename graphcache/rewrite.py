@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from graphcache.passes.base import Pass, PassManager, analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.passes.matvec_reductions import MatvecReductions
 from graphcache.passes.narrow_linear_outputs import NarrowLinearOutputs
-from graphcache.passes.sink_state_writes import SinkStateWrites
+from graphcache.passes.sink_state_writes import SinkStateWrites, branch_writes_supported
 from graphcache.policies import PolicyConfig
 from graphcache.self_check import check_compute_step, snapshot
 from graphcache.state import CacheState
@@ -33,10 +34,25 @@ def compile_lowering(backend: str) -> tuple[Pass, ...]:
     """The lowering passes for a rewritten graph that runs under ``backend`` (``"inductor"``, ``"aot_eager"``,
     ``"eager"``: torch.compile's or op by op), not exported: state written in place inside the branch that
     changes it, cached steps computing only the linear rows they read, and for Inductor dense cond operands
-    and few-row linears as reductions (on CPU)."""
+    and few-row linears as reductions (on CPU). Where this torch's functionalization refuses branches that
+    write their operands (:func:`branch_writes_supported`; ``eager`` runs branches as they are), the state
+    stays functional, and a warning says so once."""
+    sink: tuple[Pass, ...] = (SinkStateWrites(),)
+    if backend != "eager" and not branch_writes_supported():
+        _warn_functional_state()
+        sink = ()
     if backend == "inductor":
-        return (DenseCondOperands(), NarrowLinearOutputs(), MatvecReductions(), SinkStateWrites())
-    return (NarrowLinearOutputs(), SinkStateWrites())
+        return (DenseCondOperands(), NarrowLinearOutputs(), MatvecReductions(), *sink)
+    return (NarrowLinearOutputs(), *sink)
+
+
+@functools.cache
+def _warn_functional_state() -> None:
+    import warnings
+
+    warnings.warn(f"graphcache: torch {torch.__version__} cannot compile cond branches that write their operands; "
+                  "cache state is written functionally (cached steps copy the unchanged cache; torch 2.13 writes "
+                  "it in place)", stacklevel=3)
 
 
 def lowering_fields(gm: fx.GraphModule) -> dict[str, int]:

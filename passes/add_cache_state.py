@@ -36,7 +36,7 @@ class AddCacheState(Pass):
         anchor = analysis(gm).require(BlockStack).region[0]
         device = _device_of(gm)
         spec = StateSpec(step=None, last_t=None, log=None, history=None, n_computed=None,  # type: ignore[arg-type]
-                         caches={}, buffers=[])
+                         caches={}, buffers=[], device=device)
 
         def add(name: str, shape: tuple[int, ...], dtype: torch.dtype, fill: float = 0.0) -> fx.Node:
             return spec.add(gm, name, torch.empty(shape, dtype=dtype, device=device), anchor, self.name, fill)
@@ -56,8 +56,8 @@ class AddCacheState(Pass):
 
 
 def _device_of(gm: fx.GraphModule) -> torch.device:
-    for node in gm.graph.nodes:
-        val = tensor_val(node)
-        if val is not None and node.op in ("placeholder", "get_attr"):
-            return val.device
-    return torch.device("cpu")
+    """Where the model runs: an accelerator any of its inputs or parameters is on (a model on CUDA may still take
+    a CPU timestep), else the CPU."""
+    devices = [val.device for node in gm.graph.nodes if node.op in ("placeholder", "get_attr")
+               if (val := tensor_val(node)) is not None]
+    return next((d for d in devices if d.type != "cpu"), torch.device("cpu"))

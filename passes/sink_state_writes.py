@@ -22,6 +22,7 @@ buffer itself (a ``get_attr``), so the branch's write lands in the buffer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 
 import torch
@@ -35,6 +36,34 @@ from .graph_utils import tensor_val
 
 _COND = torch.ops.higher_order.cond
 _COPY = torch.ops.aten.copy_.default
+
+
+@functools.cache
+def branch_writes_supported() -> bool:
+    """Whether this torch lowers a cond whose branch writes its operand: AOT functionalization (torch.compile's
+    ``aot_eager`` and Inductor) must turn the write into an auto-functionalized cond and write the operand
+    back. torch 2.13 does; torch 2.11 refuses it ("cond_true might be modifying the input!"), and then the
+    lowering keeps functional branches. Probed once per process on a two-element cond (about 0.1 s)."""
+    from functorch.compile import aot_function, nop
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def write(x: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor]:
+        buf.copy_(x)
+        return (x + 1,)
+
+    def keep(x: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor]:
+        return (x - 1,)
+
+    x, buf = torch.ones(2), torch.zeros(2)
+    true_gm, false_gm = make_fx(write)(x, buf), make_fx(keep)(x, buf)
+    try:
+        with torch.no_grad():
+            aot_function(lambda p, a, b: _COND(p, true_gm, false_gm, (a, b)), nop)(torch.tensor(True), x, buf)
+    except RuntimeError as err:
+        if "modifying the input" in str(err) or "mutation" in str(err):
+            return False
+        raise
+    return bool(buf.eq(1).all())  # the write landed in the operand
 
 
 def _cond_branches(owner: fx.GraphModule, cond: fx.Node) -> tuple[fx.GraphModule, fx.GraphModule]:
