@@ -4,9 +4,11 @@ Needs torch with CUDA; no diffusers (the DiT below is plain torch, adaLN-zero bl
 
     pip install --no-deps -e . && python benchmarks/gpu_check.py --out "$OUT"
 
-Sections (each prints its figures; all go to ``--out/gpu_check.json``):
-1. torch.compile(fullgraph=True), Inductor: uncached vs FORA N=3 and TaylorSeer lite (N=4, order 1) via the
-   graphcache backend: speedup, % of the schedule's limit, graphs / breaks / recompiles, max |error|.
+Sections (each prints its figures; all go to ``--out/gpu_check.json``, rewritten after every section, so a run
+stopped by a time limit keeps what it measured; a section that fails records its error and the next one runs):
+1. torch.compile(fullgraph=True), Inductor: uncached vs every policy of ``--policies`` via the graphcache
+   backend: speedup, % of the schedule's limit, graphs / breaks / recompiles, max |error|, compile seconds,
+   and the mean computed / cached step (each step synchronized; the end-to-end run is not).
 2. Host syncs: ``torch.cuda.set_sync_debug_mode("warn")`` around compiled cached and computed steps: does
    the in-graph decision (Inductor lowers the cond to ``if pred.item()``) force a device-to-host sync?
 3. CUDA graphs: Inductor's cudagraph mode on the in-graph model (expected: skipped, control flow), and the
@@ -22,11 +24,13 @@ import json
 import math
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing_lock import exclusive  # benchmarks/: one timed region at a time when two benchmarks share the GPU
 from torch import nn
 
 import graphcache
@@ -37,7 +41,8 @@ from graphcache.exported import optimize_exported
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import make_policy
 
-POLICIES = ["fora", "taylorseer{interval=4,order=1,lite=true,warmup=1}"]
+POLICIES = ["fora", "taylorseer", "foca", "fora{granularity=block}", "taylorseer{lite=true}", "foca{lite=true}",
+            "pab{window_low=0,window_high=1000}"]
 
 
 class Block(nn.Module):
@@ -86,68 +91,115 @@ def sync() -> None:
 
 def generation(fn, latent: torch.Tensor, steps: int) -> tuple[float, list[torch.Tensor]]:  # type: ignore[no-untyped-def]
     outs = []
-    sync()
-    start = time.perf_counter()
-    with torch.no_grad():
-        for t in torch.linspace(999, 0, steps, device=latent.device):
-            outs.append(fn(latent=latent, timestep=t.expand(latent.shape[0])))
-    sync()
-    return time.perf_counter() - start, outs
+    with exclusive():
+        sync()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for t in torch.linspace(999, 0, steps, device=latent.device):
+                torch.compiler.cudagraph_mark_step_begin()  # a CUDA-graphed run reuses its output memory:
+                outs.append(fn(latent=latent, timestep=t.expand(latent.shape[0])).clone())  # kept as a copy
+        sync()
+        return time.perf_counter() - start, outs
 
 
 def max_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b, strict=True))
 
 
-def section_compile(model, latent, steps, results) -> None:  # type: ignore[no-untyped-def]
+def step_times(fn, latent: torch.Tensor, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Each call's wall time, the device synchronized around every call (a diagnostic: the end-to-end runs
+    do not synchronize per step)."""
+    times = []
+    with exclusive(), torch.no_grad():
+        for t in torch.linspace(999, 0, steps, device=latent.device):
+            sync()
+            start = time.perf_counter()
+            fn(latent=latent, timestep=t.expand(latent.shape[0]))
+            sync()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def mean_ms(values: list[float]) -> float | None:
+    return 1e3 * sum(values) / len(values) if values else None
+
+
+def section_compile(model, latent, steps, results, policies) -> None:  # type: ignore[no-untyped-def]
     from torch._dynamo.utils import counters
 
     uncached = torch.compile(model, fullgraph=True, dynamic=False)
+    start = time.perf_counter()
     generation(uncached, latent, 3)
+    compile_s = time.perf_counter() - start
     base, ref = generation(uncached, latent, steps)
     results["uncached_compiled_ms_per_step"] = 1e3 * base / steps
-    print(f"[1] uncached torch.compile: {1e3 * base / steps:.2f} ms/step")
-    for spec in POLICIES:
-        torch._dynamo.reset()
-        counters.clear()
-        cached = graphcache.optimize(model, spec, backend="inductor")
-        generation(cached, latent, 3)
-        torch._dynamo.config.error_on_recompile = True  # a recompile during the timed generation fails here
-        graphcache.reset(cached)
-        seconds, outs = generation(cached, latent, steps)
-        computed = graphcache.decisions(cached).count("computed")
-        limit = steps / computed
-        row = {"speedup": base / seconds, "limit": limit, "percent_of_limit": 100 * base / seconds / limit,
-               "graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
-               "max_abs_error": max_err(outs, ref)}
-        results[f"compile/{spec}"] = row
-        print(f"[1] {spec}: {row['speedup']:.2f}x of {limit:.2f}x = {row['percent_of_limit']:.1f}% of the limit, "
-              f"graphs {row['graphs']}, breaks {row['graph_breaks']}, recompiles 0, "
-              f"max |err| {row['max_abs_error']:.2e}")
-        torch._dynamo.config.error_on_recompile = False
+    results["uncached_compile_s"] = compile_s
+    print(f"[1] uncached torch.compile: {1e3 * base / steps:.2f} ms/step (compile and 3 steps {compile_s:.0f} s)",
+          flush=True)
+    for spec in policies:
+        try:
+            torch._dynamo.reset()
+            counters.clear()
+            cached = graphcache.optimize(model, spec, backend="inductor")
+            start = time.perf_counter()
+            generation(cached, latent, 3)
+            compile_s = time.perf_counter() - start
+            torch._dynamo.config.error_on_recompile = True  # a recompile during the timed generation fails here
+            graphcache.reset(cached)
+            seconds, outs = generation(cached, latent, steps)
+            decisions = graphcache.decisions(cached)
+            graphcache.reset(cached)
+            own = step_times(cached, latent, steps)
+            computed = decisions.count("computed")
+            limit = steps / computed
+            row = {"speedup": base / seconds, "limit": limit, "percent_of_limit": 100 * base / seconds / limit,
+                   "graphs": counters["stats"]["unique_graphs"],
+                   "graph_breaks": sum(counters["graph_break"].values()), "max_abs_error": max_err(outs, ref),
+                   "compile_s": compile_s, "computed": computed,
+                   "computed_step_ms": mean_ms([s for s, d in zip(own, decisions, strict=True) if d == "computed"]),
+                   "cached_step_ms": mean_ms([s for s, d in zip(own, decisions, strict=True) if d != "computed"])}
+            results[f"compile/{spec}"] = row
+            print(f"[1] {spec}: {row['speedup']:.2f}x of {limit:.2f}x = {row['percent_of_limit']:.1f}% of the "
+                  f"limit, graphs {row['graphs']}, breaks {row['graph_breaks']}, recompiles 0, "
+                  f"max |err| {row['max_abs_error']:.2e}, compile {compile_s:.0f} s, steps (synchronized) "
+                  f"computed {row['computed_step_ms']:.2f} ms, cached {row['cached_step_ms'] or 0:.2f} ms",
+                  flush=True)
+        except Exception as err:  # one policy's failure is recorded, the others still run
+            results[f"compile/{spec}"] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+            print(f"[1] {spec}: FAILED {type(err).__name__}: {err}", flush=True)
+        finally:
+            torch._dynamo.config.error_on_recompile = False
 
 
-def section_syncs(model, latent, results) -> None:  # type: ignore[no-untyped-def]
+def section_syncs(model, latent, results, policy: str = "fora", steps: int = 7) -> None:  # type: ignore[no-untyped-def]
+    """Device-to-host syncs of each step of one generation (``policy``), and the Python lines that made them
+    (the warning's location: graphcache's wrapper, dynamo's guards or Inductor's generated code)."""
     if not torch.cuda.is_available():
         return
     torch._dynamo.reset()
-    cached = graphcache.optimize(model, "fora", backend="inductor")
+    cached = graphcache.optimize(model, policy, backend="inductor")
     generation(cached, latent, 3)
     graphcache.reset(cached)
-    counts = []
+    counts, sites = [], {}
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with torch.no_grad():
-            for t in (999.0, 900.0):  # one computed step, one cached step
+            for t in torch.linspace(999, 0, steps).tolist():
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     cached(latent=latent, timestep=torch.full((latent.shape[0],), t, device=latent.device))
                     sync()
-                counts.append(sum("synchroniz" in str(w.message) for w in caught))
+                found = [w for w in caught if "synchroniz" in str(w.message)]
+                counts.append(len(found))
+                for w in found:
+                    site = f"{w.filename}:{w.lineno}"
+                    sites[site] = sites.get(site, 0) + 1
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    results["host_syncs_per_step"] = {"computed": counts[0], "cached": counts[1]}
-    print(f"[2] device-to-host syncs per step (in-graph cond, Inductor): computed {counts[0]}, cached {counts[1]}")
+    decisions = graphcache.decisions(cached)
+    results["host_syncs"] = {"policy": policy, "per_step": counts, "decisions": decisions, "sites": sites}
+    print(f"[2] device-to-host syncs per step ({policy}, in-graph cond, Inductor): "
+          + ", ".join(f"{d[:4]} {c}" for d, c in zip(decisions, counts, strict=False)) + f"; sites {sites}", flush=True)
 
 
 def section_cudagraphs(model, latent, steps, results) -> None:  # type: ignore[no-untyped-def]
@@ -181,6 +233,7 @@ def section_cudagraphs(model, latent, steps, results) -> None:  # type: ignore[n
         with torch.no_grad():
             for compute, t in zip(schedule, torch.linspace(999, 0, steps, device=latent.device), strict=True):
                 g = graphs[compute]
+                torch.compiler.cudagraph_mark_step_begin()
                 res = compiled[compute](latent, t.expand(latent.shape[0]), *[state[s.name] for s in fg.state])
                 outs.append(res[0].clone())
                 state.update({w: v.clone() for w, v in zip(g.writes, res[1:], strict=True)})
@@ -209,9 +262,10 @@ def section_aoti(model, latent, steps, device, results) -> None:  # type: ignore
         generation(runner, latent, 2)
         runner.reset()
         seconds, outs = generation(runner, latent, steps)
-        computed = runner.decisions().count("computed")
+        decisions = runner.decisions()
+        computed = decisions.count("computed")
     results["aoti"] = {"uncached_ms_per_step": 1e3 * base / steps, "speedup": base / seconds,
-                       "limit": steps / computed, "max_abs_error": max_err(outs, ref)}
+                       "limit": steps / computed, "max_abs_error": max_err(outs, ref), "decisions": decisions}
     print(f"[4] AOTInductor: uncached {1e3 * base / steps:.2f} ms/step, fora package {base / seconds:.2f}x of "
           f"{steps / computed:.2f}x, max |err| {max_err(outs, ref):.2e}")
 
@@ -223,26 +277,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument("--sections", default="1234")
+    parser.add_argument("--size", default="1152,12,16,4096,2", metavar="WIDTH,DEPTH,HEADS,TOKENS,BATCH",
+                        help="the DiT's size (default 1152,12,16,4096,2: DiT-XL blocks at 1024x1024 latents' tokens)")
+    parser.add_argument("--policies", default=";".join(POLICIES), help="policy specs, separated by ';'")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     args = parser.parse_args()
-    width, depth, heads, tokens = (64, 4, 2, 16) if args.small else (1152, 28, 16, 1024)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    width, depth, heads, tokens, batch = (64, 4, 2, 16, 2) if args.small else (int(v) for v in args.size.split(","))
+    default = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else default
     torch.manual_seed(0)
     model = DiT(width, depth, heads).to(args.device, dtype).eval().requires_grad_(False)
-    latent = torch.randn(2, tokens, 16, device=args.device, dtype=dtype)
+    latent = torch.randn(batch, tokens, 16, device=args.device, dtype=dtype)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results: dict = {"device": device_name, "torch": torch.__version__, "model": f"DiT width {width} depth {depth}, "
-                     f"{tokens} tokens, batch 2, {dtype}", "steps": args.steps}
-    print(f"{results['model']} on {device_name}, torch {torch.__version__}, {args.steps} steps")
-    if "1" in args.sections:
-        section_compile(model, latent, args.steps, results)
-    if "2" in args.sections:
-        section_syncs(model, latent, results)
-    if "3" in args.sections:
-        section_cudagraphs(model, latent, args.steps, results)
-    if "4" in args.sections:
-        section_aoti(model, latent, args.steps, args.device, results)
+                     f"{tokens} tokens, batch {batch}, {dtype}", "steps": args.steps, "errors": {}}
+    print(f"{results['model']} on {device_name}, torch {torch.__version__}, {args.steps} steps", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
+    sections = {
+        "1": lambda: section_compile(model, latent, args.steps, results, args.policies.split(";")),
+        "2": lambda: section_syncs(model, latent, results),
+        "3": lambda: section_cudagraphs(model, latent, args.steps, results),
+        "4": lambda: section_aoti(model, latent, args.steps, args.device, results),
+    }
+    for key in args.sections:
+        try:
+            sections[key]()
+        except Exception as err:  # recorded; the next section still runs
+            results["errors"][key] = traceback.format_exc()
+            print(f"[{key}] FAILED {type(err).__name__}: {err}", flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {args.out / 'gpu_check.json'}")
 
 

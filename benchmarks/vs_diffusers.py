@@ -24,13 +24,18 @@ Methods (diffusers config  ->  graphcache policy):
 
     python benchmarks/vs_diffusers.py                       # DiT 512x12 and Flux 4+8, 50 steps, N=2
     python benchmarks/vs_diffusers.py --models dit --methods fbcache magcache --steps 30
+    python benchmarks/vs_diffusers.py --device cuda --dtype bfloat16 --models flux --flux 2,4,4096,12,128
 """
 
 from __future__ import annotations
 
 import argparse
 
-from graphcache.vs_diffusers import METHODS, MODELS, Settings, compare
+import torch
+from timing_lock import locked  # benchmarks/: one timed region at a time when two benchmarks share the GPU
+
+import graphcache.vs_diffusers as vd
+from graphcache.vs_diffusers import METHODS, MODELS, Settings, compare, flux
 
 
 def main() -> None:
@@ -43,10 +48,21 @@ def main() -> None:
                         help="FBCache threshold (default: DiT 0.2, Flux 0.5: about 10-14 of 50 steps computed)")
     parser.add_argument("--interval", type=int, default=5, help="TaylorSeer cache_interval")
     parser.add_argument("--warmup", type=int, default=3, help="TaylorSeer disable_cache_before_step")
+    parser.add_argument("--device", default="cpu", help="where to run (cuda: wall times synchronize the device)")
+    parser.add_argument("--dtype", default=None, help="the models' dtype there, e.g. bfloat16 (default float32)")
+    parser.add_argument("--flux", default=None, metavar="DUAL,SINGLE,TOKENS,HEADS,HEAD_DIM",
+                        help="the Flux-shaped model's size (default 4,8,256,4,32: width 128)")
     args = parser.parse_args()
     settings = Settings(steps=args.steps, repeats=args.repeats, threshold=args.threshold, interval=args.interval,
-                        warmup=args.warmup)
-    result = compare(args.models, args.methods, settings, status=lambda text: print(text, flush=True))
+                        warmup=args.warmup, device=args.device,
+                        dtype=getattr(torch, args.dtype) if args.dtype else None)
+    subjects = None
+    if args.flux:
+        dual, single, tokens, heads, head_dim = (int(v) for v in args.flux.split(","))
+        subjects = {"flux": flux(dual, single, tokens, heads=heads, head_dim=head_dim)}
+    vd.generate = locked(vd.generate)  # every generation, timed or compiling, holds GRAPHCACHE_TIMING_LOCK if set
+    result = compare(args.models, args.methods, settings, status=lambda text: print(text, flush=True),
+                     subjects=subjects)
     print("\ndecisions (C = computed, . = cached)")
     print("\n".join(result.decisions()))
     print("\nmappings")

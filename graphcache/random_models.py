@@ -9,16 +9,20 @@ from typing import Any
 import torch
 
 
-def flux_shaped(dual: int = 2, single: int = 4, tokens: int = 64,
-                text_tokens: int = 16) -> tuple[torch.nn.Module, Callable[[float], dict[str, Any]]]:
-    """A ``FluxTransformer2DModel`` (``dual`` dual-stream then ``single`` single-stream blocks, width 128) in eval
-    mode and its inputs at a timestep on the 1000 scale (Flux itself takes ``t / 1000``)."""
+def flux_shaped(dual: int = 2, single: int = 4, tokens: int = 64, text_tokens: int = 16, heads: int = 4,
+                head_dim: int = 32) -> tuple[torch.nn.Module, Callable[[float], dict[str, Any]]]:
+    """A ``FluxTransformer2DModel`` (``dual`` dual-stream then ``single`` single-stream blocks, width
+    ``heads * head_dim``, 128 by default) in eval mode and its inputs at a timestep on the 1000 scale (Flux itself
+    takes ``t / 1000``). The rotary axes split ``head_dim`` as Flux does, a quarter then three eighths twice."""
     from diffusers import FluxTransformer2DModel
 
+    if head_dim % 16:
+        raise ValueError(f"head_dim must be a multiple of 16 (the rotary axes split it 2:3:3), got {head_dim}")
     torch.manual_seed(0)
     model = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=dual, num_single_layers=single, attention_head_dim=32,
-        num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64, axes_dims_rope=[8, 12, 12],
+        patch_size=1, in_channels=16, num_layers=dual, num_single_layers=single, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=64, pooled_projection_dim=64,
+        axes_dims_rope=[head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8],
     ).eval()
     g = torch.Generator().manual_seed(1)
     latent = torch.randn(1, tokens, 16, generator=g)

@@ -72,6 +72,27 @@ class Subject:
     def call(self, fn: Callable[..., Any], latent: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return fn(**self.kwargs(latent, t)).sample  # type: ignore[no-any-return]
 
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Subject:
+        """The same subject on ``device``: the model and every input tensor moved there, the model, the latent
+        and the floating inputs in ``dtype`` (None: as they are) except the timestep and the position ids,
+        which the models read in float32 themselves."""
+        model = self.model.to(device=device, dtype=dtype)
+        kwargs = self.kwargs
+
+        def moved(key: str, value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: moved(k, v) for k, v in value.items()}
+            if not isinstance(value, torch.Tensor):
+                return value
+            keep = key == "timestep" or key.endswith("ids") or not value.is_floating_point()
+            return value.to(device=device, dtype=None if keep else dtype)
+
+        def on_device(latent: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+            return {k: moved(k, v) for k, v in kwargs(latent, t).items()}
+
+        return dataclasses.replace(self, model=model, kwargs=on_device,
+                                   latent=self.latent.to(device=device, dtype=dtype))
+
     def probe(self, model: torch.nn.Module) -> torch.nn.Module:
         """A module only a computed step runs under every method (the last block's attention query)."""
         if self.kind == "flux":
@@ -110,13 +131,15 @@ def dit(hidden: int = 512, layers: int = 12) -> Subject:
     return subject_from_inputs(f"DiT {hidden}x{layers}", "dit", model, inputs)
 
 
-def flux(dual: int = 4, single: int = 8, tokens: int = 256, text_tokens: int = 16) -> Subject:
+def flux(dual: int = 4, single: int = 8, tokens: int = 256, text_tokens: int = 16, heads: int = 4,
+         head_dim: int = 32) -> Subject:
     """A Flux-shaped ``FluxTransformer2DModel`` with random weights (:func:`graphcache.random_models.flux_shaped`,
-    examples/flux.py's config and seeds)."""
+    examples/flux.py's config and seeds; width ``heads * head_dim``)."""
     from graphcache.random_models import flux_shaped
 
-    model, inputs = flux_shaped(dual, single, tokens, text_tokens)
-    return subject_from_inputs(f"Flux {dual}+{single}", "flux", model, inputs, timestep_scale=1000.0)
+    model, inputs = flux_shaped(dual, single, tokens, text_tokens, heads, head_dim)
+    width = "" if (heads, head_dim) == (4, 32) else f" width {heads * head_dim}, {tokens} tokens"
+    return subject_from_inputs(f"Flux {dual}+{single}{width}", "flux", model, inputs, timestep_scale=1000.0)
 
 
 def pixart(hidden: int = 512, layers: int = 12, text_tokens: int = 16) -> Subject:
@@ -165,6 +188,8 @@ class Settings:
     pab_window: tuple[float, float] = (100.0, 800.0)  # PyramidAttentionBroadcastConfig's timestep range default
     faster_range: int = 2  # FasterCacheConfig's defaults
     faster_window: tuple[float, float] = (-1.0, 681.0)
+    device: str = "cpu"  # where every run happens (the subjects are built on the CPU and moved)
+    dtype: torch.dtype | None = None  # the models' and latents' dtype there (None: float32 as built)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,6 +416,7 @@ def generate(subj: Subject, fn: Callable[..., Any], steps: int, probes: list[tor
     latent = subj.latent.clone()
     computed: list[bool] = []
     try:
+        _sync(latent)
         start = time.perf_counter()
         with torch.no_grad():
             for i, t in enumerate(scheduler.timesteps):
@@ -401,11 +427,18 @@ def generate(subj: Subject, fn: Callable[..., Any], steps: int, probes: list[tor
                 if probes:
                     computed.append(len(ran) == len({id(p) for p in probes}))
                 latent = scheduler.step(eps, t, latent).prev_sample
+        _sync(latent)
         seconds = time.perf_counter() - start
     finally:
         for h in handles:
             h.remove()
     return Run(seconds, latent, computed if probes else None)
+
+
+def _sync(tensor: torch.Tensor) -> None:
+    """Wait for the device's queued work (a GPU run's wall time ends when its kernels do)."""
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
 
 
 def _probes(subj: Subject, m: Mapping, model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -502,7 +535,8 @@ class Comparison:
 
     def caption(self) -> str:
         s = self.settings
-        return (f"{s.steps} steps, DDIM, batch 1, backend {s.backend}, CPU threads {self.threads}, median of "
+        where = f"CPU threads {self.threads}" if s.device == "cpu" else f"{_device_name(s.device)}, {s.dtype}"
+        return (f"{s.steps} steps, DDIM, batch 1, backend {s.backend}, {where}, median of "
                 f"{s.repeats}; ratio = uncached compiled time / this time; % of limit = ratio / (steps / computed)")
 
     def table(self) -> str:
@@ -515,6 +549,10 @@ class Comparison:
     def decisions(self) -> list[str]:
         """Per (model, method): both sides' computed steps, C = computed, and why they differ where they do."""
         return [a.describe() for a in self.agreements]
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
 
 
 def counters_clear() -> None:
@@ -621,6 +659,8 @@ def compare(models: tuple[str, ...] | list[str] = MODELS, methods: tuple[str, ..
     for key in models:
         status(f"building {key}")
         subj = (subjects or {}).get(key) or subject(key)
+        if settings.device != "cpu" or settings.dtype is not None:
+            subj = subj.to(settings.device, settings.dtype)
         for method in methods:
             with tempfile.TemporaryDirectory(prefix="graphcache-vs-diffusers-") as tmp:
                 m = mapping(method, subj, settings, Path(tmp), status)

@@ -129,3 +129,26 @@ def test_cli_refuses_side_by_side_options_without_against_and_reference_options_
     assert mixed.exit_code == 2 and "--samples: an option of the reference bench" in mixed.output
     unknown = CliRunner().invoke(main, ["bench", "--against", "onnx"])
     assert unknown.exit_code == 2 and "Invalid value for '--against': 'onnx'" in unknown.output
+
+
+def test_a_subject_moved_to_a_dtype_keeps_its_timestep_and_position_ids_in_float32():
+    """``Subject.to`` (the GPU side by side runs in bf16): the model, the latent and the floating inputs take the
+    dtype; the timestep and Flux's position ids stay float32, as the models read them."""
+    import torch
+
+    subj = vd.flux(1, 1, tokens=16, heads=2, head_dim=16)
+    moved = subj.to("cpu", torch.bfloat16)
+    kwargs = moved.kwargs(moved.latent, torch.tensor(999))
+    assert {p.dtype for p in moved.model.parameters()} == {torch.bfloat16}
+    floating = (moved.latent, kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+    assert {t.dtype for t in floating} == {torch.bfloat16}
+    assert kwargs["timestep"].dtype == kwargs["img_ids"].dtype == kwargs["txt_ids"].dtype == torch.float32
+    with torch.no_grad():
+        assert moved.call(moved.model, moved.latent, torch.tensor(999)).dtype == torch.bfloat16
+
+
+def test_a_flux_head_dim_that_the_rotary_axes_cannot_split_is_refused():
+    from graphcache.random_models import flux_shaped
+
+    with pytest.raises(ValueError, match="multiple of 16"):
+        flux_shaped(heads=2, head_dim=24)
