@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from graphcache.host_timestep import HostTimestep
+
 DEFAULT = ""  # the context of calls made outside any cache_context
 
 
@@ -143,12 +145,14 @@ def argument_getter(forward: Callable[..., Any], source: str) -> Getter | None:
 class StreamRouter:
     """Without cache contexts, the k-th call in a row at one timestep belongs to stream k: CFG as two calls
     (cond, uncond) gives streams 0 and 1, Heun's repeated timesteps a stream per stage, and each stream sees a
-    trajectory that moves one way. Reads the timestep on the host (one device sync per call on a GPU)."""
+    trajectory that moves one way. Reads the timestep on the host through :class:`HostTimestep`: a view of the
+    scheduler's timesteps on a GPU costs one device sync per generation, not one per call."""
 
     def __init__(self) -> None:
         self.last: float | None = None
         self.repeat = 0
         self.get: Getter | None = None
+        self.reader = HostTimestep()
 
     def stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """The context of this call, or None when the timestep cannot be found."""
@@ -157,10 +161,11 @@ class StreamRouter:
         t = self.get(args, kwargs)
         if t is None:
             return None
-        value = float(t.detach().reshape(-1).max()) if isinstance(t, torch.Tensor) else float(t)
+        value = self.reader.read(t)
         self.repeat = self.repeat + 1 if value == self.last else 0
         self.last = value
         return DEFAULT if self.repeat == 0 else f"stream {self.repeat}"
 
     def reset(self) -> None:
         self.last, self.repeat = None, 0
+        self.reader.clear()
