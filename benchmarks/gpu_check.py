@@ -34,12 +34,7 @@ from timing_lock import exclusive  # benchmarks/: one timed region at a time whe
 from torch import nn
 
 import graphcache
-from graphcache.export import export_model, load
-from graphcache.export.functional import functionalize
-from graphcache.export.unroll import specialize
-from graphcache.exported import optimize_exported
-from graphcache.passes.dense_cond_operands import DenseCondOperands
-from graphcache.policies import make_policy
+from graphcache.export import compile_unrolled, export_model, load
 
 POLICIES = ["fora", "taylorseer", "foca", "fora{granularity=block}", "taylorseer{lite=true}", "foca{lite=true}",
             "pab{window_low=0,window_high=1000}"]
@@ -217,32 +212,14 @@ def section_cudagraphs(model, latent, steps, results) -> None:  # type: ignore[n
         graphcache.reset(cached)
         in_graph, _ = generation(cached, latent, steps)
     skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
-    # the step-unrolled form: two plain graphs, each CUDA-graphed
-    config = make_policy("fora")
+    # the step-unrolled form (graphcache.export.compile_unrolled): the full-step and cached-step graphs, each one
+    # CUDA-graph replay, picked by the host from the schedule; routing reads the timesteps once per generation
     kwargs = {"latent": latent, "timestep": torch.full((latent.shape[0],), 999.0, device=latent.device)}
-    fg = functionalize(optimize_exported(model, kwargs, config, lowering=(DenseCondOperands(),)), kwargs)
-    graphs = {c: specialize(fg, c) for c in (True, False)}
-    compiled = {c: torch.compile(g.module, mode=mode, fullgraph=True) for c, g in graphs.items()}
-    schedule = config.expected(steps)
-
-    def unrolled() -> tuple[float, list[torch.Tensor]]:
-        state = {s.name: s.initial(latent.device) for s in fg.state}
-        outs = []
-        sync()
-        start = time.perf_counter()
-        with torch.no_grad():
-            for compute, t in zip(schedule, torch.linspace(999, 0, steps, device=latent.device), strict=True):
-                g = graphs[compute]
-                torch.compiler.cudagraph_mark_step_begin()
-                res = compiled[compute](latent, t.expand(latent.shape[0]), *[state[s.name] for s in fg.state])
-                outs.append(res[0].clone())
-                state.update({w: v.clone() for w, v in zip(g.writes, res[1:], strict=True)})
-        sync()
-        return time.perf_counter() - start, outs
-
-    unrolled()
-    seconds, outs = unrolled()
-    computed = sum(schedule)
+    runner = compile_unrolled(model, kwargs, "fora", steps=steps, mode=mode)
+    generation(runner, latent, steps)
+    runner.reset()
+    seconds, outs = generation(runner, latent, steps)
+    computed = runner.decisions().count("computed")
     results["cudagraphs"] = {"uncached_ms_per_step": 1e3 * base / steps, "in_graph_speedup": base / in_graph,
                              "unrolled_speedup": base / seconds, "limit": steps / computed,
                              "unrolled_max_abs_error": max_err(outs, ref), "inductor_counters": skips}

@@ -41,7 +41,7 @@ def default_form(policy: PolicyConfig, fmt: str) -> str:
     return "unrolled" if fmt == "tensorrt" and policy.static else "in-graph"
 
 
-def _graphs(fg: FunctionalGraph, policy: PolicyConfig, form: str, steps: int) -> tuple[
+def schedule_graphs(fg: FunctionalGraph, policy: PolicyConfig, form: str, steps: int) -> tuple[
         dict[str, FunctionalGraph], list[str] | None]:
     if form == "in-graph":
         return {"step": fg}, None
@@ -104,7 +104,7 @@ def export_model(
     timestep = cached.block_stack.timestep.name
     if timestep not in [s.name for s in fg.inputs]:
         raise ExportError(f"the timestep '{timestep}' is not a graph input; the plan needs the input holding it")
-    graphs, schedule = _graphs(fg, config, form, steps)
+    graphs, schedule = schedule_graphs(fg, config, form, steps)
     entries = {}
     for name, graph in graphs.items():
         file = _write(fmt, name, graph, example_kwargs, directory, log)

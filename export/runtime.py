@@ -104,9 +104,8 @@ class PlanRunner:
         if self.plan.schedule is None:
             return next(iter(self.plan.graphs))
         stream = self._stream(self.active)
-        if t_now is None:
-            timestep = _as_tensor(kwargs[self.plan.timestep], self.plan.timestep)
-            t_now = float(timestep.detach().reshape(-1).to(torch.float32).max())
+        if t_now is None:  # inside a cache_context: read as routing reads it (a host copy of the timesteps)
+            t_now = self._router.reader.read(_as_tensor(kwargs[self.plan.timestep], self.plan.timestep))
         moving = 0.0 if stream.step < 0 else t_now - stream.last_t
         new_generation = stream.step < 0 or moving == 0 or moving * stream.direction < 0
         if not new_generation and stream.direction == 0:

@@ -1,0 +1,97 @@
+"""The step-unrolled form in this process: the plan's graphs compiled with ``torch.compile``, nothing written.
+
+For a static schedule on a GPU this is the fast route: the in-graph cond makes Inductor read its predicate
+on the host every step (a device sync), and Inductor's CUDA graphs split around it; here the host picks the
+full-step or the cached-step graph from the schedule, and each graph can be one CUDA-graph replay
+(``mode="reduce-overhead"``). Measured on an H200: FORA 2.81x of a 2.94x limit (95.6%), where the in-graph
+route reached 67-71% (``benchmarks/gpu_check.py --sections 3``, docs/measurements.md).
+
+    runner = compile_unrolled(model, example_kwargs, "fora", steps=50, mode="reduce-overhead")
+    for t in timesteps:
+        out = runner(**inputs(t))
+
+The runner is an export :class:`~graphcache.export.runtime.PlanRunner`: generations start as in the graph
+(the timestep repeats or moves against the model's direction, or ``reset()``), streams by ``cache_context``
+or by call order at one timestep, ``decisions()`` from the state's log. Shapes and dtypes are the example's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from graphcache.errors import ExportError
+from graphcache.exported import optimize_exported
+from graphcache.passes.dense_cond_operands import DenseCondOperands
+from graphcache.policies import PolicyConfig, make_policy
+from graphcache.rewrite import INDUCTOR_OPTIONS
+
+from .build import schedule_graphs
+from .functional import FunctionalGraph, functionalize
+from .plan import GraphEntry, Plan
+from .runtime import PlanRunner
+
+MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class CompiledBackend:
+    """Each graph of the plan under ``torch.compile`` (fullgraph, static shapes); state as device tensors."""
+
+    def __init__(self, plan: Plan, graphs: Mapping[str, FunctionalGraph], device: torch.device,
+                 backend: str = "inductor", mode: str | None = None) -> None:
+        self.plan = plan
+        self.device = device
+        self.specs = {s.name: s for s in plan.state}
+        self.cudagraphs = mode == "reduce-overhead" and device.type == "cuda"
+        # graphcache's Inductor settings where torch.compile takes them (it refuses options beside a mode)
+        options = dict(INDUCTOR_OPTIONS) if backend == "inductor" and mode is None else None
+        self.compiled = {name: torch.compile(g.module, backend=backend, fullgraph=True, dynamic=False, mode=mode,
+                                             options=options) for name, g in graphs.items()}
+
+    def allocate(self, name: str) -> torch.Tensor:
+        return self.specs[name].initial(self.device)
+
+    def run(self, graph: str, inputs: Sequence[torch.Tensor], state: dict[str, Any]) -> tuple[
+            list[torch.Tensor], dict[str, Any]]:
+        args = [*inputs, *(state[s.name] for s in self.plan.state)]
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad():
+            results = list(self.compiled[graph](*args))
+        if self.cudagraphs:  # a replay's outputs live in the graphs' memory pool: the next replay overwrites them
+            results = [r.clone() for r in results]
+        n = len(self.plan.outputs)
+        return results[:n], dict(zip(self.plan.graphs[graph].writes, results[n:], strict=True))
+
+    def read(self, handle: Any) -> torch.Tensor:
+        return handle.detach().cpu()  # type: ignore[no-any-return]
+
+
+def compile_unrolled(model: torch.nn.Module, example_kwargs: Mapping[str, Any], policy: str | PolicyConfig = "fora",
+                     steps: int = 50, mode: str | None = None, backend: str = "inductor",
+                     **options: Any) -> PlanRunner:
+    """A runner of ``policy``'s step-unrolled schedule for generations of ``steps`` steps, its graphs compiled
+    here with ``torch.compile(backend=backend, mode=mode)``. Static policies only (a decision from the
+    features has no schedule to unroll: use ``graphcache.optimize``)."""
+    config = make_policy(policy, **options)
+    if not config.static:
+        raise ExportError(f"policy '{config.name}' decides at run time from the features, so it has no step-unrolled "
+                          "schedule; use graphcache.optimize (the decision in the graph)")
+    if mode not in MODES:
+        raise ExportError(f"unknown torch.compile mode {mode!r}; choose one of {', '.join(map(str, MODES))}")
+    if steps < 1:
+        raise ExportError(f"steps must be >= 1, got {steps}")
+    cached = optimize_exported(model, example_kwargs, config, lowering=(DenseCondOperands(),))
+    fg = functionalize(cached, example_kwargs)
+    graphs, schedule = schedule_graphs(fg, config, "unrolled", steps)
+    timestep = cached.block_stack.timestep.name
+    if timestep not in [s.name for s in fg.inputs]:
+        raise ExportError(f"the timestep '{timestep}' is not a graph input; the schedule needs the input holding it")
+    entries = {name: GraphEntry("", g.reads(), list(g.writes)) for name, g in graphs.items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    plan = Plan("compile", "unrolled", config.spec(), f"{type(model).__name__} ({n_params} parameters)", timestep,
+                fg.inputs, fg.outputs, fg.state, entries, schedule)
+    device = next((v.device for v in example_kwargs.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    return PlanRunner(plan, CompiledBackend(plan, graphs, device, backend, mode))
