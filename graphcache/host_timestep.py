@@ -58,7 +58,10 @@ class HostTimestep:
             return False
         if t.is_inference() or t.numel() == 0 or t.is_sparse or t.device.type == "meta":
             return False
-        nbytes = t.untyped_storage().nbytes()
+        try:
+            nbytes = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):  # a tensor subclass without one storage (DTensor, ...)
+            return False
         return nbytes <= MAX_MIRROR_BYTES and nbytes % t.element_size() == 0
 
     def clear(self) -> None:
