@@ -17,7 +17,8 @@ PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; "$PY" -c \
   'import torch, triton, diffusers; print(torch.__version__, torch.version.cuda, triton.__version__, diffusers.__version__)'
-  "$PY" -c 'from graphcache.passes.sink_state_writes import branch_writes_supported as b; print("branch writes", b())'
+  (cd /tmp && "$PY" -c 'from graphcache.passes.sink_state_writes import branch_writes_supported as b
+print("branch writes in place:", b())')  # from /tmp: the checkout's graphcache/ is not the installed package
 } > "$OUT/machine.txt" 2>&1
 if [ -n "${SMOKE:-}" ]; then
   CHECK=(--device cpu --small --steps 6 --sections 1234) VS=(--device cpu --flux 1,2,64,4,32 --steps 6 --repeats 1)
