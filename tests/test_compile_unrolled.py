@@ -52,5 +52,5 @@ def test_a_dynamic_policy_and_a_bad_mode_are_refused_by_name():
     model, inputs = tiny_dit(num_layers=3, batch=2)
     with pytest.raises(ExportError, match="decides at run time"):
         compile_unrolled(model, inputs(999.0), "fbcache", steps=STEPS, backend="aot_eager")
-    with pytest.raises(ExportError, match="unknown torch.compile mode"):
+    with pytest.raises(ExportError, match=r"unknown torch\.compile mode"):
         compile_unrolled(model, inputs(999.0), "fora", steps=STEPS, mode="fast")
