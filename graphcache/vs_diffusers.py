@@ -28,7 +28,7 @@ import dataclasses
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +395,7 @@ class Run:
     seconds: float
     out: torch.Tensor
     computed: list[bool] | None  # per call, where probes say (diffusers, eager)
+    step_seconds: list[float] | None = None  # per call (CPU runs: a GPU run is not synchronized per step)
 
 
 def generate(subj: Subject, fn: Callable[..., Any], steps: int, probes: list[torch.nn.Module] | None = None,
@@ -415,6 +416,7 @@ def generate(subj: Subject, fn: Callable[..., Any], steps: int, probes: list[tor
     scheduler.set_timesteps(steps)
     latent = subj.latent.clone()
     computed: list[bool] = []
+    step_seconds: list[float] | None = None if latent.is_cuda else []
     try:
         _sync(latent)
         start = time.perf_counter()
@@ -423,7 +425,10 @@ def generate(subj: Subject, fn: Callable[..., Any], steps: int, probes: list[tor
                 if clock is not None:
                     clock.step, clock.t = i, float(t)
                 ran.clear()
+                begin = time.perf_counter()
                 eps = subj.call(fn, latent, t)
+                if step_seconds is not None:
+                    step_seconds.append(time.perf_counter() - begin)
                 if probes:
                     computed.append(len(ran) == len({id(p) for p in probes}))
                 latent = scheduler.step(eps, t, latent).prev_sample
@@ -432,7 +437,7 @@ def generate(subj: Subject, fn: Callable[..., Any], steps: int, probes: list[tor
     finally:
         for h in handles:
             h.remove()
-    return Run(seconds, latent, computed if probes else None)
+    return Run(seconds, latent, computed if probes else None, step_seconds)
 
 
 def _sync(tensor: torch.Tensor) -> None:
@@ -500,6 +505,8 @@ class Row:
     breaks: int | None
     error: float  # max |final latent - the uncached one|
     vs_other: float | None = None  # max |diffusers' final latent - graphcache's| (graphcache's row)
+    computed_ms: float | None = None  # median computed / cached call of the fastest run (CPU runs only)
+    cached_ms: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -516,12 +523,26 @@ class Row:
     def markdown(self) -> str:
         graphs = "eager" if self.graphs is None else f"{self.graphs}, {self.breaks}"
         other = "" if self.vs_other is None else f"{self.vs_other:.2e}"
+        steps = "" if self.computed_ms is None else (
+            f"{self.computed_ms:.2f} / " + ("-" if self.cached_ms is None else f"{self.cached_ms:.2f}"))
         return (f"| {self.model} | {self.method} | {self.run} | {self.ratio:.2f}x | {self.computed}/{self.steps} | "
-                f"{self.pct_of_limit:.0f}% | {graphs} | {self.error:.2e} | {other} |")
+                f"{self.pct_of_limit:.0f}% | {graphs} | {self.error:.2e} | {other} | {steps} |")
 
 
 TABLE_HEADER = ("| model | method | run | ratio | computed | % of limit | graphs, breaks | max err vs uncached | "
-                "max diff diffusers vs graphcache |\n|---|---|---|---|---|---|---|---|---|")
+                "max diff diffusers vs graphcache | computed / cached step (ms) |\n"
+                "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def step_medians(runs: list[Run], computed: Sequence[bool]) -> tuple[float | None, float | None]:
+    """The median computed and cached call (ms) of the fastest of ``runs`` (None without per-call times)."""
+    fastest = min(runs, key=lambda r: r.seconds)
+    if fastest.step_seconds is None:
+        return None, None
+    split = {kind: [1e3 * s for s, c in zip(fastest.step_seconds, computed, strict=True) if c is kind]
+             for kind in (True, False)}
+    return (statistics.median(split[True]) if split[True] else None,
+            statistics.median(split[False]) if split[False] else None)
 
 
 @dataclasses.dataclass
@@ -600,7 +621,6 @@ def side_by_side(subj: Subject, m: Mapping, settings: Settings, status: Status =
     status(f"{subj.name} {m.method}: diffusers' hooks, eager (decisions)")
     theirs = generate(subj, hooked, steps, _probes(subj, m, hooked), hooked, clock).computed
     assert theirs is not None
-    diffusers_steps = sum(theirs)
     # phase 1, diffusers: the baseline timed first, then the hooks eager, then compiled. Not in turn: a compiled
     # hook graph-breaks inside the blocks' loop, and dynamo then skips the model's forward for every later
     # torch.compile of that class until a reset (the baseline would run eager)
@@ -634,15 +654,15 @@ def side_by_side(subj: Subject, m: Mapping, settings: Settings, status: Status =
     ref = base_runs[0].out
     between = float((hook_runs[0].out - ours_runs[0].out).abs().max())
 
-    def row(run: str, runs: list[Run], computed: int, graphs: tuple[int, int] | None, base_seconds: float,
+    def row(run: str, runs: list[Run], decided: Sequence[bool], graphs: tuple[int, int] | None, base_seconds: float,
             other: float | None = None) -> Row:
         return Row(subj.name, m.method, run, statistics.median(r.seconds for r in runs), base_seconds, steps,
-                   computed, graphs[0] if graphs else None, graphs[1] if graphs else None,
-                   float((runs[0].out - ref).abs().max()), other)
+                   sum(decided), graphs[0] if graphs else None, graphs[1] if graphs else None,
+                   float((runs[0].out - ref).abs().max()), other, *step_medians(runs, decided))
 
-    rows = [row("diffusers hooks, eager", hook_runs, diffusers_steps, None, base_hooks),
-            row("diffusers hooks, torch.compile", compiled_runs, diffusers_steps, hook_graphs, base_hooks),
-            row(f"graphcache {m.label}", ours_runs, sum(ours), ours_graphs, base, between)]
+    rows = [row("diffusers hooks, eager", hook_runs, theirs, None, base_hooks),
+            row("diffusers hooks, torch.compile", compiled_runs, theirs, hook_graphs, base_hooks),
+            row(f"graphcache {m.label}", ours_runs, ours, ours_graphs, base, between)]
     agreement = Agreement(subj.name, m.method, tuple(theirs), tuple(ours), m.exact, m.why_differ, between)
     return rows, agreement
 

@@ -104,6 +104,8 @@ def test_rows_percent_of_limit_is_ratio_over_the_schedule_limit(subject):
         assert row.ratio == pytest.approx(row.baseline_seconds / row.seconds)
         assert row.computed == sum(agreement.diffusers) < row.steps
         assert f"| {row.computed}/6 | {row.pct_of_limit:.0f}% |" in row.markdown()
+        assert row.computed_ms is not None and row.cached_ms is not None  # CPU runs: per-call times
+        assert f"| {row.computed_ms:.2f} / {row.cached_ms:.2f} |" in row.markdown()
     eager, compiled, ours = result.rows
     assert (eager.graphs, ours.graphs, ours.breaks) == (None, 1, 0)  # graphcache: one graph, no break
     assert compiled.breaks is not None and compiled.breaks > 0  # the hooks break the graph
