@@ -93,5 +93,5 @@ def compile_unrolled(model: torch.nn.Module, example_kwargs: Mapping[str, Any], 
     n_params = sum(p.numel() for p in model.parameters())
     plan = Plan("compile", "unrolled", config.spec(), f"{type(model).__name__} ({n_params} parameters)", timestep,
                 fg.inputs, fg.outputs, fg.state, entries, schedule)
-    device = next((v.device for v in example_kwargs.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # the state lives with the weights
     return PlanRunner(plan, CompiledBackend(plan, graphs, device, backend, mode))
