@@ -73,6 +73,36 @@ def _write(fmt: str, name: str, graph: FunctionalGraph, example: Mapping[str, An
     return build_engine(onnx_path, directory / f"{name}.engine").name
 
 
+def check_exportable(config: PolicyConfig, steps: int) -> None:
+    """Refuse, before any capture, a step count or policy option the functional graphs cannot carry."""
+    if steps < 1:
+        raise ExportError(f"steps must be >= 1, got {steps}")
+    buckets = getattr(config, "buckets", 0)
+    if buckets:
+        raise ExportError(f"{config.name}.buckets={buckets} is not exported (the bucketed compute step gathers "
+                          "samples with sort / index_copy inside nested conditionals, which the ONNX / AOTInductor "
+                          f"forms do not carry); export {config.name} with buckets=0: compute steps run the whole "
+                          "batch")
+
+
+def plan_graphs(model: torch.nn.Module, example_kwargs: Mapping[str, Any], config: PolicyConfig, fmt: str,
+                form: str, steps: int, dense: DenseCondOperands) -> tuple[
+                    ExportedCache, dict[str, FunctionalGraph], Plan]:
+    """Capture, rewrite, functionalize and (``unrolled``) specialize: the rewritten module, the graphs of the
+    plan and the plan, whose entries name no file yet."""
+    cached = optimize_exported(model, example_kwargs, config, lowering=(dense,))
+    fg = functionalize(cached, example_kwargs)
+    timestep = cached.block_stack.timestep.name
+    if timestep not in [s.name for s in fg.inputs]:
+        raise ExportError(f"the timestep '{timestep}' is not a graph input; the plan needs the input holding it")
+    graphs, schedule = schedule_graphs(fg, config, form, steps)
+    entries = {name: GraphEntry("", graph.reads(), list(graph.writes)) for name, graph in graphs.items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    plan = Plan(fmt, form, config.spec(), f"{type(model).__name__} ({n_params} parameters)", timestep,
+                fg.inputs, fg.outputs, fg.state, entries, schedule)
+    return cached, graphs, plan
+
+
 def export_model(
     model: torch.nn.Module, example_kwargs: Mapping[str, Any], directory: str | Path,
     policy: str | PolicyConfig = "fora", fmt: str = "onnx", form: str | None = None, steps: int = 50,
@@ -85,35 +115,19 @@ def export_model(
     form = form or default_form(config, fmt)
     if form not in FORMS:
         raise ExportError(f"unknown form '{form}'; choose one of {', '.join(FORMS)}")
-    if steps < 1:
-        raise ExportError(f"steps must be >= 1, got {steps}")
-    buckets = getattr(config, "buckets", 0)
-    if buckets:
-        raise ExportError(f"{config.name}.buckets={buckets} is not exported (the bucketed compute step gathers "
-                          "samples with sort / index_copy inside nested conditionals, which the ONNX / AOTInductor "
-                          f"forms do not carry); export {config.name} with buckets=0: compute steps run the whole "
-                          "batch")
+    check_exportable(config, steps)
     for module in {"onnx": ["onnxscript"], "tensorrt": ["onnxscript", "tensorrt"]}.get(fmt, []):
         require(module)  # fail before the slow part when an extra is missing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     log(f"capturing {type(model).__name__} with torch.export and applying {config.describe()}")
     dense = DenseCondOperands(freeze_concat_operands=fmt == "aoti")  # an Inductor prim: not for ONNX
-    cached = optimize_exported(model, example_kwargs, config, lowering=(dense,))
-    fg = functionalize(cached, example_kwargs)
-    timestep = cached.block_stack.timestep.name
-    if timestep not in [s.name for s in fg.inputs]:
-        raise ExportError(f"the timestep '{timestep}' is not a graph input; the plan needs the input holding it")
-    graphs, schedule = schedule_graphs(fg, config, form, steps)
-    entries = {}
+    cached, graphs, plan = plan_graphs(model, example_kwargs, config, fmt, form, steps, dense)
     for name, graph in graphs.items():
-        file = _write(fmt, name, graph, example_kwargs, directory, log)
-        entries[name] = GraphEntry(file, graph.reads(), list(graph.writes))
-    n_params = sum(p.numel() for p in model.parameters())
-    plan = Plan(fmt, form, config.spec(), f"{type(model).__name__} ({n_params} parameters)", timestep,
-                fg.inputs, fg.outputs, fg.state, entries, schedule)
+        plan.graphs[name] = dataclasses.replace(plan.graphs[name],
+                                                file=_write(fmt, name, graph, example_kwargs, directory, log))
     plan.save(directory)
-    log(f"wrote {directory}/ ({', '.join(e.file for e in entries.values())}, graphcache-plan.json)")
+    log(f"wrote {directory}/ ({', '.join(e.file for e in plan.graphs.values())}, graphcache-plan.json)")
     return Exported(plan, directory, cached, graphs)
 
 

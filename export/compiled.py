@@ -23,14 +23,13 @@ from typing import Any
 import torch
 
 from graphcache.errors import ExportError
-from graphcache.exported import optimize_exported
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import PolicyConfig, make_policy
 from graphcache.rewrite import INDUCTOR_OPTIONS
 
-from .build import schedule_graphs
-from .functional import FunctionalGraph, functionalize
-from .plan import GraphEntry, Plan
+from .build import check_exportable, plan_graphs
+from .functional import FunctionalGraph
+from .plan import Plan
 from .runtime import PlanRunner
 
 MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -81,17 +80,7 @@ def compile_unrolled(model: torch.nn.Module, example_kwargs: Mapping[str, Any], 
                           "schedule; use graphcache.optimize (the decision in the graph)")
     if mode not in MODES:
         raise ExportError(f"unknown torch.compile mode {mode!r}; choose one of {', '.join(map(str, MODES))}")
-    if steps < 1:
-        raise ExportError(f"steps must be >= 1, got {steps}")
-    cached = optimize_exported(model, example_kwargs, config, lowering=(DenseCondOperands(),))
-    fg = functionalize(cached, example_kwargs)
-    graphs, schedule = schedule_graphs(fg, config, "unrolled", steps)
-    timestep = cached.block_stack.timestep.name
-    if timestep not in [s.name for s in fg.inputs]:
-        raise ExportError(f"the timestep '{timestep}' is not a graph input; the schedule needs the input holding it")
-    entries = {name: GraphEntry("", g.reads(), list(g.writes)) for name, g in graphs.items()}
-    n_params = sum(p.numel() for p in model.parameters())
-    plan = Plan("compile", "unrolled", config.spec(), f"{type(model).__name__} ({n_params} parameters)", timestep,
-                fg.inputs, fg.outputs, fg.state, entries, schedule)
+    check_exportable(config, steps)
+    _, graphs, plan = plan_graphs(model, example_kwargs, config, "compile", "unrolled", steps, DenseCondOperands())
     device = next((p.device for p in model.parameters()), torch.device("cpu"))  # the state lives with the weights
     return PlanRunner(plan, CompiledBackend(plan, graphs, device, backend, mode))
