@@ -42,9 +42,9 @@ class HostTimestep:
         if not isinstance(t, torch.Tensor):
             return float(t)
         t = t.detach()
-        if not self._mirrorable(t):
+        storage = self._mirrorable(t)
+        if storage is None:
             return float(t.reshape(-1).max())
-        storage = t.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes(), t.device, t.dtype, t._version)
         if key != self._key or self._mirror is None:
             flat = torch.empty(0, dtype=t.dtype, device=t.device).set_(storage)
@@ -53,16 +53,18 @@ class HostTimestep:
         view = torch.as_strided(self._mirror, t.shape, t.stride(), t.storage_offset())
         return float(view.reshape(-1).max())
 
-    def _mirrorable(self, t: torch.Tensor) -> bool:
+    def _mirrorable(self, t: torch.Tensor) -> torch.UntypedStorage | None:
+        """``t``'s storage when the copy route applies to it, else None (read directly)."""
         if t.device.type == "cpu" and not self.mirror_cpu:
-            return False
+            return None
         if t.is_inference() or t.numel() == 0 or t.is_sparse or t.device.type == "meta":
-            return False
+            return None
         try:
-            nbytes = t.untyped_storage().nbytes()
+            storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # a tensor subclass without one storage (DTensor, ...)
-            return False
-        return nbytes <= MAX_MIRROR_BYTES and nbytes % t.element_size() == 0
+            return None
+        nbytes = storage.nbytes()
+        return storage if nbytes <= MAX_MIRROR_BYTES and nbytes % t.element_size() == 0 else None
 
     def clear(self) -> None:
         self._held = self._key = self._mirror = None
