@@ -11,8 +11,9 @@ stopped by a time limit keeps what it measured; a section that fails records its
    and the mean computed / cached step (each step synchronized; the end-to-end run is not).
 2. Host syncs: ``torch.cuda.set_sync_debug_mode("warn")`` around compiled cached and computed steps: does
    the in-graph decision (Inductor lowers the cond to ``if pred.item()``) force a device-to-host sync?
-3. CUDA graphs: Inductor's cudagraph mode on the in-graph model (expected: skipped, control flow), and the
-   step-unrolled form (full-step and cached-step graphs compiled with mode="reduce-overhead").
+3. The step-unrolled form (``compile_unrolled``: full-step and cached-step graphs picked by the host) for
+   FORA and the per-block forecasts, with CUDA graphs (mode="reduce-overhead") and without; the in-graph FORA
+   under Inductor's cudagraphs.
 4. AOTInductor: the in-graph ``.pt2`` package vs the uncached model's package.
 ``--device cpu --small`` runs the same code on CPU with a tiny model (a smoke test of the script).
 """
@@ -168,21 +169,43 @@ def section_compile(model, latent, steps, results, policies) -> None:  # type: i
 
 def section_syncs(model, latent, results, policy: str = "fora", steps: int = 7) -> None:  # type: ignore[no-untyped-def]
     """Device-to-host syncs of each step of one generation (``policy``), and the Python lines that made them
-    (the warning's location: graphcache's wrapper, dynamo's guards or Inductor's generated code)."""
+    (the warning's location: graphcache's wrapper, dynamo's guards or Inductor's generated code): with
+    timesteps as views of one tensor (diffusers' ``t.expand(batch)``) and as a fresh tensor per call."""
     if not torch.cuda.is_available():
         return
     torch._dynamo.reset()
     cached = graphcache.optimize(model, policy, backend="inductor")
     generation(cached, latent, 3)
+    from graphcache.passes.base import analysis
+
+    results[f"host_decision/{policy}"] = str(analysis(cached.states[0].gm).host_decision)
+    print(f"[2] {policy}: {results[f'host_decision/{policy}']}", flush=True)
+    for fresh in (False, True):
+        _count_syncs(cached, latent, results, policy, steps, fresh)
+
+
+def sync_sections(model, latent, results, policies) -> None:  # type: ignore[no-untyped-def]
+    for policy in policies:  # one policy's failure is recorded, the others still run
+        try:
+            section_syncs(model, latent, results, policy)
+        except Exception as err:
+            results[f"host_syncs/{policy}"] = {"error": f"{type(err).__name__}: {err}",
+                                               "traceback": traceback.format_exc()}
+            print(f"[2] {policy}: FAILED {type(err).__name__}: {err}", flush=True)
+
+
+def _count_syncs(cached, latent, results, policy, steps, fresh) -> None:  # type: ignore[no-untyped-def]
     graphcache.reset(cached)
     counts, sites = [], {}
+    ts = torch.linspace(999, 0, steps, device=latent.device)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with torch.no_grad():
-            for t in torch.linspace(999, 0, steps).tolist():
+            for t in ts:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    cached(latent=latent, timestep=torch.full((latent.shape[0],), t, device=latent.device))
+                    timestep = t.expand(latent.shape[0]).clone() if fresh else t.expand(latent.shape[0])
+                    cached(latent=latent, timestep=timestep)
                     sync()
                 found = [w for w in caught if "synchroniz" in str(w.message)]
                 counts.append(len(found))
@@ -192,39 +215,65 @@ def section_syncs(model, latent, results, policy: str = "fora", steps: int = 7) 
     finally:
         torch.cuda.set_sync_debug_mode("default")
     decisions = graphcache.decisions(cached)
-    results["host_syncs"] = {"policy": policy, "per_step": counts, "decisions": decisions, "sites": sites}
-    print(f"[2] device-to-host syncs per step ({policy}, in-graph cond, Inductor): "
+    kind = "fresh" if fresh else "views"
+    results[f"host_syncs/{policy}/{kind}"] = {"per_step": counts, "decisions": decisions, "sites": sites}
+    print(f"[2] device-to-host syncs per step ({policy}, timesteps as {kind}, in-graph cond, Inductor): "
           + ", ".join(f"{d[:4]} {c}" for d, c in zip(decisions, counts, strict=False)) + f"; sites {sites}", flush=True)
 
 
-def section_cudagraphs(model, latent, steps, results) -> None:  # type: ignore[no-untyped-def]
+def section_cudagraphs(model, latent, steps, results, policies=("fora", "taylorseer", "foca")) -> None:  # type: ignore[no-untyped-def]
+    """The step-unrolled form (``graphcache.export.compile_unrolled``: a full-step and a cached-step graph per
+    schedule slot, picked by the host) with and without CUDA graphs, for ``policies``; and the in-graph
+    module under Inductor's cudagraphs. Each run on its own: one failure leaves the others' figures."""
     from torch._dynamo.utils import counters
 
     mode = "reduce-overhead" if latent.is_cuda else None  # CPU: the same code without CUDA graphs (smoke test)
     torch._dynamo.reset()
-    counters.clear()
     uncached = torch.compile(model, mode=mode, fullgraph=True)
     generation(uncached, latent, 3)
     base, ref = generation(uncached, latent, steps)
-    with torch._inductor.config.patch({"triton.cudagraphs": latent.is_cuda}):
-        cached = graphcache.optimize(model, "fora", backend="inductor")
-        generation(cached, latent, 3)
-        graphcache.reset(cached)
-        in_graph, _ = generation(cached, latent, steps)
-    skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
-    # the step-unrolled form (graphcache.export.compile_unrolled): the full-step and cached-step graphs, each one
-    # CUDA-graph replay, picked by the host from the schedule; routing reads the timesteps once per generation
+    rows: dict = {"uncached_ms_per_step": 1e3 * base / steps}
+    results["cudagraphs"] = rows
+    print(f"[3] uncached, CUDA graphs: {1e3 * base / steps:.2f} ms/step", flush=True)
     kwargs = {"latent": latent, "timestep": torch.full((latent.shape[0],), 999.0, device=latent.device)}
-    runner = compile_unrolled(model, kwargs, "fora", steps=steps, mode=mode)
-    generation(runner, latent, steps)
-    runner.reset()
-    seconds, outs = generation(runner, latent, steps)
-    computed = runner.decisions().count("computed")
-    results["cudagraphs"] = {"uncached_ms_per_step": 1e3 * base / steps, "in_graph_speedup": base / in_graph,
-                             "unrolled_speedup": base / seconds, "limit": steps / computed,
-                             "unrolled_max_abs_error": max_err(outs, ref), "inductor_counters": skips}
-    print(f"[3] CUDA graphs: uncached {1e3 * base / steps:.2f} ms/step; in-graph cond {base / in_graph:.2f}x "
-          f"(inductor counters {skips}); step-unrolled {base / seconds:.2f}x of {steps / computed:.2f}x")
+    # FORA with CUDA graphs first, then every policy without, then the forecasts with
+    runs = [(policies[0], mode), *((p, None) for p in policies if mode or p != policies[0])]
+    runs += [(p, mode) for p in policies[1:] if mode]
+    for policy, run_mode in runs:
+        key = f"unrolled/{policy}/{run_mode or 'default'}"
+        try:
+            torch._dynamo.reset()
+            start = time.perf_counter()
+            runner = compile_unrolled(model, kwargs, policy, steps=steps, mode=run_mode)
+            generation(runner, latent, steps)
+            compile_s = time.perf_counter() - start
+            runner.reset()
+            seconds, outs = generation(runner, latent, steps)
+            computed = runner.decisions().count("computed")
+            rows[key] = {"speedup": base / seconds, "limit": steps / computed,
+                         "percent_of_limit": 100 * base / seconds / (steps / computed),
+                         "max_abs_error": max_err(outs, ref), "compile_and_first_generation_s": compile_s}
+            print(f"[3] step-unrolled {policy} mode={run_mode}: {base / seconds:.2f}x of {steps / computed:.2f}x = "
+                  f"{rows[key]['percent_of_limit']:.1f}%, max |err| {rows[key]['max_abs_error']:.2e}, compile and "
+                  f"first generation {compile_s:.0f} s", flush=True)
+        except Exception as err:
+            rows[key] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+            print(f"[3] step-unrolled {policy} mode={run_mode}: FAILED {type(err).__name__}: {err}", flush=True)
+    try:
+        torch._dynamo.reset()
+        counters.clear()
+        with torch._inductor.config.patch({"triton.cudagraphs": latent.is_cuda}):
+            cached = graphcache.optimize(model, "fora", backend="inductor")
+            generation(cached, latent, 3)
+            graphcache.reset(cached)
+            in_graph, _ = generation(cached, latent, steps)
+        rows["in_graph_speedup"] = base / in_graph
+        rows["inductor_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+        print(f"[3] in-graph fora under Inductor's cudagraphs: {base / in_graph:.2f}x "
+              f"(counters {rows['inductor_counters']})", flush=True)
+    except Exception as err:
+        rows["in_graph"] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        print(f"[3] in-graph fora under Inductor's cudagraphs: FAILED {type(err).__name__}: {err}", flush=True)
 
 
 def section_aoti(model, latent, steps, device, results) -> None:  # type: ignore[no-untyped-def]
@@ -258,6 +307,8 @@ def main() -> None:
                         help="the DiT's size (default 1152,12,16,4096,2: DiT-XL blocks at 1024x1024 latents' tokens)")
     parser.add_argument("--policies", default=";".join(POLICIES), help="policy specs, separated by ';'")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--sync-policies", default="fora;taylorseer{lite=true};pab{window_low=0,window_high=1000}",
+                        help="section 2's policies, separated by ';'")
     args = parser.parse_args()
     width, depth, heads, tokens, batch = (64, 4, 2, 16, 2) if args.small else (int(v) for v in args.size.split(","))
     default = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -272,7 +323,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = {
         "1": lambda: section_compile(model, latent, args.steps, results, args.policies.split(";")),
-        "2": lambda: section_syncs(model, latent, results),
+        "2": lambda: sync_sections(model, latent, results, args.sync_policies.split(";")),
         "3": lambda: section_cudagraphs(model, latent, args.steps, results),
         "4": lambda: section_aoti(model, latent, args.steps, args.device, results),
     }

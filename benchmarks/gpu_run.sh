@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GRAPHCACHE_TIMING_LOCK=/tmp/graphcache-timing.lock
 PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; "$PY" -c \
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; command -v g++ gcc cc; "$PY" -c \
   'import torch, triton, diffusers; print(torch.__version__, torch.version.cuda, triton.__version__, diffusers.__version__)'
   (cd /tmp && "$PY" -c 'from graphcache.passes.sink_state_writes import branch_writes_supported as b
 print("branch writes in place:", b())')  # from /tmp: the checkout's graphcache/ is not the installed package
@@ -23,7 +23,7 @@ print("branch writes in place:", b())')  # from /tmp: the checkout's graphcache/
 if [ -n "${SMOKE:-}" ]; then
   CHECK=(--device cpu --small --steps 6 --sections 1234) VS=(--device cpu --flux 1,2,64,4,32 --steps 6 --repeats 1)
 else
-  CHECK=(--steps 50 --sections 2134 --size 1152,8,16,4096,2) VS=(--device cuda --dtype bfloat16 --flux "$FLUX" --steps 50 --repeats 3)
+  CHECK=(--steps 50 --sections ${SECTIONS:-213} --size 1152,8,16,4096,2) VS=(--device cuda --dtype bfloat16 --flux "$FLUX" --steps 50 --repeats 3)
 fi
 timeout "$LIMIT" "$PY" benchmarks/gpu_check.py --out "$OUT" "${CHECK[@]}" > "$OUT/gpu_check.log" 2>&1 &
 CHECK_PID=$!

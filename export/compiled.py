@@ -1,10 +1,11 @@
 """The step-unrolled form in this process: the plan's graphs compiled with ``torch.compile``, nothing written.
 
-For a static schedule on a GPU this is the fast route: the in-graph cond makes Inductor read its predicate
-on the host every step (a device sync), and Inductor's CUDA graphs split around it; here the host picks the
-full-step or the cached-step graph from the schedule, and each graph can be one CUDA-graph replay
-(``mode="reduce-overhead"``). Measured on an H200: FORA 2.81x of a 2.94x limit (95.6%), where the in-graph
-route reached 67-71% (``benchmarks/gpu_check.py --sections 3``, docs/measurements.md).
+For a static schedule on a GPU this is the fastest route: the host picks the full-step or the cached-step
+graph from the schedule, each graph can be one CUDA-graph replay (``mode="reduce-overhead"``; Inductor's
+CUDA graphs split the in-graph route around its cond), and a cached step writes no state (on torch 2.11 the
+in-graph route's functional branches copy it every step). Measured on an H200 (``benchmarks/gpu_check.py
+--sections 3``, docs/measurements.md): FORA 2.84x of a 2.94x limit (96.6%) against 93% in-graph; per-block
+TaylorSeer / FoCa 73% / 76% (default mode) against 19% / 33% in-graph.
 
     runner = compile_unrolled(model, example_kwargs, "fora", steps=50, mode="reduce-overhead")
     for t in timesteps:

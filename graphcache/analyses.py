@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -33,13 +33,14 @@ class StateSpec:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))  # every buffer lives there
 
     def add(self, gm: fx.GraphModule, name: str, value: torch.Tensor, anchor: fx.Node, pass_name: str,
-            fill: float = 0.0) -> fx.Node:
+            fill: float = 0.0, device: torch.device | None = None) -> fx.Node:
         """Register a state buffer (filled with ``fill``) that ``reset()`` and the exports know about, on the
         model's device whatever device ``value`` was made on (a CPU buffer in a CUDA graph is refused by
-        fake-tensor propagation, or costs a copy per step)."""
+        fake-tensor propagation, or costs a copy per step); ``device``: another device, for state only
+        host-side arithmetic reads (the host clock of ``host_decision``)."""
         self.buffers.append(name)
         self.fills[name] = fill
-        return add_state_buffer(gm, name, value.to(self.device).fill_(fill), anchor, pass_name)
+        return add_state_buffer(gm, name, value.to(device or self.device).fill_(fill), anchor, pass_name)
 
     def cache_nodes(self) -> list[fx.Node]:
         return [n for nodes in self.caches.values() for n in nodes]
@@ -59,6 +60,22 @@ class Decision:
     updates: list[tuple[fx.Node, fx.Node]]  # (state buffer node, new value node), written after the cond
     clock: list[fx.Node]  # step index, computed-step history, computed steps so far: operands of both branches
     sample_mask: fx.Node | None = None  # per-sample compute mask [B] (dynamic policies)
+    # a static schedule (no signals, no accumulators): the bound rule, ``rule(i)`` or ``rule(i, t)`` with
+    # ``reads_timestep``, that host_decision traces again onto a host copy of the clock
+    static_rule: Callable[..., Any] | None = None
+    reads_timestep: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDecision:
+    """host_decision's result. Applied (``conds > 0``): the conds read a predicate computed on the host, and
+    the backend writes the call's timestep (graph input ``timestep``, read on the host) into CPU buffer
+    ``buffer`` before every call. Else ``why_not`` says why the predicate stays on the device."""
+
+    conds: int = 0  # conds whose predicate moved to the host
+    timestep: str = ""  # the placeholder whose value the host clock reads
+    buffer: str = ""  # the CPU buffer it is written into
+    why_not: str | None = None
 
 
 @dataclasses.dataclass
@@ -196,6 +213,7 @@ class Analyses:
     state_writes: StateWrites | None = None  # sink_state_writes (torch.compile lowerings)
     narrowed_linears: LinearNarrowing | None = None  # narrow_linear_outputs
     matvec_reductions: MatvecRewrite | None = None  # matvec_reductions (Inductor on CPU)
+    host_decision: HostDecision | None = None  # host_decision (torch.compile on an accelerator)
 
     def require(self, kind: type[_T]) -> _T:
         """The result of type ``kind`` (a :class:`BlockStack`, :class:`CachePlan`, :class:`StateSpec`,

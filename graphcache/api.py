@@ -74,7 +74,7 @@ class CachedModule(torch.nn.Module):
         backend = make_backend(self.policy, self.backend, self.states, self.self_check,
                                None if fullgraph else self.pieces, self.used,
                                side_timestep=None if fullgraph else self._side_t, root=self._modules["model"],
-                               bucket_graphs=self._buckets)
+                               bucket_graphs=self._buckets, host_reader=self.router.reader)
         return torch.compile(self._modules["model"], backend=backend, fullgraph=fullgraph, dynamic=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

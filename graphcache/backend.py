@@ -22,6 +22,7 @@ from graphcache.errors import (
     PolicyConfigError,
     UnsupportedGraphError,
 )
+from graphcache.host_timestep import HostTimestep
 from graphcache.passes.base import analysis
 from graphcache.policies import make_policy
 from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering, rewrite
@@ -34,7 +35,8 @@ def make_backend(
     policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
     pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
     side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None,
-    bucket_graphs: list[tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]] | None = None, **policy_options: Any,
+    bucket_graphs: list[tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]] | None = None,
+    host_reader: HostTimestep | None = None, **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
     """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
     ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
@@ -50,7 +52,9 @@ def make_backend(
     one-graph compile that received another function's graph instead (dynamo skipping the root's ``forward``)
     is refused by name (:func:`_refuse_a_nested_frame`). ``bucket_graphs``: where the caller puts the model's
     captures at the policy's bucket batch sizes before a call that may compile (:mod:`graphcache.buckets`);
-    a policy with ``buckets`` and no such captures runs whole batches, with a warning that says why."""
+    a policy with ``buckets`` and no such captures runs whole batches, with a warning that says why.
+    ``host_reader``: where a graph decides on the host (``host_decision``), the reader of the call's timestep,
+    shared with the caller's stream router so that one call's timestep is read once."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -58,7 +62,7 @@ def make_backend(
         config.passes()  # raises: such a policy wraps the call, it has no passes for a captured graph
 
     def graphcache_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-        lowering = compile_lowering(inner)
+        lowering = compile_lowering(inner, host_timestep=True)  # _writing_host_timestep feeds the host clock
         inputs = list(example_inputs)
         if root is not None and pieces is None:
             _refuse_a_nested_frame(gm, root)
@@ -92,6 +96,9 @@ def make_backend(
             pieces.append(f"graph {len(pieces) + 1}: the cached region ({analysis(new).require(BlockStack).num_blocks} "
                           "blocks)")
         compiled = lower(new, inputs, inner)
+        host = analysis(new).host_decision
+        if host is not None and host.conds:
+            compiled = _writing_host_timestep(compiled, new, host_reader or HostTimestep())
         if len(inputs) > len(example_inputs):
             compiled = _appending(compiled, inputs[len(example_inputs):])
         return compiled if used is None else _recording(compiled, state, used)
@@ -132,6 +139,26 @@ def _recording(compiled: Callable[..., Any], state: CacheState, used: list[Cache
 
     def run(*args: Any) -> Any:
         used[:] = [state]
+        return compiled(*args)
+
+    run._boxed_call = boxed  # type: ignore[attr-defined]
+    return run
+
+
+def _writing_host_timestep(compiled: Callable[..., Any], gm: fx.GraphModule, reader: HostTimestep
+                           ) -> Callable[..., Any]:
+    """``compiled``, writing the call's timestep, read on the host, into the host clock's CPU buffer before
+    each call (``host_decision``: the cond's predicate is computed on the host; called boxed, one list, or
+    with the inputs as arguments; they are read before the call may free them)."""
+    found = analysis(gm).host_decision
+    assert found is not None
+    index = [n.name for n in gm.graph.find_nodes(op="placeholder")].index(found.timestep)
+    buffer = gm.get_buffer(found.buffer)
+    boxed = getattr(compiled, "_boxed_call", False)
+
+    def run(*args: Any) -> Any:
+        inputs = args[0] if len(args) == 1 and isinstance(args[0], list) else args  # boxed: one list
+        buffer.fill_(reader.read(inputs[index]))
         return compiled(*args)
 
     run._boxed_call = boxed  # type: ignore[attr-defined]

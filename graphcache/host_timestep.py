@@ -14,6 +14,9 @@ and answers later calls from the copy. The copy stays valid while
 - nothing wrote it: an in-place write through the tensor or any of its views bumps the version counter they
   share, and the copy is made again.
 
+The tensor read last is remembered (by identity and version): the stream router and the graph's host clock
+(``passes/host_decision.py``) read one call's timestep once, also when it is a fresh tensor.
+
 A write the version counter does not see (through ``Tensor.data`` or a raw pointer) is not detected; nothing
 in diffusers' loops writes timesteps that way. Numbers, CPU tensors, inference tensors (they have no version
 counter) and tensors over storages larger than :data:`MAX_MIRROR_BYTES` are read directly.
@@ -21,6 +24,7 @@ counter) and tensors over storages larger than :data:`MAX_MIRROR_BYTES` are read
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -37,11 +41,20 @@ class HostTimestep:
         self._key: tuple[Any, ...] | None = None
         self._mirror: torch.Tensor | None = None
         self.copies = 0  # host copies made (each one a device sync on a GPU)
+        self._last: tuple[weakref.ref[torch.Tensor], int, float] | None = None  # the tensor read last, its value
 
     def read(self, t: Any) -> float:
         if not isinstance(t, torch.Tensor):
             return float(t)
-        t = t.detach()
+        last = self._last
+        if last is not None and last[0]() is t and not t.is_inference() and t._version == last[1]:
+            return last[2]  # the same tensor again (the router, then the graph's host clock): no second read
+        value = self._read(t.detach())
+        if not t.is_inference():
+            self._last = (weakref.ref(t), t._version, value)
+        return value
+
+    def _read(self, t: torch.Tensor) -> float:
         storage = self._mirrorable(t)
         if storage is None:
             return float(t.reshape(-1).max())
@@ -67,4 +80,4 @@ class HostTimestep:
         return storage if nbytes <= MAX_MIRROR_BYTES and nbytes % t.element_size() == 0 else None
 
     def clear(self) -> None:
-        self._held = self._key = self._mirror = None
+        self._held = self._key = self._mirror = self._last = None

@@ -13,6 +13,7 @@ import torch.fx as fx
 
 from graphcache.passes.base import Pass, PassManager, analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
+from graphcache.passes.host_decision import MoveDecisionToHost
 from graphcache.passes.matvec_reductions import MatvecReductions
 from graphcache.passes.narrow_linear_outputs import NarrowLinearOutputs
 from graphcache.passes.sink_state_writes import SinkStateWrites, branch_writes_supported
@@ -29,21 +30,30 @@ from graphcache.state import CacheState
 # same time), so compute steps keep their kernels' results.
 INDUCTOR_OPTIONS: dict[str, Any] = {"max_fusion_unique_io_buffers": 8}
 
+# A static schedule on an accelerator decides on the host (no device sync for the cond's predicate); tests
+# replace it with ``MoveDecisionToHost(force=True, check=True)`` to run that lowering on the CPU.
+HOST_DECISION: Pass = MoveDecisionToHost()
 
-def compile_lowering(backend: str) -> tuple[Pass, ...]:
+
+def compile_lowering(backend: str, host_timestep: bool = False) -> tuple[Pass, ...]:
     """The lowering passes for a rewritten graph that runs under ``backend`` (``"inductor"``, ``"aot_eager"``,
     ``"eager"``: torch.compile's or op by op), not exported: state written in place inside the branch that
     changes it, cached steps computing only the linear rows they read, and for Inductor dense cond operands
     and few-row linears as reductions (on CPU). Where this torch's functionalization refuses branches that
     write their operands (:func:`branch_writes_supported`; ``eager`` runs branches as they are), the state
-    stays functional, and a warning says so once."""
+    stays functional, and a warning says so once.
+    ``host_timestep``: the caller writes each call's timestep into the graph's host clock buffer before the
+    call (the graphcache backend does: ``backend._writing_host_timestep``), so a static schedule on an
+    accelerator may decide on the host (:class:`MoveDecisionToHost`); a caller that runs the module as it is
+    (the torch.export route) leaves it off, and the predicate stays on the device."""
     sink: tuple[Pass, ...] = (SinkStateWrites(),)
     if backend != "eager" and not branch_writes_supported():
         _warn_functional_state()
         sink = ()
+    host = (HOST_DECISION,) if host_timestep else ()
     if backend == "inductor":
-        return (DenseCondOperands(), NarrowLinearOutputs(), MatvecReductions(), *sink)
-    return (NarrowLinearOutputs(), *sink)
+        return (DenseCondOperands(), NarrowLinearOutputs(), MatvecReductions(), *sink, *host)
+    return (NarrowLinearOutputs(), *sink, *host)
 
 
 @functools.cache

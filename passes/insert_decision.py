@@ -170,8 +170,9 @@ class InsertDecision(Pass):
                 updates.append((buffer, kept))
             updates.extend(analysis(gm).refresh_always)
         mark_new(gm.graph, before, self.name, "decision")
+        static = rule if not per_sample and not self.accumulators else None
         analysis(gm).decision = Decision(pred, updates, [step, history_before, n_before],
-                                            mask if per_sample else None)
+                                            mask if per_sample else None, static, self.reads_timestep)
         return PassResult(gm, modified=True)
 
 

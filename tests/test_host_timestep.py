@@ -43,6 +43,20 @@ def test_a_fresh_tensor_per_call_is_never_answered_from_an_old_copy():
         assert held is not None and held.data_ptr() == address
 
 
+def test_one_calls_fresh_tensor_is_read_once_by_router_and_host_clock():
+    """The stream router and the graph's host clock (passes/host_decision.py) share a reader: a fresh tensor
+    per call is copied once, not twice, and a write to it between the two reads is still seen."""
+    reader = HostTimestep(mirror_cpu=True)
+    for value in [999.0, 500.0, 500.0]:
+        t = torch.full((2,), value)
+        assert reader.read(t) == value and reader.read(t) == value  # the router, then the host clock
+    assert reader.copies == 3
+    t = torch.full((2,), 7.0)
+    assert reader.read(t) == 7.0
+    t.fill_(8.0)
+    assert reader.read(t) == 8.0 and reader.copies == 5
+
+
 def test_per_sample_timesteps_give_their_largest_value():
     reader = HostTimestep(mirror_cpu=True)
     assert reader.read(torch.tensor([10.0, 700.0, 30.0])) == 700.0

@@ -11,6 +11,7 @@ import torch
 import graphcache
 import graphcache.rewrite as rewrite
 from graphcache.backend import make_backend
+from graphcache.passes.base import analysis
 from graphcache.policies import available, make_policy
 
 from helpers import generation, timesteps
@@ -24,7 +25,7 @@ WRAPPERS = ("cfgcache",)  # wraps the call, no graph rewrite
 def test_every_state_buffer_is_made_on_the_model_device(name, dit_calibration):
     """On a model that is not on the CPU (here the meta device, as fake as CUDA for device propagation), every
     buffer a pass adds lives there: a CPU buffer made the decision pass fail on CUDA ("found two different
-    devices cuda:0, cpu")."""
+    devices cuda:0, cpu"). The one exception is the host clock of a static schedule, on the CPU on purpose."""
     model, inputs = tiny_unet() if name == "deepcache" else tiny_dit(num_layers=3, batch=2)
     policy = make_policy(name, calibration=str(dit_calibration)) if name in CALIBRATED else make_policy(name)
     model = model.to("meta").requires_grad_(False)
@@ -36,7 +37,14 @@ def test_every_state_buffer_is_made_on_the_model_device(name, dit_calibration):
         compiled(**kwargs)
     assert len(states) == 1
     placed = {name: str(b.device) for name, b in states[0].gm.named_buffers() if name.startswith("_gc")}
-    assert placed and set(placed.values()) == {"meta"}, placed
+    host = {name: device for name, device in placed.items() if name.startswith("_gc_host_")}
+    device = {name: d for name, d in placed.items() if name not in host}
+    assert device and set(device.values()) == {"meta"}, placed
+    # a static schedule decides on the host (passes/host_decision.py): its clock copy is on the CPU, by design
+    assert set(host.values()) <= {"cpu"}, host
+    moved = analysis(states[0].gm).host_decision
+    assert moved is not None and bool(host) == (moved.conds > 0), (host, moved)
+    assert moved.conds > 0 or not make_policy(name).static, moved  # every step-index schedule moves
 
 
 def test_without_branch_writes_the_state_stays_functional_and_the_steps_are_the_same(monkeypatch):
