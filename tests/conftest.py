@@ -20,6 +20,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two
 
 
 @pytest.fixture(autouse=True)
+def _host_decision_everywhere(monkeypatch):
+    """``GRAPHCACHE_TEST_HOST_DECISION=1``: every torch.compile-route graph with a static schedule decides on
+    the host as on a GPU (passes/host_decision.py), asserting at every step that the host and device clocks
+    agree: the suite's generations, streams and pipelines then check that lowering too."""
+    if os.environ.get("GRAPHCACHE_TEST_HOST_DECISION") == "1":
+        import graphcache.rewrite as rewrite
+        from graphcache.passes.host_decision import MoveDecisionToHost
+
+        monkeypatch.setattr(rewrite, "HOST_DECISION", MoveDecisionToHost(force=True, check=True))
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _fresh_dynamo():
     """Each test compiles from scratch (no cached graphs, no leftover recompile counters)."""
     torch._dynamo.reset()
