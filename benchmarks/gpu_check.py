@@ -36,6 +36,7 @@ from torch import nn
 
 import graphcache
 from graphcache.export import compile_unrolled, export_model, load
+from graphcache.passes.base import analysis
 
 POLICIES = ["fora", "taylorseer", "foca", "fora{granularity=block}", "taylorseer{lite=true}", "foca{lite=true}",
             "pab{window_low=0,window_high=1000}"]
@@ -152,6 +153,7 @@ def section_compile(model, latent, steps, results, policies) -> None:  # type: i
                    "graphs": counters["stats"]["unique_graphs"],
                    "graph_breaks": sum(counters["graph_break"].values()), "max_abs_error": max_err(outs, ref),
                    "compile_s": compile_s, "computed": computed,
+                   "host_decision": str(analysis(cached.states[0].gm).host_decision),
                    "computed_step_ms": mean_ms([s for s, d in zip(own, decisions, strict=True) if d == "computed"]),
                    "cached_step_ms": mean_ms([s for s, d in zip(own, decisions, strict=True) if d != "computed"])}
             results[f"compile/{spec}"] = row
@@ -176,8 +178,6 @@ def section_syncs(model, latent, results, policy: str = "fora", steps: int = 7) 
     torch._dynamo.reset()
     cached = graphcache.optimize(model, policy, backend="inductor")
     generation(cached, latent, 3)
-    from graphcache.passes.base import analysis
-
     results[f"host_decision/{policy}"] = str(analysis(cached.states[0].gm).host_decision)
     print(f"[2] {policy}: {results[f'host_decision/{policy}']}", flush=True)
     for fresh in (False, True):

@@ -62,7 +62,9 @@ def _warn_functional_state() -> None:
 
     warnings.warn(f"graphcache: torch {torch.__version__} cannot compile cond branches that write their operands; "
                   "cache state is written functionally (cached steps copy the unchanged cache; torch 2.13 writes "
-                  "it in place)", stacklevel=3)
+                  "it in place). Per-block forecasts pay most; for a static schedule, "
+                  "graphcache.export.compile_unrolled runs graphs whose cached steps write no state",
+                  stacklevel=3)
 
 
 def lowering_fields(gm: fx.GraphModule) -> dict[str, int]:
@@ -80,6 +82,8 @@ def lowering_fields(gm: fx.GraphModule) -> dict[str, int]:
         fields["matvec_reductions"] = found.matvec_reductions.linears
     if found.state_writes is not None and found.cache_branch is not None:
         fields["cached_step_read_bytes"] = read_bytes(getattr(gm, found.cache_branch["cached"]))
+    if found.host_decision is not None and found.host_decision.conds:
+        fields["host_decided_conds"] = found.host_decision.conds
     return fields
 
 
@@ -118,6 +122,8 @@ def describe_lowering(fields: dict[str, int]) -> str | None:
         text += f"; {fields['matvec_reductions']} few-row linears as reductions"
     if "cached_step_read_bytes" in fields:
         text += f"; reads at most {fields['cached_step_read_bytes'] / 2**20:.1f} MiB"
+    if fields.get("host_decided_conds"):
+        text += f"; {fields['host_decided_conds']} cond(s) decided on the host"
     return text
 
 

@@ -68,6 +68,9 @@ def test_host_decided_schedule_gives_the_same_steps_as_the_device_decision(polic
     outputs = _calls(host_side, inputs, schedule)
     found = analysis(host_side.states[0].gm).host_decision
     assert found is not None and found.why_not is None and found.conds == conds
+    fields = rewrite.lowering_fields(host_side.states[0].gm)
+    assert fields["host_decided_conds"] == conds
+    assert f"{conds} cond(s) decided on the host" in str(rewrite.describe_lowering(fields))
     for c, decisions in expected_decisions.items():
         assert graphcache.decisions(host_side, c) == decisions, c
         assert "cached" in decisions and "computed" in decisions
