@@ -3,6 +3,8 @@ the state object and CFG-Cache's wrapper (tensor functions, traced into graphs w
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 LOG_CAPACITY = 1024
@@ -31,6 +33,20 @@ def next_step_directed(t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor
     new_generation = started | (moving == 0) | (moving * direction < 0)
     new_direction = torch.where((direction == 0) & ~new_generation, torch.sign(moving), direction)
     return t_now, new_generation, torch.where(new_generation, torch.zeros_like(step), step + 1), new_direction
+
+
+def scheduled_step(rule: Any, t: torch.Tensor, last_t: torch.Tensor, step: torch.Tensor, direction: torch.Tensor,
+                   reads_timestep: bool = False, named: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """One call of the clock and the policy's rule: ``rule(i, **named)``, or ``rule(i, t_now, **named)`` with
+    ``reads_timestep`` (``named``: signals and accumulators by the rule parameter that reads them). Returns
+    ``(mask, i, t_now, new_direction, new_generation, new_accumulators)``, ``mask`` the rule's compute mask
+    or'ed with the start of a generation. The decision pass traces it onto the device clock, the host
+    decision onto its host copy: one code for both."""
+    t_now, new_generation, i, new_direction = next_step_directed(t, last_t, step, direction)
+    named = named or {}
+    result = rule(i, t_now, **named) if reads_timestep else rule(i, **named)
+    mask, accumulators = (result[0], list(result[1:])) if isinstance(result, tuple) else (result, [])
+    return mask | new_generation, i, t_now, new_direction, new_generation, accumulators
 
 
 def log_slot(log: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

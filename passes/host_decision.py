@@ -2,7 +2,7 @@
 
 Precondition: ``decision`` with a static rule (``Decision.static_rule``: no signals, no accumulators) and the
 timestep a graph input. Postcondition: every ``cond`` on the decision's ``pred`` reads ``host_pred``
-instead: the same arithmetic (:func:`graphcache.clock.next_step_directed`, then the rule) traced onto a host
+instead: the same arithmetic (:func:`graphcache.clock.scheduled_step`, the decision pass's too) traced onto a host
 copy of the clock, CPU buffers ``_gc_host_step`` / ``_gc_host_last_t`` / ``_gc_host_direction`` with the
 device clock's fills, fed by CPU buffer ``_gc_host_t`` that the backend writes with the call's timestep
 before every call (read on the host by :class:`graphcache.host_timestep.HostTimestep`: a view of the
@@ -32,7 +32,7 @@ import torch.fx as fx
 
 from graphcache.analyses import Decision, HostDecision, StateSpec
 from graphcache.blockstack import BlockStack
-from graphcache.clock import next_step_directed
+from graphcache.clock import scheduled_step
 
 from .base import Pass, PassResult, analysis, mark_new
 from .graph_utils import tensor_val
@@ -46,10 +46,8 @@ def _host_decide(rule: Callable[..., Any], reads_timestep: bool) -> Callable[...
 
     def decide(t: torch.Tensor, step: torch.Tensor, last_t: torch.Tensor, direction: torch.Tensor
                ) -> tuple[torch.Tensor, ...]:
-        t_now, new_generation, i, new_direction = next_step_directed(t, last_t, step, direction)
-        result = rule(i, t_now) if reads_timestep else rule(i)
-        mask = result[0] if isinstance(result, tuple) else result
-        return mask | new_generation, i, t_now, new_direction
+        compute, i, t_now, new_direction, _, _ = scheduled_step(rule, t, last_t, step, direction, reads_timestep)
+        return compute, i, t_now, new_direction
 
     return decide
 

@@ -31,7 +31,7 @@ import torch.fx as fx
 
 from graphcache.analyses import Decision, StateSpec
 from graphcache.blockstack import BlockStack
-from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, next_step_directed
+from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, scheduled_step
 from graphcache.errors import PassError, PolicyConfigError
 
 from .base import Pass, PassResult, analysis, mark_new
@@ -54,16 +54,13 @@ def _decision_fn(rule: Rule, signal_names: list[str], accumulator_names: list[st
         a0: torch.Tensor | None = None, a1: torch.Tensor | None = None, a2: torch.Tensor | None = None,
         a3: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        t_now, new_generation, i, new_direction = next_step_directed(t, last_t, step, direction)
         named = dict(zip(signal_names, [s0, s1, s2, s3], strict=False))
         named.update(zip(accumulator_names, [a0, a1, a2, a3], strict=False))
-        clock = (i, t_now) if reads_timestep else (i,)
-        result = rule(*clock, **named)
-        mask, new_accumulators = (result[0], list(result[1:])) if isinstance(result, tuple) else (result, [])
+        mask, i, t_now, new_direction, new_generation, new_accumulators = scheduled_step(
+            rule, t, last_t, step, direction, reads_timestep, named)
         if len(new_accumulators) != len(accumulator_names):
             raise PassError(f"the decision rule returns {len(new_accumulators)} new accumulator value(s) for "
                             f"{accumulator_names or 'no accumulators'}: it must return (mask, one new value each)")
-        mask = mask | new_generation
         compute = mask.reshape(-1).any(0) if per_sample else mask
         slot = log_slot(log, i)
         new_log = logged(log, slot, new_generation, compute)
