@@ -5,7 +5,7 @@
 # (GRAPHCACHE_TIMING_LOCK, benchmarks/timing_lock.py). Logs and JSON go to $OUT (default reports/gpu); each
 # part has its own time limit, and what a part measured before it is stopped is already written.
 #
-#   OUT=reports/gpu LIMIT=540 bash benchmarks/gpu_run.sh
+#   OUT=reports/gpu LIMIT=540 bash benchmarks/gpu_run.sh       # SECTIONS=213 METHODS="pab fbcache" by default
 #   SMOKE=1 PYTHON=.venv/bin/python bash benchmarks/gpu_run.sh     # the same on CPU with tiny models, 6 steps
 set -u
 OUT=${OUT:-reports/gpu}
@@ -28,7 +28,8 @@ fi
 timeout "$LIMIT" "$PY" benchmarks/gpu_check.py --out "$OUT" "${CHECK[@]}" > "$OUT/gpu_check.log" 2>&1 &
 CHECK_PID=$!
 START=$SECONDS
-for method in fbcache pab; do  # one process each: a failure of one leaves the other's figures
+# one process each (a failure of one leaves the other's figures); PAB first: it ran out of time behind FBCache
+for method in ${METHODS:-pab fbcache}; do
   timeout $((LIMIT - SECONDS + START)) "$PY" benchmarks/vs_diffusers.py --models flux --methods "$method" "${VS[@]}" \
     > "$OUT/vs_diffusers_$method.log" 2>&1
   echo "vs_diffusers $method exit $?" >> "$OUT/machine.txt"
@@ -37,4 +38,4 @@ wait $CHECK_PID
 echo "gpu_check exit $?" >> "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 grep -E "^\[|^wrote" "$OUT/gpu_check.log" | cut -c1-400
-for method in fbcache pab; do grep -E "^\||^  (diffusers|graphcache)|not compared" "$OUT/vs_diffusers_$method.log"; done
+for method in ${METHODS:-pab fbcache}; do grep -E "^\||^  (diffusers|graphcache)|not compared" "$OUT/vs_diffusers_$method.log"; done
