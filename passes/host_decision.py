@@ -67,9 +67,16 @@ def applies(gm: fx.GraphModule) -> str | None:
     val = tensor_val(decision.pred)
     if val is None or val.dim() != 0:
         return "the predicate is not one value"
-    if not any(u.target is torch.ops.higher_order.cond and u.args[0] is decision.pred for u in decision.pred.users):
+    if not _conds_on(decision.pred):
         return "no cond reads the predicate"
     return None
+
+
+def _conds_on(pred: fx.Node) -> list[fx.Node]:
+    """The conds whose predicate is ``pred``, in graph order."""
+    users = set(pred.users)
+    return [n for n in pred.graph.nodes if n in users and n.target is torch.ops.higher_order.cond
+            and n.args[0] is pred]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +98,8 @@ class MoveDecisionToHost(Pass):
             return PassResult(gm, modified=False)
         assert decision.static_rule is not None
         graph, pred = gm.graph, decision.pred
-        conds = [u for u in pred.users if u.target is torch.ops.higher_order.cond and u.args[0] is pred]
-        first = min(conds, key=lambda n: list(graph.nodes).index(n))
+        conds = _conds_on(pred)
+        first = conds[0]
         before = set(graph.nodes)
         clock = [state.step, state.last_t, _direction(gm)]
         host = [state.add(gm, f"_gc_host_{name}", torch.empty_like(gm.get_buffer(str(node.target)), device=CPU),
