@@ -10,7 +10,9 @@ stopped by a time limit keeps what it measured; a section that fails records its
    backend: speedup, % of the schedule's limit, graphs / breaks / recompiles, max |error|, compile seconds,
    and the mean computed / cached step (each step synchronized; the end-to-end run is not).
 2. Host syncs: ``torch.cuda.set_sync_debug_mode("warn")`` around compiled cached and computed steps: does
-   the in-graph decision (Inductor lowers the cond to ``if pred.item()``) force a device-to-host sync?
+   the in-graph decision (Inductor lowers the cond to ``if pred.item()``) force a device-to-host sync? Then
+   each call's host time in a generation that never synchronizes, and the CUDA runtime calls by host time
+   (what a cached step waits for, if anything), per policy of ``--sync-policies``.
 3. The step-unrolled form (``compile_unrolled``: full-step and cached-step graphs picked by the host) for
    FORA and the per-block forecasts, with CUDA graphs (mode="reduce-overhead") and without; the in-graph FORA
    under Inductor's cudagraphs.
@@ -173,15 +175,43 @@ def section_syncs(model, latent, results, policy: str = "fora", steps: int = 7) 
     """Device-to-host syncs of each step of one generation (``policy``), and the Python lines that made them
     (the warning's location: graphcache's wrapper, dynamo's guards or Inductor's generated code): with
     timesteps as views of one tensor (diffusers' ``t.expand(batch)``) and as a fresh tensor per call."""
-    if not torch.cuda.is_available():
-        return
     torch._dynamo.reset()
     cached = graphcache.optimize(model, policy, backend="inductor")
     generation(cached, latent, 3)
     results[f"host_decision/{policy}"] = str(analysis(cached.states[0].gm).host_decision)
     print(f"[2] {policy}: {results[f'host_decision/{policy}']}", flush=True)
-    for fresh in (False, True):
+    for fresh in (False, True) if torch.cuda.is_available() else ():  # (on CPU: the host-time part only)
         _count_syncs(cached, latent, results, policy, steps, fresh)
+    _host_waits(cached, latent, results, policy)
+
+
+def _host_waits(cached, latent, results, policy, steps: int = 12) -> None:  # type: ignore[no-untyped-def]
+    """Where the host waits for the device: each call's host time in one generation that never synchronizes
+    (a call that returns only when the device catches up shows the device's backlog, not its own launch
+    time), and the CUDA runtime calls of those steps by host time (``cudaStreamSynchronize``,
+    ``cudaMemcpyAsync`` from pageable memory, ``cudaEventSynchronize``: any of them in a cached step exposes
+    it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graphcache.reset(cached)
+    ts = torch.linspace(999, 0, steps, device=latent.device)
+    host = []
+    sync()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])]
+    with torch.no_grad(), profile(activities=activities) as prof:
+        for t in ts:
+            start = time.perf_counter()
+            cached(latent=latent, timestep=t.expand(latent.shape[0]))
+            host.append(1e3 * (time.perf_counter() - start))
+        sync()
+    decisions = graphcache.decisions(cached)
+    runtime = sorted(((e.key, e.count, e.self_cpu_time_total / 1e3) for e in prof.key_averages()
+                      if e.key.startswith("cuda") and not e.key.startswith("cudaLaunch")), key=lambda r: -r[2])
+    results[f"host_waits/{policy}"] = {"host_ms": host, "decisions": decisions, "cuda_runtime": runtime[:8]}
+    print(f"[2] host time per call, no sync ({policy}): "
+          + ", ".join(f"{d[:4]} {ms:.2f}" for d, ms in zip(decisions, host, strict=False)), flush=True)
+    print(f"[2] CUDA runtime calls over {steps} steps ({policy}): "
+          + "; ".join(f"{k} x{n} {ms:.2f} ms" for k, n, ms in runtime[:6]), flush=True)
 
 
 def sync_sections(model, latent, results, policies) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,8 @@ import torch.fx as fx
 
 from graphcache.errors import GraphcacheError, PassError, first_line
 
+from .dead_code import written_args
+
 if TYPE_CHECKING:
     from graphcache.analyses import Analyses
 
@@ -319,6 +321,8 @@ _RETURNS_NOTHING = (torch.ops.aten._assert_async.msg,)  # checks kept for their 
 def _check_meta(gm: fx.GraphModule, pass_name: str) -> None:
     for node in gm.graph.nodes:
         if node.op in ("output",) or node.meta.get("val") is not None or node.target in _RETURNS_NOTHING:
+            continue
+        if not node.users and written_args(node):  # a copied in-place write (``out[..., 0::2] = ...``): None
             continue
         if node.op == "get_attr" and isinstance(getattr(gm, str(node.target), None), fx.GraphModule):
             continue

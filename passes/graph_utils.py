@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 
 from graphcache.blockstack import Block
-from graphcache.errors import NoStackError
+from graphcache.errors import NoStackError, UnsupportedGraphError
 
 from .base import analysis
 from .dead_code import eliminate_dead_code
@@ -209,6 +209,11 @@ def residual_branches(block: Block, streams: list[fx.Node]) -> list[fx.Node]:
     return residual_structure(block, streams)[0]
 
 
+# what moves the residual stream without computing on it: the structural ops and dtype casts (Wan-style blocks
+# add in float32, ``(x.float() + gate * F(x)).type_as(x)``)
+_CARRY_OPS = STRUCTURAL_OPS | {"float", "type_as", "type"}
+
+
 def residual_structure(block: Block, streams: list[fx.Node]) -> tuple[list[fx.Node], set[fx.Node]]:
     """``(branches, carried)``: the ungated branch outputs and the residual stream's own values (the streams,
     their moves and the residual sums) inside one block."""
@@ -219,12 +224,14 @@ def residual_structure(block: Block, streams: list[fx.Node]) -> tuple[list[fx.No
     for node in block.nodes:
         inputs = [a for a in node.all_input_nodes if a in dependent]
         name = op_name(node)
-        if name in STRUCTURAL_OPS and inputs and all(a in carried for a in inputs):
+        if name in _CARRY_OPS and inputs and all(a in carried for a in inputs):
             carried.add(node)
         elif name in ADD_OPS and len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2]):
             a, b = node.args[0], node.args[1]
             assert isinstance(a, fx.Node) and isinstance(b, fx.Node)
-            if a in carried and b in dependent and b not in carried:
+            if (a in carried and b not in dependent) or (b in carried and a not in dependent):
+                carried.add(node)  # the stream plus a value that does not depend on it (Cosmos' position embedding)
+            elif a in carried and b in dependent and b not in carried:
                 branches.append(_ungate(b, dependent))
                 carried.add(node)
             elif b in carried and a in dependent and a not in carried:
@@ -242,3 +249,16 @@ def _ungate(contribution: fx.Node, dependent: set[fx.Node]) -> fx.Node:
             if y not in dependent:
                 return x
     return contribution
+
+
+def refuse_unbranchable(nodes: Iterable[fx.Node]) -> None:
+    """Refuse, naming it, a region node that a ``torch.cond`` branch (or a copy of the blocks) cannot hold: a
+    module call, or a higher-order op such as flex attention (its ``score_mod`` subgraph does not follow)."""
+    for node in nodes:
+        if node.op == "call_module":
+            raise UnsupportedGraphError(f"call_module node '{node.name}' inside the block region")
+        if isinstance(node.target, torch._ops.HigherOrderOperator):
+            raise UnsupportedGraphError(
+                f"the blocks call {node.target.name()} ('{node.name}'), a higher-order op that torch.cond "
+                "cannot hold in a branch here (flex attention inside a cond fails in torch's tracing); use "
+                "scaled_dot_product_attention in the blocks to cache them")

@@ -31,7 +31,7 @@ from graphcache.predictors import Clock, Predictor, Reuse, clone
 
 from .base import Pass, PassResult, analysis, mark
 from .dead_code import eliminate_dead_code, storage_key
-from .graph_utils import batched_val, per_sample_where, tensor_val
+from .graph_utils import batched_val, per_sample_where, refuse_unbranchable, tensor_val
 
 
 def _dense(g: fx.Graph, node: fx.Node, placeholders: set[fx.Node], taken: set[int]) -> fx.Node:
@@ -240,14 +240,7 @@ class InsertCacheBranch(Pass):
         decision: Decision = found.require(Decision)
         region, outputs = stack.region, stack.region_outputs
         region_set = set(region)
-        for node in gm.graph.nodes:
-            if node.op == "call_module" and node in region_set:
-                raise UnsupportedGraphError(f"call_module node '{node.name}' inside the block region")
-            if node in region_set and isinstance(node.target, torch._ops.HigherOrderOperator):
-                raise UnsupportedGraphError(
-                    f"the blocks call {node.target.name()} ('{node.name}'), a higher-order op that torch.cond "
-                    "cannot hold in a branch here (flex attention inside a cond fails in torch's tracing); use "
-                    "scaled_dot_product_attention in the blocks to cache them")
+        refuse_unbranchable(n for n in gm.graph.nodes if n in region_set)
         operands = list(stack.region_inputs) + state.cache_nodes()
         if decision.sample_mask is not None:
             operands.append(decision.sample_mask)

@@ -23,7 +23,8 @@ from graphcache.errors import UnsupportedGraphError
 from graphcache.predictors import Clock, Predictor, Reuse, call
 
 from .base import Pass, PassResult, analysis, mark_new
-from .graph_utils import batched_val, emit_traced
+from .dead_code import storage_key, written_args
+from .graph_utils import batched_val, emit_traced, refuse_unbranchable
 
 
 def relative_l2(real: torch.Tensor, forecast: torch.Tensor) -> torch.Tensor:
@@ -53,9 +54,15 @@ class InsertVerificationSignal(Pass):
         units = {u.name: u for u in plan.units}
         front = [u for name, u in units.items() if name.startswith("front")]
         rear = [u for name, u in units.items() if name.startswith("rear")]
-        if any(u.base is None for u in front) or any(u.node not in block_nodes for u in rear):
+        if any(u.base is None for u in [*front, *rear]) or any(u.node not in block_nodes for u in rear):
             raise UnsupportedGraphError("SpeCa needs the region outputs computed by the last block from streams "
                                         "of the same shape as the region's inputs")
+        refuse_unbranchable(last.nodes)  # the last block is copied for the verification
+        leading = {batched_val(u.node, "SpeCa's verification").shape[0] for u in rear}
+        if len(leading) > 1:  # one error per sample needs every stream laid out by sample (not packed tokens)
+            raise UnsupportedGraphError(
+                f"SpeCa: the region outputs have different leading dimensions {sorted(leading)}; its per-sample "
+                "error needs every hidden stream laid out by sample")
         outside = [a for a in last.inputs if a in region and a not in {u.node for u in front}]
         if outside:
             raise UnsupportedGraphError(f"SpeCa: the last block reads {outside[0].name}, computed by an earlier block")
@@ -68,12 +75,20 @@ class InsertVerificationSignal(Pass):
             for u in front:
                 delta = _forecast(graph, self.predictor, state.caches[u.name], clock, u.node)
                 env[u.node] = call(graph, torch.ops.aten.add.Tensor, u.base, delta)
+            others = {storage_key(n) for n in before if n not in block_nodes}  # the rest of the model's tensors
             for node in last.nodes:
-                if node.users:  # export's shape asserts have none: not copied
-                    env[node] = graph.node_copy(node, lambda a: env.get(a, a))
+                writes = written_args(node)  # an in-place write (rotary ``out[..., 0::2] = ...``) has no users
+                if not node.users and not writes:  # export's shape asserts: not copied
+                    continue
+                shared = [w for w in writes if w not in env and (storage_key(w) is None or storage_key(w) in others)]
+                if shared:
+                    raise UnsupportedGraphError(
+                        f"SpeCa: the last block writes '{shared[0].name}' in place, a tensor it shares with the rest "
+                        "of the model; its copy for the verification would change what the model computes")
+                env[node] = graph.node_copy(node, lambda a: env.get(a, a))
             errors = []
             for u in rear:
-                assert u.base is not None, f"delta unit {u.name} has no base stream"
+                assert u.base is not None  # checked above
                 delta = _forecast(graph, self.predictor, state.caches[u.name], clock, u.node)
                 out_hat = call(graph, torch.ops.aten.add.Tensor, env[u.base], delta)
                 errors.append(emit_traced(graph, relative_l2, [env[u.node], out_hat]))

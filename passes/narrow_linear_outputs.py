@@ -70,8 +70,11 @@ def _pieces(linear: fx.Node) -> list[Piece] | None:
         unsqueezed = _unsqueeze_dim(user)
         splits = list(user.users) if unsqueezed is not None else [user]
         for split in splits:
-            dim, vals, out = _split_dim(split), split.meta.get("val"), tensor_val(split.args[0])  # type: ignore[arg-type]
-            if dim is None or out is None or dim % out.dim() != out.dim() - 1 or not isinstance(vals, (list, tuple)):
+            dim = _split_dim(split)
+            if dim is None or not isinstance(split.args[0], fx.Node):  # any other use (``0.5 * linear(x)``)
+                return None
+            vals, out = split.meta.get("val"), tensor_val(split.args[0])
+            if out is None or dim % out.dim() != out.dim() - 1 or not isinstance(vals, (list, tuple)):
                 return None
             bounds = [0]
             for v in vals:

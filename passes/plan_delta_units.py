@@ -43,7 +43,9 @@ def plan_delta_units(stack: BlockStack, split: int | None) -> list[CacheUnit]:
     st, block = blocks[split]
     mid = [block.inputs[k] for k in st.stream_slots]
     region = set(stack.region)
-    outputs = [o for o in stack.region_outputs if o in descendants(mid, within=region)]
+    # the rear values: region outputs computed from the split streams, not those streams themselves (a stream
+    # that also leaves the region, HunyuanDiT's, is the front blocks' value: its front unit covers it)
+    outputs = [o for o in stack.region_outputs if o in descendants(mid, within=region) and o not in mid]
     front = [CacheUnit(f"front{k}", v, b) for k, (v, b) in enumerate(_match(mid, stack.stream_inputs))]
     rear = [CacheUnit(f"rear{k}", v, b) for k, (v, b) in enumerate(_match(outputs, mid))]
     return front + rear

@@ -351,6 +351,29 @@ def test_narrow_linear_outputs_narrows_only_a_partly_read_linear():
         torch.testing.assert_close(gm(x=x), model(x), rtol=1e-6, atol=1e-6)
 
 
+def test_narrow_linear_outputs_leaves_a_linear_read_whole_by_an_op_with_a_scalar_first():
+    """Dynamo's graphs write ``0.5 * h`` as ``mul(0.5, h)``: a use that is not a split, whose first argument is
+    not a node (ConsisID's blocks): the linear is left whole instead of the pass failing."""
+    from graphcache.passes.narrow_linear_outputs import narrow_graph
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.part = torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            h = self.part(x)
+            return 0.5 * h + h.chunk(3, dim=-1)[1].sum()
+
+    graphs = []
+    model, x = Scaled().eval(), torch.randn(2, 4)
+    torch._dynamo.reset()
+    torch.compile(model, backend=lambda gm, _: graphs.append(gm) or gm.forward, fullgraph=True)(x)
+    (gm,) = graphs
+    assert any(n.args and not isinstance(n.args[0], torch.fx.Node) for n in gm.graph.nodes if n.op == "call_function")
+    assert narrow_graph(gm) == (0, 0)
+
+
 def test_read_bytes_counts_what_a_branch_uses_and_only_the_slices_of_a_narrowed_weight():
     from graphcache.passes.narrow_linear_outputs import narrow_graph
     from graphcache.rewrite import read_bytes
