@@ -64,6 +64,7 @@ class Decision:
     # ``reads_timestep``, that host_decision traces again onto a host copy of the clock
     static_rule: Callable[..., Any] | None = None
     reads_timestep: bool = False
+    pooled: str | None = None  # why the signals' rows decide together (they are not the batch's samples)
 
 
 @dataclasses.dataclass(frozen=True)

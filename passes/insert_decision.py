@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -34,7 +35,7 @@ from graphcache.blockstack import BlockStack
 from graphcache.clock import LOG_CAPACITY, LOG_DTYPE, log_slot, logged, scheduled_step
 from graphcache.errors import PassError, PolicyConfigError
 
-from .base import Pass, PassResult, analysis, mark_new
+from .base import Pass, PassResult, analysis, mark, mark_new
 from .graph_utils import per_sample_where, tensor_val
 
 Rule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
@@ -125,10 +126,17 @@ class InsertDecision(Pass):
                             f"got {list(recorded)} and {[n for n, _ in self.accumulators]}")
         per_sample = bool(signals)
         anchor = stack.region[0]
+        why: str | None = None
         extra: list[fx.Node] = []
         used = [f"s{k}" for k in range(len(signals))] + [f"a{k}" for k in range(len(self.accumulators))]
         if per_sample:
             batch = _batch_size(signals[0])
+            why = _not_by_sample(stack, batch)
+            if why:  # one decision per call: rows of another axis must not decide apart (they mix samples)
+                warnings.warn(f"graphcache: per-sample decisions need the hidden stream laid out by sample; {why}: "
+                              "the whole call decides once, from the mean of the rows' signals", stacklevel=2)
+                recorded = {name: _pooled(gm.graph, node, anchor, self.name) for name, node in recorded.items()}
+                signals = list(recorded.values())
             config = getattr(self.rule, "__self__", None)
             if getattr(config, "pair_halves", False) and getattr(config, "per_sample", True) and batch % 2:
                 raise PolicyConfigError(f"{getattr(config, 'name', 'policy')}.pair_halves=true needs a batch of two "
@@ -169,8 +177,30 @@ class InsertDecision(Pass):
         mark_new(gm.graph, before, self.name, "decision")
         static = rule if not per_sample and not self.accumulators else None
         analysis(gm).decision = Decision(pred, updates, [step, history_before, n_before],
-                                            mask if per_sample else None, static, self.reads_timestep)
+                                            mask if per_sample else None, static, self.reads_timestep, why)
         return PassResult(gm, modified=True)
+
+
+def _not_by_sample(stack: BlockStack, rows: int) -> str | None:
+    """Why the signals' ``rows`` are not the batch's samples (None when they are): a per-sample timestep of
+    another length (a sequence-first stream, frames folded into the batch, a packed sequence with a timestep
+    per token), or hidden streams whose leading dimensions differ."""
+    if rows == 1:
+        return None
+    t = tensor_val(stack.timestep)
+    if t is not None and t.dim() >= 1 and t.shape[0] > 1 and t.shape[0] != rows:
+        return f"the signals have {rows} rows for {t.shape[0]} timesteps"
+    leading = {int(v.shape[0]) for v in map(tensor_val, stack.stream_inputs) if v is not None and v.dim() >= 1}
+    if len(leading) > 1:
+        return f"the hidden streams' leading dimensions differ ({sorted(leading)})"
+    return None
+
+
+def _pooled(graph: fx.Graph, signal: fx.Node, anchor: fx.Node, pass_name: str) -> fx.Node:
+    """``signal``'s mean over its rows, for every row (the decision is then the same for all)."""
+    with graph.inserting_before(anchor):
+        mean = mark(graph.call_function(torch.ops.aten.mean.dim, (signal, [0], True)), pass_name, "decision")
+        return mark(graph.call_function(torch.ops.aten.expand_as.default, (mean, signal)), pass_name, "decision")
 
 
 def _batch_size(signal: fx.Node) -> int:
