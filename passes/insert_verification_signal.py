@@ -76,11 +76,12 @@ class InsertVerificationSignal(Pass):
                 delta = _forecast(graph, self.predictor, state.caches[u.name], clock, u.node)
                 env[u.node] = call(graph, torch.ops.aten.add.Tensor, u.base, delta)
             others = {storage_key(n) for n in before if n not in block_nodes}  # the rest of the model's tensors
+            forecast = {u.node for u in front}  # inputs the copy reads as fresh forecast tensors
             for node in last.nodes:
                 writes = written_args(node)  # an in-place write (rotary ``out[..., 0::2] = ...``) has no users
                 if not node.users and not writes:  # export's shape asserts: not copied
                     continue
-                shared = [w for w in writes if w not in env and (storage_key(w) is None or storage_key(w) in others)]
+                shared = [w for w in writes if w not in forecast and storage_key(w) in others | {None}]
                 if shared:
                     raise UnsupportedGraphError(
                         f"SpeCa: the last block writes '{shared[0].name}' in place, a tensor it shares with the rest "

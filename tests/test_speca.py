@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import graphcache
 from graphcache.errors import PolicyConfigError
 from graphcache.exported import optimize_exported
 
@@ -91,3 +92,25 @@ def test_each_sample_decides_as_if_alone():
     assert both.state.sample_decisions()[0] != both.state.sample_decisions()[1]
     for i, (out, ref) in enumerate(zip(outputs, first, strict=True)):
         torch.testing.assert_close(out[:1], ref, rtol=1e-4, atol=1e-5, msg=f"step {i}")
+
+
+def test_a_last_block_that_writes_a_tensor_shared_with_the_model_is_refused():
+    """SpeCa runs a copy of the last block before the blocks; a copy that wrote a tensor the rest of the model
+    reads (here a buffer every block scales in place through a view) would change the computed steps: refused
+    by name."""
+    from graphcache.errors import UnsupportedGraphError
+
+    model, inputs = tiny_dit(num_layers=LAYERS)
+    model.register_buffer("shared", torch.ones(1))
+    for block in model.transformer_blocks:
+        forward = block.forward
+
+        def writing(*args, _forward=forward, **kwargs):
+            model.shared[:1].mul_(1.0)  # through a view the block makes
+            return _forward(*args, **kwargs)
+
+        block.forward = writing
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "speca", backend="eager")
+    with torch.no_grad(), pytest.raises(UnsupportedGraphError, match=r"writes .* in place, a tensor it shares"):
+        fast(**inputs(999.0))

@@ -35,7 +35,8 @@ POLICIES: dict[str, str] = {
 }
 # The rest of the policies over the zoo, each set so that caching happens on a 7-step run (windows open on
 # every timestep convention, thresholds that always reuse after the warm-up; not EasyCache: the zoo's latent is
-# the same at every step, so its transformation rate is 0 / 0 and every step computes). Not in the suite:
+# the same at every step, so its transformation rate is 0 / 0 and every step computes; not MagCache: it needs
+# a calibration of each model). Not in the suite:
 # ``python -m tests.zoo.matrix --policies extra`` (or ``all``, or names from both tables).
 EXTRA_POLICIES: dict[str, str] = {
     "fora-block": "fora{interval=3,granularity=block}",
@@ -44,6 +45,8 @@ EXTRA_POLICIES: dict[str, str] = {
     "hicache-lite": "hicache{interval=3,warmup=2,order=2,lite=true}",
     "abcache": "abcache{interval=3,warmup=2,order=2}",
     "dbcache": "dbcache{fn=1,bn=1,threshold=1000.0,warmup=2}",
+    "adacache": "adacache{codebook='1000.0:3',default_steps=3}",
+    "teacache": "teacache{threshold=1000.0,coefficients=[1.0,0.0],warmup=2}",
     "speca": "speca{tau0=1000.0,tau_min=1000.0,warmup=2,num_steps=7}",
     "pab": "pab{spatial=2,temporal=2,cross=2,window_low=0.0,window_high=1000000.0}",
     "fastercache": "fastercache{spatial=2,temporal=2,window_low=0.0,window_high=1000000.0,num_steps=7}",
