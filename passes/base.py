@@ -315,7 +315,10 @@ def _check_state_registered(gm: fx.GraphModule, pass_name: str) -> None:
                                 "StateSpec.add (reset() and the exports would not know it)")
 
 
-_RETURNS_NOTHING = (torch.ops.aten._assert_async.msg,)  # checks kept for their effect
+# nodes whose value is no tensor: checks kept for their effect, and the autocast scope a copied block opens
+# and closes (Z-Image's blocks under SpeCa's verification copy)
+_RETURNS_NOTHING = (torch.ops.aten._assert_async.msg, torch.amp.autocast_mode._enter_autocast,
+                    torch.amp.autocast_mode._exit_autocast)
 
 
 def _check_meta(gm: fx.GraphModule, pass_name: str) -> None:

@@ -63,11 +63,12 @@ def test_zoo_counts():
 # The rest of the policies on the classes where a sweep of the whole zoo under them once failed (a pass that
 # crashed instead of refusing: ConsisID's ``0.5 * linear`` in narrow_linear_outputs, HunyuanDiT's split stream
 # that leaves the region in Delta-DiT's plan, SpeCa on packed streams and flex attention, SpeCa's copy of the
-# last block dropping SanaVideo's in-place rotary writes: random decisions) and two common ones.
+# last block dropping SanaVideo's in-place rotary writes: random decisions, Z-Image's autocast scope in that
+# copy) and two common ones.
 # The whole sweep: ``python -m tests.zoo.matrix --policies extra`` (docs/zoo.md).
 EXTRA_SAMPLE = ("FluxTransformer2DModel", "WanTransformer3DModel", "HunyuanDiT2DModel", "ConsisIDTransformer3DModel",
                 "Cosmos3OmniTransformer", "Kandinsky6SRTransformer3DModel", "LatteTransformer3DModel",
-                "SanaVideoTransformer3DModel")
+                "SanaVideoTransformer3DModel", "ZImageTransformer2DModel")
 
 
 @pytest.mark.slow
