@@ -131,8 +131,6 @@ def same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
 
 def batched_val(node: fx.Node, what: str) -> torch.Tensor:
     """``node``'s value, which ``what`` needs with a batch dimension (else an UnsupportedGraphError)."""
-    from graphcache.errors import UnsupportedGraphError
-
     val = tensor_val(node)
     if val is None or val.dim() == 0:
         raise UnsupportedGraphError(f"{what} needs a batch dimension on '{node.name}'")
