@@ -32,7 +32,12 @@ def test_every_diffusers_denoiser_class_is_in_the_zoo():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model(name):
-    cases = _RESULTS[name] = run_model(ZOO[name])
+    _RESULTS[name] = run_model(ZOO[name])
+    _assert_supported_or_refused(_RESULTS[name])
+
+
+def _assert_supported_or_refused(cases: list[Case]) -> None:
+    """Every case ok (a cached step cheaper than a computed one) or refused with a reason."""
     for case in cases:
         print(f"{case.model} {case.policy}: {case.status} {case.decisions} {case.detail}")
     failures = [c for c in cases if not c.passed]
@@ -74,15 +79,7 @@ EXTRA_SAMPLE = ("FluxTransformer2DModel", "WanTransformer3DModel", "HunyuanDiT2D
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXTRA_SAMPLE)
 def test_zoo_model_under_the_other_policies(name):
-    cases = run_model(ZOO[name], list(EXTRA_POLICIES))
-    for case in cases:
-        print(f"{case.model} {case.policy}: {case.status} {case.decisions} {case.detail}")
-    failures = [c for c in cases if not c.passed]
-    assert not failures, "; ".join(f"{c.policy}: {c.status}: {c.detail}" for c in failures)
-    assert all(len(c.detail) > 40 for c in cases if c.status == REFUSED)
-    for case in cases:
-        if case.status == OK:
-            assert case.cached_flops < 1.0, f"{case.policy}: a cached step costs a computed one's FLOPs"
+    _assert_supported_or_refused(run_model(ZOO[name], list(EXTRA_POLICIES)))
 
 
 @pytest.mark.slow
