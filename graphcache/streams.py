@@ -23,8 +23,10 @@ DEFAULT = ""  # the context of calls made outside any cache_context
 
 
 def _live(state: Any) -> dict[str, torch.Tensor]:
+    """The state buffers a context owns: those the passes declared as state (``StateSpec.buffers``), not every
+    buffer they added (MagCache's calibrated ratios are constants every context reads)."""
     gm = getattr(state, "gm", None)  # CFG-Cache's state wraps the call, it has no graph buffers
-    return {} if gm is None else {n: b for n, b in gm.named_buffers() if n.split(".")[-1].startswith("_gc_")}
+    return {} if gm is None else {name: gm.get_buffer(name) for name in state.spec.buffers}
 
 
 class StateSets:
@@ -82,7 +84,7 @@ def _point(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
 
 
 def _fresh(state: Any, name: str, like: torch.Tensor) -> torch.Tensor:
-    fill = state.spec.fills.get(name.split(".")[-1], 0.0)
+    fill = state.spec.fills.get(name, 0.0)
     return torch.empty_like(like).fill_(fill)
 
 
