@@ -69,11 +69,11 @@ def test_zoo_counts():
 # crashed instead of refusing: ConsisID's ``0.5 * linear`` in narrow_linear_outputs, HunyuanDiT's split stream
 # that leaves the region in Delta-DiT's plan, SpeCa on packed streams and flex attention, SpeCa's copy of the
 # last block dropping SanaVideo's in-place rotary writes: random decisions, Z-Image's autocast scope in that
-# copy) and two common ones.
+# copy), two common ones, and a U-Net (DeepCache).
 # The whole sweep: ``python -m tests.zoo.matrix --policies extra`` (docs/zoo.md).
 EXTRA_SAMPLE = ("FluxTransformer2DModel", "WanTransformer3DModel", "HunyuanDiT2DModel", "ConsisIDTransformer3DModel",
                 "Cosmos3OmniTransformer", "Kandinsky6SRTransformer3DModel", "LatteTransformer3DModel",
-                "SanaVideoTransformer3DModel", "ZImageTransformer2DModel")
+                "SanaVideoTransformer3DModel", "ZImageTransformer2DModel", "UNet2DConditionModel")
 
 
 @pytest.mark.slow

@@ -12,14 +12,17 @@ import argparse
 import copy
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
 import graphcache
+from graphcache import calibration
 from graphcache.backend import make_backend
 from graphcache.errors import GraphcacheError, PassError
 from graphcache.passes.cost import graph_flops
@@ -34,9 +37,8 @@ POLICIES: dict[str, str] = {
     "taylorseer-lite": "taylorseer{lite=true,interval=3,warmup=1,order=1}",
 }
 # The rest of the policies over the zoo, each set so that caching happens on a 7-step run (windows open on
-# every timestep convention, thresholds that always reuse after the warm-up; not EasyCache: the zoo's latent is
-# the same at every step, so its transformation rate is 0 / 0 and every step computes; not MagCache: it needs
-# a calibration of each model). Not in the suite:
+# every timestep convention, thresholds that always reuse after the warm-up, MagCache with flat ratios written
+# for each model by :func:`policy_spec`). Not in the suite:
 # ``python -m tests.zoo.matrix --policies extra`` (or ``all``, or names from both tables).
 EXTRA_POLICIES: dict[str, str] = {
     "fora-block": "fora{interval=3,granularity=block}",
@@ -51,12 +53,38 @@ EXTRA_POLICIES: dict[str, str] = {
     "pab": "pab{spatial=2,temporal=2,cross=2,window_low=0.0,window_high=1000000.0}",
     "fastercache": "fastercache{spatial=2,temporal=2,window_low=0.0,window_high=1000000.0,num_steps=7}",
     "deltadit": "deltadit{interval=2,boundary=3}",
+    "easycache": "easycache{tau=1000.0,warmup=2}",
+    "deepcache": "deepcache{interval=3}",
+    "magcache": "magcache{threshold=1000.0,max_skips=2,retention=0.0,calibration='{calibration}'}",
 }
 OK, REFUSED = "ok", "refused"
 
 
-def policy_spec(key: str) -> str:
-    return POLICIES.get(key) or EXTRA_POLICIES[key]
+def policy_spec(key: str, entry: ZooModel | None = None) -> str:
+    """The policy string of ``key``; MagCache's names a calibration file written here for ``entry``'s model
+    (ratios near 1 at every timestep, so the decision caches up to ``max_skips`` in a row)."""
+    spec = POLICIES.get(key) or EXTRA_POLICIES[key]
+    if "{calibration}" not in spec:
+        return spec
+    if entry is None:
+        raise ValueError(f"policy {key!r} needs the zoo model it is calibrated for")
+    path = Path(tempfile.gettempdir()) / "graphcache-zoo" / f"{entry.name}.magcache.json"
+    ratios = {"timesteps": [-1.0e6, 1.0e6], "ratios": [0.99, 1.01], "steps": 7}
+    calibration.save(path, entry.build(), 7, magcache=ratios)
+    return spec.replace("{calibration}", str(path))
+
+
+def step_inputs(entry: ZooModel, k: int, t: torch.Tensor) -> dict[str, Any]:
+    """``entry``'s inputs at step ``k`` of a generation: every floating-point tensor of 2+ dimensions scaled by
+    ``1 + k / 20``, as a sampler's latent moves between steps (on a fixed latent EasyCache's transformation
+    rate is 0 / 0, and a cached step that read a stale input would go unseen)."""
+    scale = 1.0 + k / 20
+
+    def move(value: Any) -> Any:
+        moves = isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 2
+        return value * scale if moves else value
+
+    return pytree.tree_map(move, entry.inputs(t))
 
 
 def policy_keys(text: str) -> list[str]:
@@ -94,7 +122,7 @@ def reference(entry: ZooModel, steps: int) -> tuple[list[torch.Tensor], list[tor
     """The uncached model's outputs over ``steps`` steps of its own schedule (and the schedule)."""
     model, ts = entry.build(), entry.timesteps(steps)
     with torch.no_grad():
-        return [output_tensor(model(**entry.inputs(t))).clone() for t in ts], ts
+        return [output_tensor(model(**step_inputs(entry, k, t))).clone() for k, t in enumerate(ts)], ts
 
 
 def _first_line(err: BaseException) -> str:
@@ -106,7 +134,7 @@ def run_case(entry: ZooModel, policy: str, ref: Sequence[torch.Tensor], ts: Sequ
     start = time.perf_counter()
     case = Case(entry.name, policy, OK)
     try:
-        _run(entry, policy_spec(policy), ref, ts, case)
+        _run(entry, policy_spec(policy, entry), ref, ts, case)
     except PassError as err:  # a pass that broke is graphcache's failure, not a refusal with a reason
         case.status, case.detail = "error", _first_line(err)
     except GraphcacheError as err:
@@ -118,7 +146,7 @@ def run_case(entry: ZooModel, policy: str, ref: Sequence[torch.Tensor], ts: Sequ
 
 
 def _generation(fast: Any, entry: ZooModel, ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [output_tensor(fast(**entry.inputs(t))).clone() for t in ts]
+    return [output_tensor(fast(**step_inputs(entry, k, t))).clone() for k, t in enumerate(ts)]
 
 
 def _run(entry: ZooModel, spec: str, ref: Sequence[torch.Tensor], ts: Sequence[torch.Tensor], case: Case) -> None:
@@ -203,8 +231,8 @@ def run_captured(entry: ZooModel, policy: str, captured: Captured, ts: Sequence[
     try:
         states: list[Any] = []
         graph = torch.fx.GraphModule(captured.gm, copy.deepcopy(captured.gm.graph))
-        fast = make_backend(policy_spec(policy), "eager", states)(graph, captured.example_inputs)
-        calls = [captured.flat(entry.inputs(t)) for t in ts]
+        fast = make_backend(policy_spec(policy, entry), "eager", states)(graph, captured.example_inputs)
+        calls = [captured.flat(step_inputs(entry, k, t)) for k, t in enumerate(ts)]
         with torch.no_grad():
             ref = [pytree.tree_leaves(captured.gm(*flat)) for flat in calls]
             first = [[x.clone() for x in pytree.tree_leaves(fast(*flat))] for flat in calls]
