@@ -16,7 +16,8 @@ torch.export and ONNX need functional branches: the export routes never run this
 A cond nested in a branch (phased plans: Delta-DiT, PAB) must stay functional (torch.cond refuses a nested
 cond whose branches write their operands): a buffer every nested branch leaves unchanged is dropped from it,
 any other is written by the enclosing branch. A buffer is only moved when it reaches the cond as the state
-buffer itself (a ``get_attr``), so the branch's write lands in the buffer.
+buffer itself (a ``get_attr``), so the branch's write lands in the buffer, and when nothing else reads that
+buffer in the step (a read beside the cond must see the value before the step's write).
 """
 
 from __future__ import annotations
@@ -75,9 +76,7 @@ def _cond_branches(owner: fx.GraphModule, cond: fx.Node) -> tuple[fx.GraphModule
 def _unchanged(owner: fx.GraphModule, value: fx.Node, placeholder: fx.Node) -> bool:
     """``value`` is the operand ``placeholder`` itself or a plain copy of it, or the output of a nested cond
     whose every branch returns its own operand for ``placeholder`` unchanged."""
-    while value.op == "call_function" and value.target in (torch.ops.aten.clone.default,
-                                                          torch.ops.aten.alias.default):
-        value = value.args[0]  # type: ignore[assignment]
+    value = _forwarded(value)
     if value is placeholder:
         return True
     inner = _nested_cond(value)
@@ -168,24 +167,75 @@ class SinkStateWrites(Pass):
         operands = list(cond.args[3])  # type: ignore[arg-type]
         cache_buffers = {str(n.target) for n in found.require(StateSpec).cache_nodes()}
         writes: dict[int, int] = {}
-        copies: list[fx.Node] = []
+        copies: dict[int, fx.Node] = {}  # output k -> its write-back after the cond
+        feeds_cond = _ancestors(cond)
         for read in cond.users:
             if read.target is not operator.getitem or len(read.users) != 1:
                 continue
             (copy,) = read.users
             buffer = copy.args[0]
             if (copy.target is _COPY and copy.args[1] is read and isinstance(buffer, fx.Node)
-                    and buffer.op == "get_attr" and str(buffer.target) in cache_buffers and buffer in operands):
+                    and buffer.op == "get_attr" and str(buffer.target) in cache_buffers and buffer in operands
+                    and _read_by_cond_only(buffer, cond, copy, feeds_cond)):
                 writes[int(read.args[1])] = operands.index(buffer)  # type: ignore[arg-type]
-                copies.append(copy)
-        before = 2 * sum(_bytes(gm, c.args[0]) for c in copies)
-        for copy in copies:
+                copies[int(read.args[1])] = copy  # type: ignore[arg-type]
+        for k in _read_by_another_write(gm, cond, writes):
+            del writes[k], copies[k]
+        before = 2 * sum(_bytes(gm, c.args[0]) for c in copies.values())
+        for copy in copies.values():
             gm.graph.erase_node(copy)
         if writes:
             _sink_cond(gm, cond, writes)
         _, cached = _cond_branches(gm, cond)
         found.state_writes = StateWrites(len(writes), before, _written_bytes(cached))
         return PassResult(gm, modified=bool(writes), values_kept=True)  # the cond's value narrowed above
+
+
+def _read_by_cond_only(buffer: fx.Node, cond: fx.Node, copy: fx.Node, feeds_cond: set[fx.Node]) -> bool:
+    """Whether every read of ``buffer`` in the step happens before the cond: the cond itself, its write-back
+    ``copy``, or a value the cond depends on (SpeCa's draft, EasyCache's rate). Any other read (EasyCache keeps
+    the cache's value before the step: ``delta_a2``) must see the buffer before the step's write; with the
+    branch writing in place, Inductor let it see the new value (the rate, and so the decisions, departed from
+    the rule), so such a buffer stays written after the cond."""
+    return all(user is cond or user is copy or user in feeds_cond or (not user.users and not user.is_impure())
+               for user in buffer.users)  # the last: a dead read, dropped later
+
+
+def _read_by_another_write(gm: fx.GraphModule, cond: fx.Node, writes: dict[int, int]) -> list[int]:
+    """The outputs ``k`` of ``writes`` whose buffer another buffer takes as its new value unchanged in a
+    branch (a ring of past outputs: ``buf1 <- clone(buf0), buf0 <- new``). Written in place in the branch,
+    Inductor moved the clone after the write (AB-Cache's and FoCa's rings shifted the new value in); these
+    buffers stay written after the cond. Values computed from a buffer (``d1 <- (new - d0) / dt``) are
+    ordered right and keep their writes in the branch."""
+    targets = {index: k for k, index in writes.items()}
+    keep: set[int] = set()
+    for branch in _cond_branches(gm, cond):
+        placeholders = [n for n in branch.graph.nodes if n.op == "placeholder"]
+        output = next(n for n in reversed(branch.graph.nodes) if n.op == "output")
+        values = list(output.args[0])  # type: ignore[arg-type]
+        for k, index in writes.items():
+            source = _forwarded(values[k])
+            keep.update(targets[i] for i in targets if i != index and placeholders[i] is source)
+    return sorted(keep)
+
+
+def _forwarded(value: fx.Node) -> fx.Node:
+    """``value`` without the clones and aliases around it."""
+    while value.op == "call_function" and value.target in (torch.ops.aten.clone.default,
+                                                          torch.ops.aten.alias.default):
+        value = value.args[0]  # type: ignore[assignment]
+    return value
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(node.all_input_nodes)
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.all_input_nodes)
+    return seen
 
 
 def _bytes(gm: fx.GraphModule, buffer: object) -> int:

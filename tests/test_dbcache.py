@@ -11,7 +11,7 @@ from graphcache.exported import optimize_exported
 from graphcache.passes.graph_utils import relative_l1
 
 from helpers import assert_exact_iff_computed, first_block_residuals, generation, moving_latent, timesteps
-from models import tiny_dit
+from models import tiny_dit, tiny_sd3
 
 
 def dbcache_python(residuals, threshold, warmup, max_cached, max_run):
@@ -156,6 +156,42 @@ def test_easycache_decisions_match_python_rule(tau, warmup):
     assert any("cached" in d for d in expected)
     reference = generation(model, inputs, ts)
     assert_exact_iff_computed(outputs, reference, expected)
+
+
+def _two_stream_rows(model, inputs, ts):
+    """Per step of an uncached SD3 run: the stack's two input streams and its two outputs (blocks 0 .. n-2;
+    the last joint block is built differently), each flattened per sample and concatenated."""
+    first, last = model.transformer_blocks[0], model.transformer_blocks[-2]
+    seen = {}
+    hooks = [first.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("in", kw), with_kwargs=True),
+             last.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))]
+    rows = []
+    with torch.no_grad():
+        for t in ts:
+            model(**inputs(t))
+            x = torch.cat([seen["in"]["hidden_states"].flatten(1), seen["in"]["encoder_hidden_states"].flatten(1)], 1)
+            context, hidden = seen["out"]
+            v = torch.cat([hidden.flatten(1), context.flatten(1)], 1)
+            rows.append({"input": x, "residual": v - x})
+    for hook in hooks:
+        hook.remove()
+    return rows
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.2])
+def test_easycache_over_two_streams_means_over_both(tau):
+    """SD3's stack carries an image and a context stream: EasyCache's rate and change are means over both
+    streams' elements of a sample, as if concatenated (once refused: no single residual)."""
+    model, fixed = tiny_sd3(num_layers=4)
+    inputs = moving_latent(fixed)
+    ts = timesteps(14)
+    rows = _two_stream_rows(model, inputs, ts)
+    cached = optimize_exported(model, inputs(ts[0]), "easycache", tau=tau, warmup=2)
+    outputs = generation(cached, inputs, ts)
+    expected = easycache_python(rows, tau, 2)
+    assert cached.state.sample_decisions() == expected
+    assert any("cached" in d for d in expected) and any(d.count("computed") > 3 for d in expected)
+    assert_exact_iff_computed(outputs, generation(model, inputs, ts), expected)
 
 
 def test_the_computed_step_error_counts_each_sample_on_its_own_computed_steps():

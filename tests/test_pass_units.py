@@ -176,12 +176,12 @@ def test_insert_magnitude_signal_interpolates_the_calibrated_ratio():
         InsertMagnitudeSignal(timesteps=(1.0, 1.0), ratios=(1.0, 0.9))
 
 
-def test_insert_transform_rate_needs_the_stack_residual():
+def test_insert_transform_rate_needs_the_stack_outputs():
     gm, _ = _run([FindBlockStack(), PlanCacheUnits(), AddCacheState(), InsertTransformRate()])
     found = analysis(gm)
     assert _per_sample(found.signals) == {"change": (BATCH,)}
     assert len(found.refresh_always) == 1 and len(found.refresh_on_compute) == 3
-    with pytest.raises(UnsupportedGraphError, match="EasyCache needs one stack residual"):
+    with pytest.raises(UnsupportedGraphError, match="EasyCache needs the stack's outputs as cache units"):
         _run([FindBlockStack(), PlanCacheUnits("block"), AddCacheState(), InsertTransformRate()])
 
 
