@@ -16,8 +16,10 @@ torch.export and ONNX need functional branches: the export routes never run this
 A cond nested in a branch (phased plans: Delta-DiT, PAB) must stay functional (torch.cond refuses a nested
 cond whose branches write their operands): a buffer every nested branch leaves unchanged is dropped from it,
 any other is written by the enclosing branch. A buffer is only moved when it reaches the cond as the state
-buffer itself (a ``get_attr``), so the branch's write lands in the buffer, and when nothing else reads that
-buffer in the step (a read beside the cond must see the value before the step's write).
+buffer itself (a ``get_attr``), so the branch's write lands in the buffer; and only when every other read of
+it in the step comes before the cond and no other buffer takes its old value unchanged (a ring of past
+outputs). Inductor let such reads see the branch's in-place write (EasyCache's rate, AB-Cache's and FoCa's
+rings): those buffers stay written after the cond, and ``state_writes`` counts their round trip.
 """
 
 from __future__ import annotations
@@ -175,28 +177,32 @@ class SinkStateWrites(Pass):
             (copy,) = read.users
             buffer = copy.args[0]
             if (copy.target is _COPY and copy.args[1] is read and isinstance(buffer, fx.Node)
-                    and buffer.op == "get_attr" and str(buffer.target) in cache_buffers and buffer in operands
-                    and _read_by_cond_only(buffer, cond, copy, feeds_cond)):
+                    and buffer.op == "get_attr" and str(buffer.target) in cache_buffers and buffer in operands):
                 writes[int(read.args[1])] = operands.index(buffer)  # type: ignore[arg-type]
                 copies[int(read.args[1])] = copy  # type: ignore[arg-type]
-        for k in _read_by_another_write(gm, cond, writes):
-            del writes[k], copies[k]
         before = 2 * sum(_bytes(gm, c.args[0]) for c in copies.values())
+        read_beside = [k for k, c in copies.items() if not _read_by_cond_only(c, cond, feeds_cond)]
+        kept = [copies.pop(k) for k in {*read_beside, *_read_by_another_write(gm, cond, writes)}]
+        for k in [k for k in writes if k not in copies]:
+            del writes[k]
         for copy in copies.values():
             gm.graph.erase_node(copy)
         if writes:
             _sink_cond(gm, cond, writes)
         _, cached = _cond_branches(gm, cond)
-        found.state_writes = StateWrites(len(writes), before, _written_bytes(cached))
+        after = _written_bytes(cached) + 2 * sum(_bytes(gm, c.args[0]) for c in kept)  # kept: out and back
+        found.state_writes = StateWrites(len(writes), before, after)
         return PassResult(gm, modified=bool(writes), values_kept=True)  # the cond's value narrowed above
 
 
-def _read_by_cond_only(buffer: fx.Node, cond: fx.Node, copy: fx.Node, feeds_cond: set[fx.Node]) -> bool:
-    """Whether every read of ``buffer`` in the step happens before the cond: the cond itself, its write-back
+def _read_by_cond_only(copy: fx.Node, cond: fx.Node, feeds_cond: set[fx.Node]) -> bool:
+    """Whether every read of the buffer ``copy`` writes back happens before the cond: the cond itself, that
     ``copy``, or a value the cond depends on (SpeCa's draft, EasyCache's rate). Any other read (EasyCache keeps
     the cache's value before the step: ``delta_a2``) must see the buffer before the step's write; with the
     branch writing in place, Inductor let it see the new value (the rate, and so the decisions, departed from
     the rule), so such a buffer stays written after the cond."""
+    buffer = copy.args[0]
+    assert isinstance(buffer, fx.Node)
     return all(user is cond or user is copy or user in feeds_cond or (not user.users and not user.is_impure())
                for user in buffer.users)  # the last: a dead read, dropped later
 
