@@ -35,7 +35,7 @@ from graphcache.analyses import StateSpec, StateWrites
 
 from .base import Pass, PassResult, analysis, mark
 from .dead_code import eliminate_dead_code
-from .graph_utils import tensor_val
+from .graph_utils import ancestors, tensor_val
 
 _COND = torch.ops.higher_order.cond
 _COPY = torch.ops.aten.copy_.default
@@ -170,7 +170,7 @@ class SinkStateWrites(Pass):
         cache_buffers = {str(n.target) for n in found.require(StateSpec).cache_nodes()}
         writes: dict[int, int] = {}
         copies: dict[int, fx.Node] = {}  # output k -> its write-back after the cond
-        feeds_cond = _ancestors(cond)
+        feeds_cond = ancestors(cond)
         for read in cond.users:
             if read.target is not operator.getitem or len(read.users) != 1:
                 continue
@@ -182,8 +182,9 @@ class SinkStateWrites(Pass):
                 copies[int(read.args[1])] = copy  # type: ignore[arg-type]
         before = 2 * sum(_bytes(gm, c.args[0]) for c in copies.values())
         read_beside = [k for k, c in copies.items() if not _read_by_cond_only(c, cond, feeds_cond)]
-        kept = [copies.pop(k) for k in {*read_beside, *_read_by_another_write(gm, cond, writes)}]
-        for k in [k for k in writes if k not in copies]:
+        kept = []
+        for k in {*read_beside, *_read_by_another_write(gm, cond, writes)}:
+            kept.append(copies.pop(k))
             del writes[k]
         for copy in copies.values():
             gm.graph.erase_node(copy)
@@ -231,17 +232,6 @@ def _forwarded(value: fx.Node) -> fx.Node:
                                                           torch.ops.aten.alias.default):
         value = value.args[0]  # type: ignore[assignment]
     return value
-
-
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = list(node.all_input_nodes)
-    while stack:
-        current = stack.pop()
-        if current not in seen:
-            seen.add(current)
-            stack.extend(current.all_input_nodes)
-    return seen
 
 
 def _bytes(gm: fx.GraphModule, buffer: object) -> int:
