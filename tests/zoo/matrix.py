@@ -68,10 +68,15 @@ def policy_spec(key: str, entry: ZooModel | None = None) -> str:
         return spec
     if entry is None:
         raise ValueError(f"policy {key!r} needs the zoo model it is calibrated for")
-    path = Path(tempfile.gettempdir()) / "graphcache-zoo" / f"{entry.name}.magcache.json"
-    ratios = {"timesteps": [-1.0e6, 1.0e6], "ratios": [0.99, 1.01], "steps": 7}
-    calibration.save(path, entry.build(), 7, magcache=ratios)
+    path = flat_magcache(Path(tempfile.gettempdir()) / "graphcache-zoo" / f"{entry.name}.magcache.json", entry.build())
     return spec.replace("{calibration}", str(path))
+
+
+def flat_magcache(path: Path, model: torch.nn.Module) -> Path:
+    """A MagCache calibration of ``model`` whose ratios are near 1 at every timestep (any convention): the
+    decision caches up to ``max_skips`` in a row, whatever the model."""
+    return calibration.save(path, model, 7, magcache={"timesteps": [-1.0e6, 1.0e6], "ratios": [0.99, 1.01],
+                                                       "steps": 7})
 
 
 def step_inputs(entry: ZooModel, k: int, t: torch.Tensor) -> dict[str, Any]:
