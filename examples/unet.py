@@ -1,6 +1,7 @@
 """A Stable-Diffusion-shaped U-Net for the CLI: diffusers UNet2DConditionModel, random weights, text
 cross-attention, a CFG pair per call.
 
+    graphcache optimize examples/unet.py                     # the default policy 'auto' takes DeepCache here
     graphcache optimize examples/unet.py --policy deepcache
     graphcache bench --model examples/unet.py --policy deepcache --policy 'deepcache{skip=3}'
 """

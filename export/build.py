@@ -105,7 +105,7 @@ def plan_graphs(model: torch.nn.Module, example_kwargs: Mapping[str, Any], confi
 
 def export_model(
     model: torch.nn.Module, example_kwargs: Mapping[str, Any], directory: str | Path,
-    policy: str | PolicyConfig = "fora", fmt: str = "onnx", form: str | None = None, steps: int = 50,
+    policy: str | PolicyConfig = "auto", fmt: str = "onnx", form: str | None = None, steps: int = 50,
     log: Log = lambda _: None, **options: Any,
 ) -> Exported:
     """Export ``model`` (called with ``example_kwargs``) with ``policy`` to ``directory``; returns the plan."""

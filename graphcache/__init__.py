@@ -1,8 +1,9 @@
 """graphcache: feature caching for diffusion denoisers as compiler passes.
 
-``graphcache.optimize(model_or_pipeline, policy="fora")`` rewrites the denoiser's graph: the stack of
-repeated blocks is found by structure, a ``torch.cond`` inside the graph decides per step whether to run
-the blocks or use the cache, and the result compiles to one graph (0 breaks, 0 recompiles).
+``graphcache.optimize(model_or_pipeline)`` rewrites the denoiser's graph (default policy ``auto``: FORA on the
+stack of repeated blocks, DeepCache on a U-Net): the stack of repeated blocks is found by structure, a
+``torch.cond`` inside the graph decides per step whether to run the blocks or use the cache, and the result
+compiles to one graph (0 breaks, 0 recompiles).
 """
 
 from graphcache.api import CachedModule, cache_bytes, decisions, optimize, reset

@@ -196,6 +196,7 @@ class Analyses:
     timings: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)  # (what, s, propagation s)
     propagated: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (pass, nodes run, nodes)
     # analyses
+    policy_choice: str | None = None  # the policy applied, when the one given chose another (``auto``), and why
     block_stack: BlockStack | None = None
     probe: Probe | None = None
     tail: int | None = None

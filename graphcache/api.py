@@ -24,7 +24,7 @@ class _DefaultPolicy(str):
     """The default policy name, told apart (by identity) from a policy the caller gives."""
 
 
-DEFAULT_POLICY = _DefaultPolicy("fora")
+DEFAULT_POLICY = _DefaultPolicy("auto")
 
 
 def _unwrapped(compiled: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -106,6 +106,7 @@ class CachedModule(torch.nn.Module):
         self.contexts.note_call()
         if not self._learned and self.states:
             self._learned = True
+            self._note_policy_choice()
             self._learn_timestep(args, kwargs)
         return out
 
@@ -232,6 +233,12 @@ class CachedModule(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["model"], name)
+
+    def _note_policy_choice(self) -> None:
+        """A policy that chose another for the graph (``auto``: DeepCache on a U-Net) says so in ``notes``."""
+        from graphcache.passes.base import analysis
+
+        self.notes.extend(c for c in (analysis(s.gm).policy_choice for s in self.states if hasattr(s, "gm")) if c)
 
     def _learn_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """After the first compiled call: where the timestep is among the call's arguments (for routing

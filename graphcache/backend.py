@@ -1,6 +1,7 @@
 """The ``graphcache`` torch.compile backend: capture -> rewrite -> Inductor (or eager / aot_eager).
 
-``torch.compile(model, backend="graphcache", options={"policy": "fora", "interval": 3})``; the name is
+``torch.compile(model, backend="graphcache", options={"policy": "fora", "interval": 3})`` (default policy
+``auto``: FORA, DeepCache on a U-Net); the name is
 registered through the ``torch_dynamo_backends`` entry point, so no import is needed. Extra option
 ``backend``: ``"inductor"`` (default), ``"aot_eager"`` or ``"eager"`` (run the rewritten graph as is).
 """
@@ -32,7 +33,7 @@ INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 def make_backend(
-    policy: Any = "fora", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
+    policy: Any = "auto", inner: str = "inductor", sink: list[CacheState] | None = None, self_check: bool = True,
     pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
     side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None,
     bucket_graphs: list[tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]] | None = None,
@@ -76,7 +77,7 @@ def make_backend(
             elif getattr(config, "buckets", 0):
                 _attach_buckets(new, {}, "torch.compile(backend='graphcache') hands over one graph and cannot "
                                 "capture the model at other batch sizes; graphcache.optimize does")
-            state = rewrite(new, inputs, config, lowering, self_check)
+            state = rewrite(new, inputs, config, lowering, self_check, choose=pieces is None)
         except (RuntimeError, TypeError, ValueError) as err:
             if isinstance(err, GraphcacheError):
                 raise
@@ -194,7 +195,7 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
             **_: Any) -> Callable[..., Any]:
     """Entry point of ``torch.compile(..., backend="graphcache", options={...})``."""
     options = dict(options or {})
-    policy = options.pop("policy", "fora")
+    policy = options.pop("policy", "auto")
     inner = options.pop("backend", "inductor")
     self_check = options.pop("self_check", True)
     return make_backend(policy, inner, self_check=self_check, owner=_compile_call(), **options)(gm, example_inputs)

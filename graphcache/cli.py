@@ -51,7 +51,7 @@ def policy_of(policy: str | None, sets: tuple[str, ...], config_path: Path | Non
     from graphcache.policies import make_policy
 
     if config_path is None:
-        config = make_policy(policy or "fora", **_parse_sets(sets))
+        config = make_policy(policy or "auto", **_parse_sets(sets))
         return lambda model: config
     if policy is not None or sets:
         raise click.UsageError("give --policy / --set or --config, not both")
@@ -98,7 +98,8 @@ def policies(markdown: bool) -> None:
 
 @main.command()
 @click.argument("model_file", type=click.Path(path_type=Path))
-@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: fora)")
+@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: auto, FORA "
+              "on a stack of blocks, DeepCache on a U-Net)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="a tuned config written by `graphcache tune` instead of --policy")
@@ -273,6 +274,9 @@ def build_report(result: Any) -> dict[str, Any]:
     buckets = analysis(result.cached.module).sample_buckets
     bucket_fields = {} if buckets is None else {"sample_buckets": list(buckets.used),
                                                 "sample_buckets_not_used": buckets.reason}
+    choice = analysis(result.cached.module).policy_choice
+    if choice:
+        bucket_fields["policy_applied"] = choice
     share = computed_share(result.cached.state.sample_decisions())
     if share is not None:
         bucket_fields["sample_steps_computed"] = share
@@ -338,6 +342,8 @@ def _speedup_text(r: dict[str, Any]) -> str:
 def print_report(r: dict[str, Any]) -> None:
     from graphcache.rewrite import describe_lowering
 
+    if "policy_applied" in r:
+        console.print(escape(r["policy_applied"]), highlight=False)
     console.print("[bold]blocks found[/]")
     for line in r["blocks"]:
         console.print(f"  {line}", highlight=False)

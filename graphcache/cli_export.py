@@ -9,7 +9,8 @@ import click
 
 @click.command()
 @click.argument("model_file", type=click.Path(path_type=Path))
-@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: fora)")
+@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: auto, FORA "
+              "on a stack of blocks, DeepCache on a U-Net)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="a tuned config written by `graphcache tune` instead of --policy")

@@ -28,6 +28,11 @@ class NoStackError(UnsupportedGraphError):
         self.short = short or message
 
 
+class SmallStackError(NoStackError):
+    """The repeated blocks found hold too little of the step's work for caching them to pay (a U-Net's ResNet
+    pairs): the default policy ``auto`` takes DeepCache there."""
+
+
 class DataDependentShapeError(UnsupportedGraphError):
     """A captured graph computes a shape from tensor values (``nonzero``, a boolean mask): graphcache's passes
     cannot follow it. Under ``torch.compile`` with graph breaks, such a graph outside the blocks runs as is."""

@@ -54,7 +54,7 @@ def export_buckets(model: torch.nn.Module, example_kwargs: Mapping[str, Any], co
 
 
 def optimize_exported(
-    model: torch.nn.Module, example_kwargs: Mapping[str, Any], policy: str | PolicyConfig = "fora",
+    model: torch.nn.Module, example_kwargs: Mapping[str, Any], policy: str | PolicyConfig = "auto",
     lowering: tuple[Any, ...] = (), self_check: bool = True, **options: Any,
 ) -> ExportedCache:
     """Capture ``model`` with torch.export on ``example_kwargs`` and apply ``policy`` to the graph (checked

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from graphcache.errors import GraphcacheError, NoStackError, UnsupportedGraphError
 from graphcache.passes.base import Pass, PassManager, analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.passes.host_decision import MoveDecisionToHost
@@ -129,17 +130,18 @@ def describe_lowering(fields: dict[str, int]) -> str | None:
 
 def rewrite(
     gm: fx.GraphModule, example_inputs: Sequence[Any], policy: PolicyConfig, lowering: Sequence[Any] = (),
-    self_check: bool = True,
+    self_check: bool = True, choose: bool = True,
 ) -> CacheState:
     """Apply ``policy``'s passes, then the ``lowering`` passes, to ``gm`` (captured with meta) in place.
 
     With ``self_check`` (the default) the rewritten graph's first, computed, step is run on
     ``example_inputs`` (when they are real tensors) and must equal the captured graph's outputs exactly:
-    :class:`graphcache.self_check.SelfCheckError` otherwise, naming the first diverging node.
+    :class:`graphcache.self_check.SelfCheckError` otherwise, naming the first diverging node. ``choose``: the
+    policy may apply another where its passes find no stack (``auto``: DeepCache on a U-Net); off for a piece of
+    a model split by graph breaks.
     """
     original = snapshot(gm) if self_check else None
-    new = PassManager(list(policy.passes()), example_inputs)(gm)
-    assert new is gm, "graphcache passes edit the GraphModule in place"
+    policy = _apply_policy(gm, example_inputs, policy, choose)
     if original is not None:
         start = time.perf_counter()
         check_compute_step(original, gm, example_inputs)
@@ -148,6 +150,28 @@ def rewrite(
         PassManager(list(lowering), example_inputs)(gm)
     warn_unused_buckets(gm, policy)
     return CacheState(gm, policy.name)
+
+
+def _apply_policy(gm: fx.GraphModule, example_inputs: Sequence[Any], policy: PolicyConfig,
+                  choose: bool) -> PolicyConfig:
+    """Run ``policy``'s passes on ``gm``. Where they find no stack of blocks worth caching and ``choose`` is on
+    (one graph, not a piece between graph breaks), the policy the given one names instead (``auto``: DeepCache
+    on a U-Net) is applied. Returns the policy applied."""
+    try:
+        new = PassManager(list(policy.passes()), example_inputs)(gm)
+    except NoStackError as refusal:  # raised by the pass that finds the region, before any edit
+        other = policy.instead_of_no_stack(gm) if choose else None
+        if other is None:
+            raise
+        try:
+            new = PassManager(list(other.passes()), example_inputs)(gm)
+        except GraphcacheError as err:
+            raise UnsupportedGraphError(f"{refusal}. Policy '{policy.name}' then tried {other.describe()}, which "
+                                        f"refused: {err}") from err
+        analysis(gm).policy_choice = f"policy '{policy.name}' applied {other.describe()}: {refusal.short}"
+        policy = other
+    assert new is gm, "graphcache passes edit the GraphModule in place"
+    return policy
 
 
 def warn_unused_buckets(gm: fx.GraphModule, policy: PolicyConfig) -> None:

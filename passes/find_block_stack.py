@@ -20,7 +20,7 @@ from typing import Any
 import torch.fx as fx
 
 from graphcache.blockstack import Block, BlockStack, Stack
-from graphcache.errors import NoStackError, UnsupportedGraphError
+from graphcache.errors import NoStackError, SmallStackError, UnsupportedGraphError
 
 from .base import Pass, PassResult, analysis
 from .cost import flops
@@ -275,7 +275,7 @@ def _check_share(nodes: list[fx.Node], region: list[fx.Node], stacks: list[Stack
     share = flops(region) / total
     if share < MIN_REGION_SHARE:
         found = "; ".join(s.describe() for s in stacks)
-        raise NoStackError(
+        raise SmallStackError(
             f"the stack of repeated blocks found ({found}) holds {share:.0%} of the step's multiply-accumulate "
             f"work: a cached step would still cost {1 - share:.0%} of a computed one. graphcache caches stacks "
             f"that hold at least {MIN_REGION_SHARE:.0%}; for a U-Net use policy 'deepcache' (the deep path "

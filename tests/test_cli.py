@@ -64,8 +64,8 @@ def test_optimize_reports_per_sample_steps_and_buckets(root, tmp_path):
 def test_optimize_example_flux_block_granularity(root, tmp_path):
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(
-        main, ["optimize", str(root / "examples" / "flux.py"), "--steps", "4", "--set", "granularity=block",
-               "--json", str(report_path)], terminal_width=200,
+        main, ["optimize", str(root / "examples" / "flux.py"), "--steps", "4", "--policy", "fora", "--set",
+               "granularity=block", "--json", str(report_path)], terminal_width=200,
     )
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
@@ -94,11 +94,23 @@ def test_missing_model_file(tmp_path):
     assert "not found" in result.output and "build()" in result.output
 
 
+def test_optimize_a_unet_under_the_default_policy_says_it_took_deepcache(root, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "unet.py"), "--steps", "4", "--repeats",
+                                       "1", "--json", str(report_path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["policy"].startswith("auto(") and report["decisions"] == "C..C"
+    assert report["policy_applied"].startswith("policy 'auto' applied deepcache(interval=3, skip=1")
+    assert report["max_abs_error_computed_steps"] == 0.0
+    assert "policy 'auto' applied deepcache" in result.output
+
+
 def test_bad_option_value(root):
     result = CliRunner().invoke(main, ["optimize", str(root / "examples" / "dit.py"), "--set", "interval=0"],
                                 terminal_width=200)
     assert result.exit_code == 2
-    assert "fora.interval=0 is invalid" in result.output
+    assert "auto.interval=0 is invalid" in result.output
 
 
 def test_unknown_policy(root):

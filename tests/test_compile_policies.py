@@ -21,14 +21,15 @@ OPTIONS = {  # options that give cached steps on the tiny DiT within 12 steps
     "fbcache": {"threshold": 0.15}, "teacache": {}, "magcache": {}, "pab": {}, "fastercache": {"num_steps": STEPS},
     "speca": {"num_steps": STEPS},
 }
-MODELS = {"deepcache": tiny_unet, "pab": tiny_pixart}  # U-Net skips; self- and cross-attention phases
+# U-Net skips (the default ``auto`` takes DeepCache there); self- and cross-attention phases
+MODELS = {"deepcache": tiny_unet, "auto": tiny_unet, "pab": tiny_pixart}
 WRAPPING = {"cfgcache"}  # wraps the call, no graph passes: one graph / no recompiles in tests/test_cfgcache.py
 CASES = [*sorted(set(available()) - WRAPPING), "fbcache{forecast=foca,threshold=0.15}",
          "dbcache{forecast=taylor:2,warmup=1,threshold=0.15}", "teacache{forecast=ab:3}"]
 
 
 def test_every_registered_policy_is_covered():
-    static = {"fora", "taylorseer", "hicache", "foca", "abcache", "deepcache", "deltadit"}
+    static = {"fora", "taylorseer", "hicache", "foca", "abcache", "deepcache", "deltadit", "auto"}
     assert set(OPTIONS) | static | WRAPPING >= set(available())
 
 

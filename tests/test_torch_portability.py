@@ -26,7 +26,7 @@ def test_every_state_buffer_is_made_on_the_model_device(name, dit_calibration):
     """On a model that is not on the CPU (here the meta device, as fake as CUDA for device propagation), every
     buffer a pass adds lives there: a CPU buffer made the decision pass fail on CUDA ("found two different
     devices cuda:0, cpu"). The one exception is the host clock of a static schedule, on the CPU on purpose."""
-    model, inputs = tiny_unet() if name == "deepcache" else tiny_dit(num_layers=3, batch=2)
+    model, inputs = tiny_unet() if name in ("deepcache", "auto") else tiny_dit(num_layers=3, batch=2)
     policy = make_policy(name, calibration=str(dit_calibration)) if name in CALIBRATED else make_policy(name)
     model = model.to("meta").requires_grad_(False)
     kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in inputs(999.0).items()}

@@ -12,6 +12,7 @@ from graphcache.policies.spec import format_spec, parse_spec
 REGISTRY: dict[str, str] = {
     "abcache": "graphcache.policies.abcache:ABCache",
     "adacache": "graphcache.policies.adacache:AdaCache",
+    "auto": "graphcache.policies.auto:Auto",
     "cfgcache": "graphcache.policies.cfgcache:CFGCacheConfig",
     "dbcache": "graphcache.policies.dbcache:DBCache",
     "deepcache": "graphcache.policies.deepcache:DeepCache",

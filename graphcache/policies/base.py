@@ -80,6 +80,11 @@ class PolicyConfig:
     def passes(self) -> list[Any]:
         raise NotImplementedError
 
+    def instead_of_no_stack(self, gm: Any) -> PolicyConfig | None:
+        """The policy to apply to ``gm`` when this one's passes found no stack of repeated blocks worth caching
+        (:class:`graphcache.errors.NoStackError`); None: refuse (``auto`` takes DeepCache on a U-Net)."""
+        return None
+
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise :class:`PolicyConfigError` when the policy's data (a calibration) does not fit ``model``."""
 

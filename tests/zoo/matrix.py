@@ -55,6 +55,7 @@ EXTRA_POLICIES: dict[str, str] = {
     "deltadit": "deltadit{interval=2,boundary=3}",
     "easycache": "easycache{tau=1000.0,warmup=2}",
     "deepcache": "deepcache{interval=3}",
+    "auto": "auto{interval=3}",  # the default: FORA, or DeepCache on a U-Net
     "magcache": "magcache{threshold=1000.0,max_skips=2,retention=0.0,calibration='{calibration}'}",
 }
 OK, REFUSED = "ok", "refused"
