@@ -17,6 +17,7 @@ import torch
 
 from graphcache.errors import ExportError
 from graphcache.exported import ExportedCache, optimize_exported
+from graphcache.passes.base import analysis
 from graphcache.passes.dense_cond_operands import DenseCondOperands
 from graphcache.policies import PolicyConfig, make_policy
 
@@ -123,6 +124,9 @@ def export_model(
     log(f"capturing {type(model).__name__} with torch.export and applying {config.describe()}")
     dense = DenseCondOperands(freeze_concat_operands=fmt == "aoti")  # an Inductor prim: not for ONNX
     cached, graphs, plan = plan_graphs(model, example_kwargs, config, fmt, form, steps, dense)
+    choice = analysis(cached.module).policy_choice
+    if choice:
+        log(choice)
     for name, graph in graphs.items():
         plan.graphs[name] = dataclasses.replace(plan.graphs[name],
                                                 file=_write(fmt, name, graph, example_kwargs, directory, log))

@@ -74,11 +74,13 @@ def _run_summary() -> list[str]:
         lines.append("fuzz: " + ", ".join(f"{k} {v}" for k, v in sorted(fuzz.items())))
     results = getattr(sys.modules.get("test_zoo"), "_RESULTS", None)
     if results:
-        from zoo.matrix import summary
+        from zoo.matrix import optimized_by_default, summary
 
         cases = [c for name in sorted(results) for c in results[name]]
-        supported = sum(all(c.status == "ok" for c in cs) for cs in results.values())
-        lines.append(f"zoo: {len(results)} diffusers denoisers, {supported} supported under every policy; "
+        supported = sum(all(c.status == "ok" for c in cs if c.policy != "auto") for cs in results.values())
+        by_default = sum(optimized_by_default(cs) for cs in results.values())
+        lines.append(f"zoo: {len(results)} diffusers denoisers, {by_default} optimized by the default policy (auto: "
+                     f"FORA, DeepCache on a U-Net), {supported} supported under FORA, FBCache and lite TaylorSeer; "
                      f"{summary(cases)}")
     return lines
 

@@ -322,6 +322,13 @@ def markdown(cases: Sequence[Case]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def optimized_by_default(cases: Sequence[Case]) -> bool:
+    """Under the default policy ``auto``: FORA's case (the same passes where the stack holds the step's work),
+    or ``auto``'s own where it ran (FORA found no stack worth caching: DeepCache on a U-Net)."""
+    fora = next(c for c in cases if c.policy == "fora")
+    return fora.status == OK or any(c.policy == "auto" and c.status == OK for c in cases)
+
+
 def summary(cases: Sequence[Case]) -> str:
     parts = []
     for policy in dict.fromkeys(c.policy for c in cases):
