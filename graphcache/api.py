@@ -252,10 +252,16 @@ class CachedModule(torch.nn.Module):
         found = analysis(self.states[0].gm)
         stack, sources = found.block_stack, found.input_sources or {}
         source = sources.get(stack.timestep.name) if stack is not None else None
-        if source is None:
-            return
-        self.router.get = argument_getter(self.model.forward, source)
-        if self.router.get is not None and self._explicit == 0:
+        self.router.get = None if source is None else argument_getter(self.model.forward, source)
+        if self.router.get is None:
+            import warnings
+
+            note = (f"the timestep ({source or 'not one of the arguments'}) cannot be read from a call, so calls "
+                    "without cache_context are not told apart by their timestep: run CFG as two calls (and "
+                    "Heun's stages) in cache_context('cond') / ('uncond')")
+            self.notes.append(note)
+            warnings.warn(f"graphcache: {note}", stacklevel=4)
+        elif self._explicit == 0:
             self.router.stream(args, kwargs)
 
     def reset(self) -> None:
@@ -311,7 +317,7 @@ def _timestep_getter(model: torch.nn.Module) -> Any:
 
     from graphcache.cfg_cache import TIMESTEP_NAMES
 
-    names = inspect.signature(model.forward).parameters
+    names = inspect.signature(model.forward).parameters  # the wrapped forward's, behind a decorator
     found = next((n for n in TIMESTEP_NAMES if n in names), None)
     return None if found is None else argument_getter(model.forward, f"L['{found}']")
 

@@ -122,7 +122,8 @@ def cache_context(sets: StateSets, states: Sequence[Any], name: str, **fields: A
         sets.switch(states, previous)
 
 
-_SOURCE = re.compile(r"L\['(\w+)'\](?:\['(\w+)'\])?")
+_SOURCE = re.compile(r"L\['(\w+)'\]((?:\['\w+'\]|\[\d+\])*)")
+_INDEX = re.compile(r"\['(\w+)'\]|\[(\d+)\]")
 
 
 Getter = Callable[[tuple[Any, ...], dict[str, Any]], Any]
@@ -130,16 +131,37 @@ Getter = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 
 def argument_getter(forward: Callable[..., Any], source: str) -> Getter | None:
     """A function of a call's ``(args, kwargs)`` returning the argument dynamo names ``source``
-    (``L['timestep']``, ``L['kwargs']['timestep']``); None for a source of another form."""
+    (``L['timestep']``, ``L['kwargs']['timestep']``, ``L['args'][3]``); None for a source of another form.
+
+    Dynamo names the locals of the code it traced. For a ``forward`` behind a decorator (diffusers'
+    ``apply_lora_scale``: ``wrapper(self, *args, **kwargs)``) that is the wrapper, so the call is bound to
+    ``forward``'s own signature; where the name is not one of its parameters, dynamo traced the wrapped
+    function (it skips a wrapper's frame once a graph broke in it, for every model sharing that decorator)
+    and the call is bound to the wrapped signature."""
     match = _SOURCE.fullmatch(source)
     if match is None:
         return None
-    signature = inspect.signature(forward)
-    name, key = match[1], match[2]
+    name = match[1]
+    signature = inspect.signature(forward, follow_wrapped=False)
+    if name not in signature.parameters:
+        signature = inspect.signature(forward)
+        if name not in signature.parameters:
+            return None
+    path = [key if key else int(index) for key, index in _INDEX.findall(match[2])]
 
     def get(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        value = signature.bind_partial(*args, **kwargs).arguments.get(name)
-        return value.get(key) if key is not None and isinstance(value, dict) else value
+        try:
+            value = signature.bind_partial(*args, **kwargs).arguments.get(name)
+        except TypeError:  # arguments this signature does not take: not a call the graph was captured for
+            return None
+        for step in path:
+            if isinstance(step, int) and isinstance(value, list | tuple) and step < len(value):
+                value = value[step]
+            elif isinstance(step, str) and isinstance(value, dict):
+                value = value.get(step)
+            else:
+                return None
+        return value
 
     return get
 

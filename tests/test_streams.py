@@ -4,12 +4,17 @@ Each stream must get exactly what it would get run alone through a fresh optimiz
 
 from __future__ import annotations
 
+import copy
+import functools
+import types
+
+import pytest
 import torch
 
 import graphcache
 
 from helpers import digits_pipeline, generate_digits, timesteps
-from models import hand_written_dit
+from models import HandWrittenDiT, hand_written_dit
 
 
 def _stream_inputs(seed: int):
@@ -69,6 +74,81 @@ def test_cfg_as_two_calls_without_contexts_is_routed_by_the_repeated_timestep():
         outs_c, outs_u = _two_calls(fast, cond, uncond, ts, contexts=False)
         _assert_same(outs_c, _alone(cond, ts)[0])
         _assert_same(outs_u, _alone(uncond, ts)[0])
+
+
+def _decorated(forward):
+    """As diffusers decorates its models' forward (``apply_lora_scale``): dynamo traces the wrapper, whose
+    locals name the timestep ``L['kwargs']['noise_level']`` or ``L['args'][1]``."""
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+class _DecoratedDiT(HandWrittenDiT):
+    forward = _decorated(HandWrittenDiT.forward)
+
+
+@pytest.mark.parametrize("positional", [False, True], ids=["keywords", "positional"])
+def test_cfg_as_two_calls_without_contexts_behind_a_decorated_forward(positional):
+    """The stream router once bound the call to the wrapped signature, found no timestep and routed nothing:
+    cond and uncond took turns in one stream, each cached step reusing the other's features (Flux, Wan,
+    SD3, ... in a hand-written CFG loop)."""
+    cond, uncond, ts = _stream_inputs(1), _stream_inputs(2), timesteps(7)
+    torch.manual_seed(0)
+    model = _DecoratedDiT().eval()
+    reference = copy.deepcopy(model)
+    fast = graphcache.optimize(model, "fora", backend="eager")
+
+    def call(fn, inputs):
+        return fn(inputs["latent"], inputs["noise_level"]) if positional else fn(**inputs)
+
+    outs_c, outs_u = [], []
+    with torch.no_grad():
+        for t in ts:
+            outs_c.append(call(fast, cond(t)))
+            outs_u.append(call(fast, uncond(t)))
+    assert fast.notes == []
+    for outs, inputs in ((outs_c, cond), (outs_u, uncond)):
+        alone = graphcache.optimize(copy.deepcopy(reference), "fora", backend="eager")
+        with torch.no_grad():
+            _assert_same(outs, [call(alone, inputs(t)) for t in ts])
+        assert graphcache.decisions(alone) == ["computed", "cached", "cached"] * 2 + ["computed"]
+
+
+@pytest.mark.parametrize("source", ["L['kwargs']['noise_level']", "L['args'][1]", "L['noise_level']"])
+def test_the_timestep_getter_follows_the_frame_dynamo_traced(source):
+    """The wrapper's locals (``kwargs`` / ``args``), or the wrapped function's where dynamo skipped the
+    wrapper's frame (it does, for every model sharing the decorator, once a graph broke in it: the zoo's
+    streams sweep met it after HiDream)."""
+    model = _DecoratedDiT()
+    get = graphcache.streams.argument_getter(model.forward, source)
+    latent, t = torch.zeros(2, 10, 4), torch.full((2,), 7.0)
+    by_keyword = get((), {"latent": latent, "noise_level": t})
+    positional = get((latent, t), {})
+    if source == "L['kwargs']['noise_level']":
+        assert by_keyword is t and positional is None  # positional calls put it in L['args'] instead
+    elif source == "L['args'][1]":
+        assert positional is t and by_keyword is None
+    else:
+        assert by_keyword is t and positional is t
+    assert graphcache.streams.argument_getter(model.forward, "L['nothing']") is None
+
+
+class _TimestepInAnObject(HandWrittenDiT):
+    def forward(self, latent: torch.Tensor, level: types.SimpleNamespace) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(latent, level.t)
+
+
+def test_a_timestep_the_router_cannot_read_is_said_not_silent():
+    """Where the timestep cannot be read from a call, calls without contexts cannot be routed: a warning and a
+    note say so, and point to cache_context."""
+    torch.manual_seed(0)
+    fast = graphcache.optimize(_TimestepInAnObject().eval(), "fora", backend="eager")
+    with pytest.warns(UserWarning, match="cannot be read from a call.*cache_context"), torch.no_grad():
+        fast(torch.randn(2, 10, 4), types.SimpleNamespace(t=torch.full((2,), 999.0)))
+    assert len(fast.notes) == 1 and "cache_context('cond')" in fast.notes[0]
 
 
 def test_heun_repeated_timesteps_keep_one_trajectory_per_stage():

@@ -24,6 +24,7 @@ from zoo.matrix import (
     run_model,
     summary,
 )
+from zoo.streams import run_streams
 
 # At least this many classes optimize under every policy of the matrix (the rest are refused with a reason).
 MIN_SUPPORTED = 64
@@ -113,3 +114,19 @@ def test_per_block_units_are_found_past_a_position_add_and_float32_residuals(nam
     stream, so per-block caching and attention reuse find their three branches per block."""
     cases = run_model(ZOO[name], ["fora-block", "pab"])
     assert [c.status for c in cases] == [OK, OK], [(c.policy, c.status, c.detail) for c in cases]
+
+
+# The ways pipelines call a denoiser (CFG as two calls with contexts and without, Heun, img2img after it;
+# ``python -m tests.zoo.streams`` over the whole zoo): classes whose forward sits behind diffusers' decorator
+# (the stream router once found no timestep there and let cond and uncond share one cache), per-frame
+# timesteps (AnyFlow), a dynamic and a forecasting policy, and a U-Net under the default policy.
+STREAMS_SAMPLE = [("FluxTransformer2DModel", "fora"), ("FluxTransformer2DModel", "fbcache"),
+                  ("SD3Transformer2DModel", "taylorseer-lite"), ("AnyFlowTransformer3DModel", "fora"),
+                  ("UNet2DConditionModel", "auto")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,policy", STREAMS_SAMPLE)
+def test_zoo_streams_each_equal_to_it_alone(name, policy):
+    case = run_streams(ZOO[name], policy)
+    assert case.status == OK, f"{case.status}: {case.detail}"
