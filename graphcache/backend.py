@@ -28,6 +28,7 @@ from graphcache.passes.base import analysis
 from graphcache.policies import make_policy
 from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering, rewrite
 from graphcache.state import CacheState, register
+from graphcache.streams import GraphStreams
 
 INNER_BACKENDS = ("inductor", "aot_eager", "eager")
 
@@ -37,7 +38,7 @@ def make_backend(
     pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
     side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None,
     bucket_graphs: list[tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]] | None = None,
-    host_reader: HostTimestep | None = None, **policy_options: Any,
+    host_reader: HostTimestep | None = None, route_streams: bool = False, **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
     """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
     ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
@@ -55,7 +56,10 @@ def make_backend(
     captures at the policy's bucket batch sizes before a call that may compile (:mod:`graphcache.buckets`);
     a policy with ``buckets`` and no such captures runs whole batches, with a warning that says why.
     ``host_reader``: where a graph decides on the host (``host_decision``), the reader of the call's timestep,
-    shared with the caller's stream router so that one call's timestep is read once."""
+    shared with the caller's stream router so that one call's timestep is read once. ``route_streams``: the
+    graph routes its own calls to streams (:class:`graphcache.streams.GraphStreams`), where no module around
+    it does (``torch.compile(model, backend="graphcache")``; :class:`graphcache.CachedModule` routes its calls
+    itself)."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -97,9 +101,12 @@ def make_backend(
             pieces.append(f"graph {len(pieces) + 1}: the cached region ({analysis(new).require(BlockStack).num_blocks} "
                           "blocks)")
         compiled = lower(new, inputs, inner)
+        reader = host_reader or HostTimestep()
         host = analysis(new).host_decision
         if host is not None and host.conds:
-            compiled = _writing_host_timestep(compiled, new, host_reader or HostTimestep())
+            compiled = _writing_host_timestep(compiled, new, reader)
+        if route_streams:
+            compiled = _routing(compiled, new, state, reader, example_inputs, owner)
         if len(inputs) > len(example_inputs):
             compiled = _appending(compiled, inputs[len(example_inputs):])
         return compiled if used is None else _recording(compiled, state, used)
@@ -166,6 +173,33 @@ def _writing_host_timestep(compiled: Callable[..., Any], gm: fx.GraphModule, rea
     return run
 
 
+def _routing(compiled: Callable[..., Any], gm: fx.GraphModule, state: CacheState, reader: HostTimestep,
+             example_inputs: Sequence[Any], owner: object) -> Callable[..., Any]:
+    """``compiled``, switching ``state`` to the calling model's state and the call's stream first
+    (:class:`GraphStreams`): dynamo reuses this graph for every model of the class compiled with equal options,
+    so a model seen for the first time is registered for ``graphcache.decisions`` too. Called boxed (one
+    list) or with the inputs as arguments."""
+    timestep = analysis(gm).require(BlockStack).timestep
+    index = [n.name for n in gm.graph.find_nodes(op="placeholder")].index(timestep.name)
+    params = [k for k, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
+    if not params:
+        raise UnsupportedGraphError("the captured graph takes no parameters as inputs, so the models sharing it "
+                                    "cannot be told apart; use graphcache.optimize(model)")
+    streams = state.streams = GraphStreams(reader, index, params[0])
+    streams.model_of(example_inputs[params[0]])
+    boxed = getattr(compiled, "_boxed_call", False)
+
+    def run(*args: Any) -> Any:
+        inputs = args[0] if len(args) == 1 and isinstance(args[0], list) else args  # boxed: one list
+        known = len(streams.models)
+        if streams.before_call(state, inputs) == known:  # a model this graph has not served yet
+            register(state, [inputs[k] for k in params], owner)
+        return compiled(*args)
+
+    run._boxed_call = boxed  # type: ignore[attr-defined]
+    return run
+
+
 def _appending(compiled: Callable[..., Any], extra: list[Any]) -> Callable[..., Any]:
     """``compiled`` called with ``extra`` after the inputs dynamo passes (dynamo's boxed convention kept)."""
     boxed = getattr(compiled, "_boxed_call", False)
@@ -198,7 +232,8 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
     policy = options.pop("policy", "auto")
     inner = options.pop("backend", "inductor")
     self_check = options.pop("self_check", True)
-    return make_backend(policy, inner, self_check=self_check, owner=_compile_call(), **options)(gm, example_inputs)
+    return make_backend(policy, inner, self_check=self_check, owner=_compile_call(), route_streams=True,
+                        **options)(gm, example_inputs)
 
 
 def _compile_call() -> object:

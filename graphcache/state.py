@@ -36,6 +36,7 @@ class CacheState:
 
     gm: fx.GraphModule
     policy: str
+    streams: Any = None  # a GraphStreams where the graph routes its own calls (the torch.compile backend)
 
     @property
     def spec(self) -> StateSpec:
@@ -45,7 +46,9 @@ class CacheState:
         return self.gm.get_buffer(name)
 
     def reset(self) -> None:
-        """Forget the current generation: the next call starts a new one and is computed."""
+        """Forget the current generation (of every stream): the next call starts a new one and is computed."""
+        if self.streams is not None:
+            self.streams.forget(self)
         spec = self.spec
         with torch.no_grad():
             for name in spec.buffers:
@@ -55,11 +58,16 @@ class CacheState:
         return [str(n.target) for n in self.spec.cache_nodes()]
 
     def decisions(self) -> list[str]:
-        """``'computed'`` / ``'cached'`` for each call of the current generation, in order."""
+        """``'computed'`` / ``'cached'`` for each call of the current generation, in order (of the first
+        stream, where the graph routes its own calls)."""
+        if self.streams is not None:
+            self.streams.show_first(self)
         return log_decisions(self.buffer("_gc_step"), self.buffer("_gc_last_t"), self.buffer("_gc_log"))
 
     def sample_decisions(self) -> list[list[str]]:
         """Per-sample decisions of the current generation (dynamic policies); ``[]`` for static ones."""
+        if self.streams is not None:
+            self.streams.show_first(self)
         if "_gc_sample_log" not in self.spec.buffers or torch.isinf(self.buffer("_gc_last_t")).item():
             return []
         steps = int(self.buffer("_gc_step").item()) + 1
@@ -103,7 +111,10 @@ def states_of(model: torch.nn.Module, owner: object = None) -> list[CacheState]:
     for p in model.parameters():
         entry = _LIVE.get(id(p))
         if entry is not None and entry[0]() is p:
-            found.extend(state for state, made_by in entry[1] if owner is None or made_by is owner)
+            found.extend(state for state, made_by in entry[1] if owner is None or made_by == owner)
+    for state in found:  # a graph serving several models (see GraphStreams) reports this one's state
+        if state.streams is not None:
+            state.streams.select(model.parameters())
     return found
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -185,6 +186,10 @@ class StreamRouter:
         t = self.get(args, kwargs)
         if t is None:
             return None
+        return self.stream_at(t)
+
+    def stream_at(self, t: Any) -> str:
+        """The stream of a call at timestep ``t`` (a tensor or a number), given the calls before it."""
         value = self.reader.read(t)
         self.repeat = self.repeat + 1 if value == self.last else 0
         self.last = value
@@ -193,3 +198,59 @@ class StreamRouter:
     def reset(self) -> None:
         self.last, self.repeat = None, 0
         self.reader.clear()
+
+
+class GraphStreams:
+    """Streams for a graph no module wraps (``torch.compile(model, backend="graphcache")``), per model.
+
+    Before each call the graph's state is switched to the call's stream by :class:`StreamRouter`'s rule (the
+    k-th call in a row at one timestep is stream k: CFG as two calls, Heun's stages), as
+    :class:`graphcache.CachedModule` does, and to the calling model's own state: dynamo hands one compiled
+    graph to every model of a class compiled with equal options (their parameters are inputs), so the model is
+    told by its parameters (``param``: the graph input holding one). Reports (``decisions``) and ``reset`` act
+    on the model :meth:`select` named, its first stream."""
+
+    def __init__(self, reader: HostTimestep, timestep: int, param: int) -> None:
+        self.sets = StateSets()
+        self.reader, self.timestep, self.param = reader, timestep, param
+        self.models: list[tuple[weakref.ref[torch.Tensor], StreamRouter]] = []
+        self.selected = 0
+
+    def model_of(self, param: torch.Tensor) -> int:
+        """The index of the model holding ``param``; a new one for a model not seen before."""
+        for k, (ref, _) in enumerate(self.models):
+            if ref() is param:
+                return k
+        router = StreamRouter()
+        router.reader = self.reader
+        self.models.append((weakref.ref(param), router))
+        return len(self.models) - 1
+
+    def _context(self, model: int, stream: str) -> str:
+        return stream if model == 0 else f"model {model}: {stream or 'first stream'}"
+
+    def before_call(self, state: Any, inputs: Sequence[Any]) -> int:
+        """Switch ``state`` to the call's model and stream; returns the model's index."""
+        model = self.model_of(inputs[self.param])
+        self.sets.switch([state], self._context(model, self.models[model][1].stream_at(inputs[self.timestep])))
+        return model
+
+    def select(self, params: Iterable[torch.Tensor]) -> None:
+        """The model whose state reports and resets act on: the one these are the parameters of."""
+        mine = {id(p): p for p in params}
+        alive = [(k, ref()) for k, (ref, _) in enumerate(self.models)]
+        self.selected = next((k for k, p in alive if p is not None and mine.get(id(p)) is p), 0)
+
+    def show_first(self, state: Any) -> None:
+        """Point the state's buffers at the selected model's first stream (what its decisions report)."""
+        self.sets.switch([state], self._context(self.selected, DEFAULT))
+
+    def forget(self, state: Any) -> None:
+        """The selected model's streams dropped but its first, whose buffers are live after this (the caller
+        resets them); the next call of that model starts over in its first stream."""
+        self.show_first(state)
+        mine = [c for c in self.sets._saved if self._context(self.selected, DEFAULT) == c or
+                (self.selected == 0 and not c.startswith("model ")) or c.startswith(f"model {self.selected}: ")]
+        for context in mine:
+            self.sets._saved.pop(context, None)
+        self.models[self.selected][1].reset()

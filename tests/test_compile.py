@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -80,6 +81,28 @@ def test_two_compilations_of_one_model_keep_their_own_decisions_and_reset():
     graphcache.reset(every_2)
     assert graphcache.decisions(every_2) == []
     assert graphcache.decisions(every_3) == ["computed", "cached", "cached", "computed"]
+
+
+def test_two_models_of_one_class_compiled_alike_keep_their_own_state():
+    """Dynamo hands the graph compiled for the first model to the second (same class, equal options; the
+    parameters are inputs): the state must still be each model's (as Wan 2.2's two transformers need). Before,
+    the second model's cached steps reused the first one's features."""
+    first, inputs = tiny_dit(num_layers=2, seed=0)
+    second, _ = tiny_dit(num_layers=2, seed=1)
+    options = {"interval": 2, "backend": "eager"}
+    ts = timesteps(5)
+    alone = [generation(torch.compile(copy.deepcopy(m), backend="graphcache", options=options), inputs, ts)
+             for m in (first, second)]
+    torch._dynamo.reset()
+    a = torch.compile(first, backend="graphcache", options=options)
+    b = torch.compile(second, backend="graphcache", options=options)
+    with torch.no_grad():
+        outs = [(a(**inputs(t)).sample, b(**inputs(t)).sample) for t in ts]  # in turn, at the same timesteps
+    for k, (x, y) in enumerate(outs):
+        assert torch.equal(x, alone[0][k]) and torch.equal(y, alone[1][k]), k
+    assert graphcache.decisions(a) == graphcache.decisions(b) == ["computed", "cached"] * 2 + ["computed"]
+    graphcache.reset(a)
+    assert graphcache.decisions(a) == [] and len(graphcache.decisions(b)) == 5
 
 
 def test_export_route_compiled_with_inductor():

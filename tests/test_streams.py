@@ -151,6 +151,38 @@ def test_a_timestep_the_router_cannot_read_is_said_not_silent():
     assert len(fast.notes) == 1 and "cache_context('cond')" in fast.notes[0]
 
 
+def test_the_torch_compile_backend_routes_two_calls_and_heun_itself():
+    """``torch.compile(model, backend="graphcache")`` has no module around the graph to route calls: the graph
+    does it (each call at the timestep of the one before is the next stream). Before, the uncond call started a
+    new generation and the next cond call cached from the uncond features. ``reset`` forgets every stream."""
+    cond, uncond, ts = _stream_inputs(1), _stream_inputs(2), timesteps(7)
+    model, _ = hand_written_dit()
+
+    def compiled():
+        return torch.compile(copy.deepcopy(model), backend="graphcache", options={"policy": "fora",
+                                                                                 "backend": "eager"})
+
+    with torch.no_grad():
+        alone = compiled()
+        alone_c = [alone(**cond(t)) for t in ts]
+        graphcache.reset(alone)
+        alone_u = [alone(**uncond(t)) for t in ts]
+        graphcache.reset(alone)
+        heun_2 = [alone(**uncond(t)) for t in ts[1:]]
+        fast = compiled()
+        for _ in range(2):  # a second generation right after the first
+            outs_c, outs_u = _two_calls(fast, cond, uncond, ts, contexts=False)
+            _assert_same(outs_c, alone_c)
+            _assert_same(outs_u, alone_u)
+            assert graphcache.decisions(fast) == ["computed", "cached", "cached"] * 2 + ["computed"]
+        fast(**cond(ts[0]))
+        fast(**uncond(ts[0]))  # stream 1 has a generation under way...
+        graphcache.reset(fast)  # ...which reset() forgets too
+        outs = [fast(**cond(ts[0]))] + [fast(**s(t)) for t in ts[1:] for s in (cond, uncond)]  # Heun's order
+    _assert_same([outs[0], *outs[1::2]], alone_c)
+    _assert_same(outs[2::2], heun_2)
+
+
 def test_heun_repeated_timesteps_keep_one_trajectory_per_stage():
     """Heun's scheduler calls t0, t1, t1, t2, t2, ...: the second call at a timestep is the other stage's
     stream, so each stage's FORA schedule is its own (not 'computed' at every repeated timestep)."""
