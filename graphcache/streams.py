@@ -208,37 +208,47 @@ class GraphStreams:
     :class:`graphcache.CachedModule` does, and to the calling model's own state: dynamo hands one compiled
     graph to every model of a class compiled with equal options (their parameters are inputs), so the model is
     told by its parameters (``param``: the graph input holding one). Reports (``decisions``) and ``reset`` act
-    on the model :meth:`select` named, its first stream."""
+    on the model :meth:`select` named, its first stream. A model's saved state goes at the first call after the
+    model is gone."""
 
     def __init__(self, reader: HostTimestep, timestep: int, param: int) -> None:
         self.sets = StateSets()
         self.reader, self.timestep, self.param = reader, timestep, param
-        self.models: list[tuple[weakref.ref[torch.Tensor], StreamRouter]] = []
+        self.models: list[tuple[weakref.ref[torch.Tensor], StreamRouter, set[str]]] = []  # param, router, contexts
         self.selected = 0
 
     def model_of(self, param: torch.Tensor) -> int:
         """The index of the model holding ``param``; a new one for a model not seen before."""
-        for k, (ref, _) in enumerate(self.models):
+        for k, (ref, _, _) in enumerate(self.models):
             if ref() is param:
                 return k
-        router = StreamRouter()
+        router, k = StreamRouter(), len(self.models)
         router.reader = self.reader
-        self.models.append((weakref.ref(param), router))
-        return len(self.models) - 1
+        self.models.append((weakref.ref(param), router, set()))
+        return k
 
     def _context(self, model: int, stream: str) -> str:
-        return stream if model == 0 else f"model {model}: {stream or 'first stream'}"
+        name = stream if model == 0 else f"model {model}: {stream or 'first stream'}"
+        self.models[model][2].add(name)
+        return name
+
+    def _drop(self, model: int, keep: str | None = None) -> None:
+        for context in self.models[model][2] - {keep}:
+            self.sets._saved.pop(context, None)
 
     def before_call(self, state: Any, inputs: Sequence[Any]) -> int:
         """Switch ``state`` to the call's model and stream; returns the model's index."""
         model = self.model_of(inputs[self.param])
         self.sets.switch([state], self._context(model, self.models[model][1].stream_at(inputs[self.timestep])))
+        for k, (ref, _, _) in enumerate(self.models):  # a model that is gone: its saved state with it
+            if ref() is None:
+                self._drop(k)
         return model
 
     def select(self, params: Iterable[torch.Tensor]) -> None:
         """The model whose state reports and resets act on: the one these are the parameters of."""
         mine = {id(p): p for p in params}
-        alive = [(k, ref()) for k, (ref, _) in enumerate(self.models)]
+        alive = [(k, ref()) for k, (ref, _, _) in enumerate(self.models)]
         self.selected = next((k for k, p in alive if p is not None and mine.get(id(p)) is p), 0)
 
     def show_first(self, state: Any) -> None:
@@ -249,8 +259,5 @@ class GraphStreams:
         """The selected model's streams dropped but its first, whose buffers are live after this (the caller
         resets them); the next call of that model starts over in its first stream."""
         self.show_first(state)
-        mine = [c for c in self.sets._saved if self._context(self.selected, DEFAULT) == c or
-                (self.selected == 0 and not c.startswith("model ")) or c.startswith(f"model {self.selected}: ")]
-        for context in mine:
-            self.sets._saved.pop(context, None)
+        self._drop(self.selected, keep=self._context(self.selected, DEFAULT))
         self.models[self.selected][1].reset()

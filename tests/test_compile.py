@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 import graphcache
 from graphcache.backend import make_backend
 from graphcache.policies.fora import FORA
+from graphcache.state import states_of
 
 from helpers import generation, timesteps
 from models import tiny_dit, tiny_flux
@@ -103,6 +105,13 @@ def test_two_models_of_one_class_compiled_alike_keep_their_own_state():
     assert graphcache.decisions(a) == graphcache.decisions(b) == ["computed", "cached"] * 2 + ["computed"]
     graphcache.reset(a)
     assert graphcache.decisions(a) == [] and len(graphcache.decisions(b)) == 5
+    (state,) = states_of(first)
+    assert "model 1: first stream" in state.streams.sets.contexts()
+    del b, second, _
+    gc.collect()
+    with torch.no_grad():
+        a(**inputs(ts[0]))
+    assert state.streams.sets.contexts() == [""]  # the second model's saved state went at the next call
 
 
 def test_export_route_compiled_with_inductor():
