@@ -9,12 +9,13 @@ repository root prints one line per case and the counts; the test suite runs the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,12 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
-def run_case(entry: ZooModel, policy: str, ref: Sequence[torch.Tensor], ts: Sequence[torch.Tensor]) -> Case:
+@contextlib.contextmanager
+def outcome(case: Case) -> Iterator[None]:
+    """Runs the body, recording on ``case`` what it raised (a named refusal, or an error) and its time."""
     start = time.perf_counter()
-    case = Case(entry.name, policy, OK)
     try:
-        _run(entry, policy_spec(policy, entry), ref, ts, case)
+        yield
     except PassError as err:  # a pass that broke is graphcache's failure, not a refusal with a reason
         case.status, case.detail = "error", _first_line(err)
     except GraphcacheError as err:
@@ -148,6 +150,12 @@ def run_case(entry: ZooModel, policy: str, ref: Sequence[torch.Tensor], ts: Sequ
     except Exception as err:  # the point of the zoo: anything but a named refusal is a failure
         case.status, case.detail = "error", _first_line(err)
     case.seconds = time.perf_counter() - start
+
+
+def run_case(entry: ZooModel, policy: str, ref: Sequence[torch.Tensor], ts: Sequence[torch.Tensor]) -> Case:
+    case = Case(entry.name, policy, OK)
+    with outcome(case):
+        _run(entry, policy_spec(policy, entry), ref, ts, case)
     return case
 
 
@@ -232,9 +240,8 @@ def capture(entry: ZooModel, ts: Sequence[torch.Tensor]) -> Captured | None:
 
 def run_captured(entry: ZooModel, policy: str, captured: Captured, ts: Sequence[torch.Tensor]) -> Case:
     """A policy applied through graphcache's backend to the shared capture; checked against that graph."""
-    start = time.perf_counter()
     case = Case(entry.name, policy, OK)
-    try:
+    with outcome(case):
         states: list[Any] = []
         graph = torch.fx.GraphModule(captured.gm, copy.deepcopy(captured.gm.graph))
         fast = make_backend(policy_spec(policy, entry), "eager", states)(graph, captured.example_inputs)
@@ -244,13 +251,6 @@ def run_captured(entry: ZooModel, policy: str, captured: Captured, ts: Sequence[
             first = [[x.clone() for x in pytree.tree_leaves(fast(*flat))] for flat in calls]
             second = [[x.clone() for x in pytree.tree_leaves(fast(*flat))] for flat in calls]
         _check(case, states, first, second, ref)
-    except PassError as err:  # a pass that broke is graphcache's failure, not a refusal with a reason
-        case.status, case.detail = "error", _first_line(err)
-    except GraphcacheError as err:
-        case.status, case.detail = REFUSED, _first_line(err)
-    except Exception as err:
-        case.status, case.detail = "error", _first_line(err)
-    case.seconds = time.perf_counter() - start
     return case
 
 

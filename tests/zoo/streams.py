@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,9 +25,8 @@ import torch
 import torch.utils._pytree as pytree
 
 import graphcache
-from graphcache.errors import GraphcacheError, PassError
 
-from .matrix import OK, REFUSED, Case, _equal, _first_line, policy_keys, policy_spec, step_inputs
+from .matrix import OK, REFUSED, Case, _equal, outcome, policy_keys, policy_spec, step_inputs
 from .registry import ZOO, ZooModel, output_tensor
 
 Inputs = Callable[[int], dict[str, Any]]  # a stream's inputs at step index k
@@ -111,19 +109,11 @@ def check_streams(entry: ZooModel, spec: str, steps: int = 7) -> str:
 
 
 def run_streams(entry: ZooModel, policy: str) -> Case:
-    start = time.perf_counter()
     case = Case(entry.name, policy, OK)
-    try:
+    with outcome(case):
         found = check_streams(entry, policy_spec(policy, entry))
         if found:
             case.status, case.detail = "wrong", found
-    except PassError as err:
-        case.status, case.detail = "error", _first_line(err)
-    except GraphcacheError as err:
-        case.status, case.detail = REFUSED, _first_line(err)
-    except Exception as err:
-        case.status, case.detail = "error", _first_line(err)
-    case.seconds = time.perf_counter() - start
     return case
 
 
