@@ -75,6 +75,11 @@ class StateSets:
         for state in states:
             state.reset()
 
+    def drop(self, names: Iterable[str]) -> None:
+        """Forget the saved state of these contexts (not the live one's)."""
+        for name in names:
+            self._saved.pop(name, None)
+
     def contexts(self) -> list[str]:
         return sorted({self.active, *self._saved})
 
@@ -233,8 +238,7 @@ class GraphStreams:
         return name
 
     def _drop(self, model: int, keep: str | None = None) -> None:
-        for context in self.models[model][2] - {keep}:
-            self.sets._saved.pop(context, None)
+        self.sets.drop(self.models[model][2] - {keep})
 
     def before_call(self, state: Any, inputs: Sequence[Any]) -> int:
         """Switch ``state`` to the call's model and stream; returns the model's index."""
