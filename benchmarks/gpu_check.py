@@ -119,6 +119,9 @@ def step_times(fn, latent: torch.Tensor, steps: int) -> list[float]:  # type: ig
     return times
 
 
+ONE_GRAPH = False  # --one-graph
+
+
 def mean_ms(values: list[float]) -> float | None:
     return 1e3 * sum(values) / len(values) if values else None
 
@@ -140,6 +143,7 @@ def section_compile(model, latent, steps, results, policies) -> None:  # type: i
             torch._dynamo.reset()
             counters.clear()
             cached = graphcache.optimize(model, spec, backend="inductor")
+            cached.cached_step_graph = not ONE_GRAPH
             start = time.perf_counter()
             generation(cached, latent, 3)
             compile_s = time.perf_counter() - start
@@ -156,6 +160,7 @@ def section_compile(model, latent, steps, results, policies) -> None:  # type: i
                    "graph_breaks": sum(counters["graph_break"].values()), "max_abs_error": max_err(outs, ref),
                    "compile_s": compile_s, "computed": computed,
                    "host_decision": str(analysis(cached.states[0].gm).host_decision),
+                   "cached_step_graph": _cached_step_graph(cached),
                    "computed_step_ms": mean_ms([s for s, d in zip(own, decisions, strict=True) if d == "computed"]),
                    "cached_step_ms": mean_ms([s for s, d in zip(own, decisions, strict=True) if d != "computed"])}
             results[f"compile/{spec}"] = row
@@ -169,6 +174,14 @@ def section_compile(model, latent, steps, results, policies) -> None:  # type: i
             print(f"[1] {spec}: FAILED {type(err).__name__}: {err}", flush=True)
         finally:
             torch._dynamo.config.error_on_recompile = False
+
+
+def _cached_step_graph(cached) -> str:  # type: ignore[no-untyped-def]
+    """How many cached steps ran by their own graph (graphcache/cached_step.py), or why none."""
+    runner = cached.states[0].cached_step
+    if runner is None:
+        return "off" if ONE_GRAPH else "not made"
+    return f"{runner.runs} steps" + (f" ({runner.why_not})" if runner.why_not else "")
 
 
 def section_syncs(model, latent, results, policy: str = "fora", steps: int = 7) -> None:  # type: ignore[no-untyped-def]
@@ -337,9 +350,13 @@ def main() -> None:
                         help="the DiT's size (default 1152,12,16,4096,2: DiT-XL blocks at 1024x1024 latents' tokens)")
     parser.add_argument("--policies", default=";".join(POLICIES), help="policy specs, separated by ';'")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--one-graph", action="store_true",
+                        help="section 1: every step through the one graph (no cached-step graph), to compare")
     parser.add_argument("--sync-policies", default="fora;taylorseer{lite=true};pab{window_low=0,window_high=1000}",
                         help="section 2's policies, separated by ';'")
     args = parser.parse_args()
+    global ONE_GRAPH
+    ONE_GRAPH = args.one_graph
     width, depth, heads, tokens, batch = (64, 4, 2, 16, 2) if args.small else (int(v) for v in args.size.split(","))
     default = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     dtype = getattr(torch, args.dtype) if args.dtype else default

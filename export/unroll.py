@@ -13,13 +13,13 @@ outputs, so the runtime keeps those buffers where they are: the cached graph of 
 from __future__ import annotations
 
 import copy
-import operator
 
 import torch
 import torch.fx as fx
 
 from graphcache.errors import ExportError
 from graphcache.passes.dead_code import eliminate_dead_code
+from graphcache.passes.graph_utils import inline_branch
 
 from .functional import FunctionalGraph, state_input
 
@@ -32,42 +32,6 @@ def _the_cond(graph: fx.Graph) -> fx.Node:
     if len(conds) != 1:
         raise ExportError(f"the step-unrolled form needs exactly one cache cond in the graph, found {len(conds)}")
     return conds[0]
-
-
-def _lookup(module: torch.nn.Module, target: str) -> torch.Tensor | None:
-    for part in target.split("."):
-        module = getattr(module, part, None)  # type: ignore[assignment]
-        if module is None:
-            return None
-    return module  # type: ignore[return-value]
-
-
-def _inline(gm: fx.GraphModule, cond: fx.Node, branch: fx.GraphModule) -> None:
-    graph = gm.graph
-    operands = list(cond.args[3])  # type: ignore[arg-type]
-    placeholders = [n for n in branch.graph.nodes if n.op == "placeholder"]
-    env: dict[fx.Node, fx.Node] = dict(zip(placeholders, operands, strict=True))
-    with graph.inserting_before(cond):
-        for node in branch.graph.nodes:
-            if node.op == "get_attr":  # parameters the branch reads: the root's own when it has them
-                target = str(node.target)
-                if _lookup(gm, target) is None:
-                    target = "_gc_inlined_" + target.replace(".", "_")
-                    value = _lookup(branch, str(node.target))
-                    if isinstance(value, torch.nn.Module):  # a nested cond's branch (Delta-DiT's phases)
-                        gm.add_submodule(target, value)
-                    else:
-                        gm.register_buffer(target, value)
-                env[node] = graph.get_attr(target)
-            elif node.op == "output":
-                results = [env[r] for r in node.args[0]]  # type: ignore[union-attr]
-            elif node.op != "placeholder":
-                env[node] = graph.node_copy(node, lambda a: env[a])
-    for user in list(cond.users):
-        assert user.target is operator.getitem, f"cond output used by {user.format_node()}"
-        user.replace_all_uses_with(results[user.args[1]])  # type: ignore[index]
-        graph.erase_node(user)
-    graph.erase_node(cond)
 
 
 def _origin(node: fx.Node) -> fx.Node:
@@ -85,7 +49,7 @@ def specialize(fg: FunctionalGraph, compute: bool) -> FunctionalGraph:
     assert isinstance(pred, fx.Node)
     branches = [str(cond.args[k].target) for k in (1, 2)]  # type: ignore[union-attr]
     branch = getattr(gm, branches[0 if compute else 1])
-    _inline(gm, cond, branch)
+    inline_branch(gm, cond, branch)
     for user in list(pred.users):
         if user.target in _WHERE and user.args[0] is pred:
             user.replace_all_uses_with(user.args[1 if compute else 2])  # type: ignore[arg-type]

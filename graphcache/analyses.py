@@ -77,6 +77,7 @@ class HostDecision:
     timestep: str = ""  # the placeholder whose value the host clock reads
     buffer: str = ""  # the CPU buffer it is written into
     why_not: str | None = None
+    pred: str = ""  # the host predicate node the conds read
 
 
 @dataclasses.dataclass

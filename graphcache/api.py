@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from graphcache.backend import make_backend
+from graphcache.cached_step import DYNAMIC, NOT_RUN, CachedStepGraph
 from graphcache.errors import GraphcacheError, PolicyConfigError, UnsupportedGraphError, first_line
 from graphcache.pipelines import denoiser_names, optimize_pipeline, reset_pipeline
 from graphcache.policies import PolicyConfig, make_policy
@@ -46,7 +47,12 @@ class CachedModule(torch.nn.Module):
     keep working. State lives in the compiled graph's buffers, one set per stream of calls (``cache_context``,
     or the k-th call at one timestep); ``reset()`` starts over, ``decisions()`` gives the computed/cached
     record. See the README's "Generations and streams".
+
+    With a static schedule, a call the host finds cached runs a second graph holding only what a cached step
+    reads (:mod:`graphcache.cached_step`); ``cached_step_graph = False`` runs every call through the one graph.
     """
+
+    cached_step_graph = True
 
     def __init__(self, model: torch.nn.Module, policy: PolicyConfig, backend: str = "inductor",
                  self_check: bool = True) -> None:
@@ -67,6 +73,7 @@ class CachedModule(torch.nn.Module):
         self._side_t: torch.Tensor | None = None  # with graph breaks: the call's timestep, written before each call
         self._buckets: list[Any] = []  # the policy's bucket captures for the call being compiled (graphcache.buckets)
         self._bucket_shapes: set[Any] = set()  # input signatures whose bucket captures were made
+        self._cached_step_notes: set[str] = set()  # why a state's cached-step graph is off, each said once
         compiled = None if getattr(policy, "wraps_model", False) else self._compile(fullgraph=True)
         self.__dict__["_compiled"] = compiled  # not a submodule: parameters stay listed once
 
@@ -87,6 +94,11 @@ class CachedModule(torch.nn.Module):
                 self.__dict__["_compiled"] = self._wrapper_for(args, kwargs, self._cfg_stream(stream))
             elif stream is not None:
                 self.contexts.switch(self.states, stream)
+            if not wraps:
+                out = self._cached_step(args, kwargs)
+                if out is not NOT_RUN:
+                    self.contexts.note_call()
+                    return out
             try:
                 return self._call_compiled(args, kwargs)
             except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:
@@ -108,7 +120,39 @@ class CachedModule(torch.nn.Module):
             self._learned = True
             self._note_policy_choice()
             self._learn_timestep(args, kwargs)
+        self._record_call(args, kwargs, out)
         return out
+
+    def _cached_step(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A call the host finds cached, run by the cached-step graph of the state the last call used
+        (:mod:`graphcache.cached_step`); :data:`NOT_RUN` when the call is not one for it."""
+        if not self.used or self.pieces or self._side_t is not None or self.router.get is None:
+            return NOT_RUN
+        runner = getattr(self.used[0], "cached_step", None)
+        if runner is None or runner.call is None or not self.cached_step_graph:
+            return NOT_RUN
+        t = self.router.get(args, kwargs)
+        if not isinstance(t, torch.Tensor | int | float):
+            return NOT_RUN
+        return runner.run(args, kwargs, self.router.reader.read(t))
+
+    def _record_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """After a call through dynamo: the call its state's cached-step graph is checked against (none where
+        the timestep cannot be read from a call: the host could not decide, and a note says so already)."""
+        if (not self.cached_step_graph or not self.used or self.pieces or self._side_t is not None
+                or self.router.get is None):
+            return
+        state = self.used[0]
+        if not isinstance(state, CacheState):
+            return
+        if state.cached_step is None:
+            state.cached_step = CachedStepGraph(state, self.model, self.model.forward, self.backend)
+        runner = state.cached_step
+        runner.record(args, kwargs, out)
+        if runner.why_not is not None and runner.why_not not in self._cached_step_notes:
+            self._cached_step_notes.add(runner.why_not)
+            if runner.why_not != DYNAMIC:
+                self.notes.append(f"cached steps run the full graph: {runner.why_not}")
 
     def _capture_buckets(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """On the first call of an input signature, with a policy that has ``buckets``: the model's captures at

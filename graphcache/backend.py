@@ -147,7 +147,9 @@ def _recording(compiled: Callable[..., Any], state: CacheState, used: list[Cache
 
     def run(*args: Any) -> Any:
         used[:] = [state]
-        return compiled(*args)
+        outputs = compiled(*args)
+        state.output_ids = [id(x) for x in outputs]  # how graphcache.cached_step rebuilds the model's output
+        return outputs
 
     run._boxed_call = boxed  # type: ignore[attr-defined]
     return run

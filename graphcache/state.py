@@ -37,6 +37,8 @@ class CacheState:
     gm: fx.GraphModule
     policy: str
     streams: Any = None  # a GraphStreams where the graph routes its own calls (the torch.compile backend)
+    output_ids: list[int] = dataclasses.field(default_factory=list)  # ids of the last call's graph outputs
+    cached_step: Any = None  # graphcache.optimize's CachedStepGraph for this state, once made
 
     @property
     def spec(self) -> StateSpec:

@@ -4,6 +4,7 @@ rewrites nodes of a graph and of the cond branches nested in it."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -260,3 +261,41 @@ def refuse_unbranchable(nodes: Iterable[fx.Node]) -> None:
                 f"the blocks call {node.target.name()} ('{node.name}'), a higher-order op that torch.cond "
                 "cannot hold in a branch here (flex attention inside a cond fails in torch's tracing); use "
                 "scaled_dot_product_attention in the blocks to cache them")
+
+
+def _lookup(module: torch.nn.Module, target: str) -> torch.Tensor | None:
+    for part in target.split("."):
+        module = getattr(module, part, None)  # type: ignore[assignment]
+        if module is None:
+            return None
+    return module  # type: ignore[return-value]
+
+
+def inline_branch(gm: fx.GraphModule, cond: fx.Node, branch: fx.GraphModule) -> None:
+    """Replace ``cond`` (a ``higher_order.cond`` in ``gm``) by ``branch``'s nodes on its operands; a ``get_attr``
+    the branch reads is the root's own when it has one of that name, else registered on the root."""
+    graph = gm.graph
+    operands = list(cond.args[3])  # type: ignore[arg-type]
+    placeholders = [n for n in branch.graph.nodes if n.op == "placeholder"]
+    env: dict[fx.Node, fx.Node] = dict(zip(placeholders, operands, strict=True))
+    with graph.inserting_before(cond):
+        for node in branch.graph.nodes:
+            if node.op == "get_attr":  # parameters the branch reads: the root's own when it has them
+                target = str(node.target)
+                if _lookup(gm, target) is None:
+                    target = "_gc_inlined_" + target.replace(".", "_")
+                    value = _lookup(branch, str(node.target))
+                    if isinstance(value, torch.nn.Module):  # a nested cond's branch (Delta-DiT's phases)
+                        gm.add_submodule(target, value)
+                    else:
+                        gm.register_buffer(target, value)
+                env[node] = graph.get_attr(target)
+            elif node.op == "output":
+                results = [env[r] for r in node.args[0]]  # type: ignore[union-attr]
+            elif node.op != "placeholder":
+                env[node] = graph.node_copy(node, lambda a: env[a])
+    for user in list(cond.users):
+        assert user.target is operator.getitem, f"cond output used by {user.format_node()}"
+        user.replace_all_uses_with(results[user.args[1]])  # type: ignore[index]
+        graph.erase_node(user)
+    graph.erase_node(cond)

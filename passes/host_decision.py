@@ -125,7 +125,8 @@ class MoveDecisionToHost(Pass):
             if _step_tests(gm, cond):
                 nested += _host_step_into(gm, cond, i)
         mark_new(graph, before, self.name, "decision")
-        analysis(gm).host_decision = HostDecision(len(conds) + nested, stack.timestep.name, HOST_T)
+        analysis(gm).host_decision = HostDecision(len(conds) + nested, stack.timestep.name, HOST_T,
+                                                    pred=host_pred.name)
         return PassResult(gm, modified=True)
 
 

@@ -1,0 +1,194 @@
+"""A static schedule's cached steps run by a graph of their own (graphcache/cached_step.py): the same outputs
+and decisions as the one graph, bit for bit, and never a cached step the graph's own clock would not take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphcache
+import graphcache.rewrite as rewrite
+from graphcache.cached_step import DYNAMIC, cached_step_graph, module_getter
+from graphcache.passes.host_decision import MoveDecisionToHost
+
+from helpers import timesteps
+from models import tiny_dit, tiny_pixart
+
+
+def _run(fast, calls):
+    """``calls``: (timestep, inputs function, context or None); the outputs, cloned."""
+    outs = []
+    with torch.no_grad():
+        for t, inputs, context in calls:
+            if context is None:
+                outs.append(fast(**inputs(t))[0].clone())
+            else:
+                with fast.cache_context(context):
+                    outs.append(fast(**inputs(t))[0].clone())
+    return outs
+
+
+def _both(model, policy, calls, backend="eager"):
+    """The calls through the one graph, then through a module with cached-step graphs: outputs, decisions of
+    the second, and its first state's CachedStepGraph."""
+    torch._dynamo.reset()
+    one = graphcache.optimize(model, policy, backend=backend)
+    one.cached_step_graph = False
+    expected = _run(one, calls)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, policy, backend=backend)
+    got = _run(fast, calls)
+    assert graphcache.decisions(fast) == graphcache.decisions(one)
+    return expected, got, fast
+
+
+@pytest.mark.parametrize(("policy", "make", "backend"), [
+    ("fora", tiny_dit, "inductor"),
+    ("taylorseer{order=2}", tiny_dit, "aot_eager"),
+    ("fora{granularity=block}", tiny_dit, "eager"),
+    ("deltadit", tiny_dit, "eager"),  # a cond nested in the cached branch (the stage)
+    ("pab{window_low=0,window_high=1000}", tiny_pixart, "eager"),  # two conds on the decision
+])
+def test_cached_steps_through_their_own_graph_equal_the_one_graph(policy, make, backend):
+    """Two generations (the second without reset) and guidance as two calls in contexts: every cached step
+    after the first computed one runs the cached-step graph, and every output equals the one graph's."""
+    model, inputs = make(num_layers=3) if make is tiny_pixart else make(num_layers=3, batch=2)
+    ts = timesteps(7)
+    calls = [(t, inputs, None) for t in ts] * 2 + [(t, inputs, c) for t in ts for c in ("cond", "uncond")]
+    expected, got, fast = _both(model, policy, calls, backend)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    runner = fast.states[0].cached_step
+    assert runner.why_not is None
+    cached = graphcache.decisions(fast).count("cached")
+    assert cached > 0 and runner.runs == 4 * cached  # two generations, then cond and uncond
+
+
+def test_the_cached_step_graph_takes_only_what_a_cached_step_reads():
+    """FORA's cached step reads the prologue's and epilogue's inputs and the cache, not the blocks' weights;
+    the blocks' conds are gone and the clock's writes stay."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    _run(fast, [(t, inputs, None) for t in timesteps(2)])
+    gm = fast.states[0].gm
+    graph, kept = cached_step_graph(gm)
+    n_inputs = len(list(gm.graph.find_nodes(op="placeholder")))
+    assert 0 < len(kept) < n_inputs / 3
+    names = [n.name for n in graph.graph.find_nodes(op="placeholder")]
+    assert not any("transformer_blocks_modules_1" in n for n in names)
+    assert not list(graph.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond))
+    writes = {n.args[0].target for n in graph.graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default)}
+    assert {"_gc_step", "_gc_last_t", "_gc_log"} <= writes
+
+
+def test_a_host_that_disagrees_with_the_graph_raises():
+    """The cached-step graph asserts that the device decision is "cached": a host decision gone wrong
+    fails the call instead of returning a cached output for a computed step."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    ts = timesteps(6)
+    _run(fast, [(t, inputs, None) for t in ts[:3]])  # computed, cached, cached: step 3 computes
+    fast.states[0].cached_step.will_cache = lambda t: True
+    with pytest.raises(RuntimeError, match="the host found this step cached and the graph's clock did not"):
+        _run(fast, [(ts[3], inputs, None)])
+
+
+def test_weights_changed_during_a_generation_are_the_ones_used():
+    """The cached-step graph fetches the parameters it reads from the module on every call: a weight changed
+    in place, or a parameter replaced, between two cached steps gives what the one graph gives."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(7)
+
+    def edit_in_place(t):
+        if t == ts[2]:
+            model.proj_out_2.weight.data.mul_(1.5)
+        return inputs(t)
+
+    def replace(t):
+        if t == ts[5]:
+            model.proj_out_2.weight = torch.nn.Parameter(model.proj_out_2.weight.detach() * 0.5)
+        return inputs(t)
+
+    original = model.proj_out_2.weight.detach().clone()
+    calls = [(t, edit_in_place, None) for t in ts[:4]] + [(t, replace, None) for t in ts[4:]]
+    torch._dynamo.reset()
+    one = graphcache.optimize(model, "fora{interval=4}", backend="eager")
+    one.cached_step_graph = False
+    expected = _run(one, calls)
+    model.proj_out_2.weight = torch.nn.Parameter(original.clone())
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora{interval=4}", backend="eager")
+    got = _run(fast, calls)
+    assert graphcache.decisions(fast) == ["computed", "cached", "cached", "cached", "computed", "cached", "cached"]
+    assert fast.states[0].cached_step.runs == 5
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_a_call_unlike_the_computed_one_runs_the_full_graph():
+    """A cached step whose call differs from the computed call dynamo checked (another dtype of an argument,
+    under autocast, in training mode) is not run by the cached-step graph; the outputs are the one graph's."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(4)
+
+    def int32_labels(t):
+        return {**inputs(t), "class_labels": inputs(t)["class_labels"].to(torch.int32)}
+
+    calls = [(ts[0], inputs, None), (ts[1], int32_labels, None)]
+    expected, got, fast = _both(model, "fora{interval=4}", calls)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert all(s.cached_step is None or s.cached_step.runs == 0 for s in fast.states)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora{interval=4}", backend="eager")
+    _run(fast, [(ts[0], inputs, None)])
+    runner = fast.states[0].cached_step
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert runner.run((), inputs(ts[1]), float(int(ts[1]))) is graphcache.cached_step.NOT_RUN
+    model.train()
+    try:
+        assert runner.run((), inputs(ts[1]), float(int(ts[1]))) is graphcache.cached_step.NOT_RUN
+    finally:
+        model.eval()
+    assert runner.runs == 0
+    _run(fast, [(ts[1], inputs, None)])
+    assert runner.runs == 1
+
+
+def test_with_the_decision_on_the_host_the_host_clock_decides(monkeypatch):
+    """Where ``host_decision`` moved the predicate to the host (an accelerator's route; forced here), the
+    cached-step graph reads the host clock and writes the call's timestep into its buffer: the same steps."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(7)
+    calls = [(t, inputs, None) for t in ts] * 2
+    torch._dynamo.reset()
+    one = graphcache.optimize(model, "fora", backend="eager")
+    one.cached_step_graph = False
+    expected = _run(one, calls)
+    monkeypatch.setattr(rewrite, "HOST_DECISION", MoveDecisionToHost(force=True, check=True))
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    got = _run(fast, calls)
+    runner = fast.states[0].cached_step
+    assert runner.host_t is not None and runner.runs == 2 * graphcache.decisions(fast).count("cached") > 0
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_a_decision_from_the_features_has_no_cached_step_graph():
+    """FBCache decides from the first block's output: there is nothing to know before the call. Said in the
+    runner's ``why_not``, not as a note (it is what a dynamic policy is)."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fbcache", backend="eager")
+    _run(fast, [(t, inputs, None) for t in timesteps(4)])
+    assert fast.states[0].cached_step.why_not == DYNAMIC
+    assert not any("cached steps" in n for n in fast.notes)
+
+
+def test_module_getter_reads_dynamo_sources():
+    model, _ = tiny_dit(num_layers=1, batch=1)
+    get = module_getter("L['self'].__dict__['_modules']['proj_out_2']._parameters['weight']")
+    assert get is not None and get(model) is model.proj_out_2.weight
+    blocks = module_getter("L['self'].transformer_blocks[0].norm1")
+    assert blocks is not None and blocks(model) is model.transformer_blocks[0].norm1
+    assert module_getter("L['timestep']") is None
+    assert module_getter("L['self'].f(x)") is None
