@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -242,6 +243,8 @@ class CachedStepGraph:
         self.call = _Call(spec, tensors, values, inputs, out_spec, built)
         self.training = self.model.training
         self.global_state = torch._C._dynamo.guards.GlobalStateGuard()
+        if self.compiled is None:  # compiled with the full graph's first call, not in the middle of a generation
+            self._compile(self._inputs(leaves))
 
     def will_cache(self, t: float) -> bool:
         """Whether the graph's decision for a call at timestep ``t`` (read on the host) is "cached"."""
@@ -267,16 +270,9 @@ class CachedStepGraph:
         leaves = call.flat(args, kwargs)
         if leaves is None:
             return NOT_RUN
-        inputs: list[Any] = [None] * self.n_inputs
-        for (position, _), where in zip(self.user, call.inputs, strict=True):
-            inputs[position] = leaves[where]
-        for position, get in self.params:
-            inputs[position] = get(self.model)
-        if self.compiled is None:
-            self._compile(inputs)
-            if self.compiled is None:
-                return NOT_RUN
-        elif any(not isinstance(x, torch.Tensor) or _meta(x) != m for x, m in zip(inputs, self.metas, strict=True)):
+        inputs = self._inputs(leaves)
+        if self.compiled is None or any(not isinstance(x, torch.Tensor) or _meta(x) != m
+                                        for x, m in zip(inputs, self.metas, strict=True)):
             return NOT_RUN
         if self.host_t is not None:
             self.host_t.fill_(t)
@@ -284,15 +280,28 @@ class CachedStepGraph:
         self.runs += 1
         return call.output(outputs)
 
+    def _inputs(self, leaves: list[Any]) -> list[Any]:
+        """The cached-step graph's inputs for a call with these leaves: its arguments from the leaves, the
+        parameters it reads fetched from the module now."""
+        assert self.call is not None
+        inputs: list[Any] = [None] * self.n_inputs
+        for (position, _), where in zip(self.user, self.call.inputs, strict=True):
+            inputs[position] = leaves[where]
+        for position, get in self.params:
+            inputs[position] = get(self.model)
+        return inputs
+
     def _compile(self, inputs: list[Any]) -> None:
         if not all(isinstance(x, torch.Tensor) for x in inputs):
             self.why_not = "an input of the cached-step graph is not a tensor"
             return
         self.metas = [_meta(x) for x in inputs]
+        start = time.perf_counter()
         try:
             from graphcache.backend import lower
 
             self.compiled = lower(self.graph, inputs, self.inner)
+            analysis(self.state.gm).timings.append(("cached-step graph", time.perf_counter() - start, 0.0))
         except Exception as err:  # any failure leaves the full graph in charge, said once
             self.why_not = f"compiling the cached-step graph failed ({type(err).__name__}: {first_line(err, 160)})"
             warnings.warn(f"graphcache: {self.why_not}; cached steps run the full graph", stacklevel=4)
