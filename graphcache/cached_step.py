@@ -32,6 +32,7 @@ import dataclasses
 import re
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,6 +112,16 @@ def module_getter(source: str) -> Callable[[torch.nn.Module], Any] | None:
     return get
 
 
+def _exported_getter(in_spec: pytree.TreeSpec, k: int) -> Callable[..., Any]:
+    """The ``k``-th input of a ``torch.export`` module for a call's ``(args, kwargs)``."""
+    import torch.fx._pytree as fx_pytree
+
+    def get(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return fx_pytree.tree_flatten_spec((args, kwargs), in_spec)[k]
+
+    return get
+
+
 def _meta(t: torch.Tensor) -> tuple[Any, ...]:
     return t.dtype, t.device, t.shape, t.stride()
 
@@ -156,7 +167,7 @@ class CachedStepGraph:
 
     def __init__(self, state: CacheState, model: torch.nn.Module, forward: Callable[..., Any], inner: str) -> None:
         self.state = state
-        self.model = model
+        self._model = weakref.ref(model)  # the state outlives no model: graphcache.state keeps states by weight
         self.inner = inner
         self.why_not: str | None = None
         self.runs = 0  # cached steps run through this graph
@@ -187,9 +198,13 @@ class CachedStepGraph:
             return
         placeholders = [n.name for n in gm.graph.find_nodes(op="placeholder")]
         sources = found.input_sources or {}
+        in_spec = getattr(gm, "_in_spec", None) if found.capture == "export" else None
         self.params: list[tuple[int, Callable[[torch.nn.Module], Any]]] = []  # (input position, getter)
         self.user: list[tuple[int, Callable[..., Any]]] = []  # (input position, getter of (args, kwargs))
         for position, k in enumerate(kept):
+            if in_spec is not None:  # torch.export's module: its inputs are the call's flattened leaves
+                self.user.append((position, _exported_getter(in_spec, k)))
+                continue
             source = sources.get(placeholders[k], "")
             get = module_getter(source)
             argument = None if get is not None else argument_getter(forward, source)
@@ -241,7 +256,7 @@ class CachedStepGraph:
                 self.why_not = "an output of the model is not one of the graph's outputs"
                 return
         self.call = _Call(spec, tensors, values, inputs, out_spec, built)
-        self.training = self.model.training
+        self.training = bool(getattr(self._model(), "training", False))
         self.global_state = torch._C._dynamo.guards.GlobalStateGuard()
         if self.compiled is None:  # compiled with the full graph's first call, not in the middle of a generation
             self._compile(self._inputs(leaves))
@@ -265,7 +280,8 @@ class CachedStepGraph:
         call = self.call
         if call is None or self.why_not is not None or not self.will_cache(t):
             return NOT_RUN
-        if self.model.training != self.training or not self.global_state.check():
+        model = self._model()
+        if model is None or model.training != self.training or not self.global_state.check():
             return NOT_RUN
         leaves = call.flat(args, kwargs)
         if leaves is None:
@@ -287,8 +303,10 @@ class CachedStepGraph:
         inputs: list[Any] = [None] * self.n_inputs
         for (position, _), where in zip(self.user, self.call.inputs, strict=True):
             inputs[position] = leaves[where]
+        model = self._model()
+        assert model is not None, "called from a call of the model"
         for position, get in self.params:
-            inputs[position] = get(self.model)
+            inputs[position] = get(model)
         return inputs
 
     def _compile(self, inputs: list[Any]) -> None:

@@ -66,3 +66,42 @@ def optimize_exported(
         analysis(gm).sample_buckets = export_buckets(model, example_kwargs, config.buckets)  # type: ignore[attr-defined]
     state = rewrite(gm, flat_inputs, config, lowering, self_check)
     return ExportedCache(gm, state, config)
+
+
+class CompiledExport:
+    """An :class:`ExportedCache`'s module compiled with ``torch.compile`` (``backend``: ``"inductor"``,
+    ``"aot_eager"``, or ``"eager"``: run as it is), called like the model (``fast(**inputs)``). A static
+    schedule's cached steps run by their own graph (:mod:`graphcache.cached_step`), as in
+    ``graphcache.optimize``; ``cached_step_graph = False`` runs every call through the one graph."""
+
+    cached_step_graph = True
+
+    def __init__(self, cached: ExportedCache, backend: str = "inductor") -> None:
+        from graphcache.cached_step import CachedStepGraph
+        from graphcache.host_timestep import HostTimestep
+        from graphcache.rewrite import INDUCTOR_OPTIONS
+
+        self.cached = cached
+        module = cached.module
+        self.full: Any = module if backend == "eager" else torch.compile(
+            module, backend=backend, fullgraph=True, dynamic=False,
+            options=INDUCTOR_OPTIONS if backend == "inductor" else None)
+        self.steps = CachedStepGraph(cached.state, module, module.forward, backend)
+        self.reader = HostTimestep()
+        timestep = analysis(module).block_stack.timestep if analysis(module).block_stack is not None else None
+        self.timestep = timestep.name if timestep is not None and timestep.op == "placeholder" else None
+
+    def __call__(self, **kwargs: Any) -> Any:
+        from graphcache.cached_step import NOT_RUN
+
+        with torch.no_grad():
+            t = kwargs.get(self.timestep) if self.timestep is not None and self.cached_step_graph else None
+            if t is not None and self.steps.call is not None:
+                out = self.steps.run((), kwargs, self.reader.read(t))
+                if out is not NOT_RUN:
+                    return out
+            out = self.full(**kwargs)
+            if self.cached_step_graph:
+                self.cached.state.output_ids = [id(x) for x in torch.utils._pytree.tree_leaves(out)]
+                self.steps.record((), kwargs, out)
+            return out

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from graphcache.exported import ExportedCache, optimize_exported
+from graphcache.exported import CompiledExport, ExportedCache, optimize_exported
 from graphcache.passes.base import analysis
 from graphcache.policies import PolicyConfig
-from graphcache.rewrite import INDUCTOR_OPTIONS, compile_lowering
+from graphcache.rewrite import compile_lowering
 
 BACKENDS = ("eager", "inductor")
 
@@ -154,10 +154,9 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
     timesteps = cli_timesteps(steps)
     cached = optimize_exported(model, inputs(timesteps[0]), policy, compile_lowering(backend))
     base: Callable[..., Any] = model
-    fast: Callable[..., Any] = cached.module
+    fast = CompiledExport(cached, "inductor" if backend == "inductor" else "eager")
     if backend == "inductor":
         base = torch.compile(model, fullgraph=True, dynamic=False)
-        fast = torch.compile(cached.module, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
     bar = progress or (lambda _label: None)  # type: ignore[return-value, arg-type]
     warm_base = run_generation(base, inputs, timesteps[:4], bar("warm-up uncached"))  # compiles every branch
     warm_fast = run_generation(fast, inputs, timesteps[:4], bar("warm-up graphcache"))

@@ -192,3 +192,46 @@ def test_module_getter_reads_dynamo_sources():
     assert blocks is not None and blocks(model) is model.transformer_blocks[0].norm1
     assert module_getter("L['timestep']") is None
     assert module_getter("L['self'].f(x)") is None
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_the_export_route_runs_cached_steps_by_their_own_graph(backend):
+    """``graphcache bench`` / ``optimize`` time the torch.export route through :class:`CompiledExport`: its
+    cached steps run the cached-step graph too (inputs: the call's flattened leaves), with the one graph's
+    outputs and decisions."""
+    from graphcache.exported import CompiledExport, optimize_exported
+    from graphcache.rewrite import compile_lowering
+
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(7)
+
+    def run(on):
+        cached = optimize_exported(model, inputs(ts[0]), "fora", compile_lowering(backend))
+        fast = CompiledExport(cached, backend)
+        fast.cached_step_graph = on
+        outs = [fast(**inputs(t))[0].clone() for t in ts * 2]
+        return outs, cached.state.decisions(), fast.steps.runs
+
+    expected, decisions, none = run(False)
+    got, same, runs = run(True)
+    assert same == decisions and none == 0
+    assert runs == 2 * decisions.count("cached") > 0
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_the_cached_step_graph_keeps_no_model_alive():
+    """States are kept by their model's weights (graphcache.state); a cached-step graph holding its model
+    would keep every optimized model alive for good."""
+    import gc
+    import weakref
+
+    model, inputs = tiny_dit(num_layers=2, batch=2)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fora", backend="eager")
+    _run(fast, [(t, inputs, None) for t in timesteps(3)])
+    assert fast.states[0].cached_step.runs == 2
+    gone = weakref.ref(model)
+    del fast, model
+    torch._dynamo.reset()
+    gc.collect()
+    assert gone() is None
