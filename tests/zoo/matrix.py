@@ -1,6 +1,7 @@
 """Run the zoo under graphcache's policies: each (model, policy) is supported with exact computed steps, or
 refused with a named reason. Anything else (a wrong computed step, a stale second generation, a cache that
-never caches, an exception that is not a GraphcacheError, a recompile) is a failure.
+never caches, an exception that is not a GraphcacheError, a recompile, a static schedule's cached step on one
+graph that did not run by the cached-step graph) is a failure.
 
 ``python -m tests.zoo.matrix [--steps 7] [--only Name,Name] [--markdown docs/support_matrix.md]`` from the
 repository root prints one line per case and the counts; the test suite runs the same cases (tests/test_zoo.py).
@@ -25,6 +26,7 @@ import torch.utils._pytree as pytree
 import graphcache
 from graphcache import calibration
 from graphcache.backend import make_backend
+from graphcache.cached_step import DYNAMIC
 from graphcache.errors import GraphcacheError, PassError
 from graphcache.passes.cost import graph_flops
 
@@ -110,7 +112,7 @@ def policy_keys(text: str) -> list[str]:
 class Case:
     model: str
     policy: str
-    status: str  # ok | refused | wrong | stale | no-cache | recompile | error
+    status: str  # ok | refused | wrong | stale | no-cache | recompile | full-graph | error
     detail: str = ""
     decisions: str = ""  # C = computed, . = cached
     cached_flops: float = float("nan")  # FLOPs of a cached step / FLOPs of a computed step
@@ -194,6 +196,11 @@ def _run(entry: ZooModel, spec: str, ref: Sequence[torch.Tensor], ts: Sequence[t
         if not _equal(a, b):
             case.status, case.detail = "stale", f"second generation differs from the first at step {k}"
             return
+    runner = fast.states[0].cached_step
+    cached = 2 * case.decisions.count(".")  # a static schedule's cached steps, both generations: by their own graph
+    if runner is not None and runner.why_not != DYNAMIC and not fast.pieces and runner.runs != cached:
+        case.status = "full-graph"
+        case.detail = f"{runner.runs} of {cached} cached steps by their own graph ({runner.why_not})"
 
 
 @dataclasses.dataclass
