@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 import time
 import warnings
 import weakref
@@ -46,14 +45,12 @@ from graphcache.errors import first_line
 from graphcache.passes.base import analysis
 from graphcache.passes.graph_utils import inline_branch
 from graphcache.state import CacheState
-from graphcache.streams import argument_getter
+from graphcache.streams import argument_getter, source_path
 
 NOT_RUN = object()  # the call is not one for the cached-step graph: run it through dynamo
 DYNAMIC = "the decision reads values computed in the graph"  # why_not of a dynamic policy (not a note)
 MEMO_LIMIT = 4096  # host decisions remembered by (timestep, clock): generations repeat their schedule
 _SIMPLE = (type(None), bool, int, float, str, torch.dtype, torch.device)
-_SELF = re.compile(r"L\['self'\]")
-_STEP = re.compile(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]")
 
 
 def cached_step_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[int]]:
@@ -93,20 +90,15 @@ def cached_step_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[int]]:
 def module_getter(source: str) -> Callable[[torch.nn.Module], Any] | None:
     """A function of the traced module returning what dynamo names ``source`` (``L['self'].__dict__['_modules']
     ['proj']._parameters['weight']``); None for a source of another form."""
-    match = _SELF.match(source)
-    if match is None:
+    parsed = source_path(source)
+    if parsed is None or parsed[0] != "self":
         return None
-    rest = source[match.end():]
-    steps = list(_STEP.finditer(rest))
-    if "".join(s[0] for s in steps) != rest:
-        return None
-    path: list[tuple[bool, Any]] = [(True, s[1]) if s[1] else (False, s[2] if s[3] is None else int(s[3]))
-                                    for s in steps]
+    path = parsed[1]
 
     def get(module: torch.nn.Module) -> Any:
         value: Any = module
         for attribute, key in path:
-            value = getattr(value, key) if attribute else value[key]
+            value = getattr(value, key) if attribute else value[key]  # type: ignore[arg-type]
         return value
 
     return get

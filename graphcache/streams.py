@@ -128,11 +128,25 @@ def cache_context(sets: StateSets, states: Sequence[Any], name: str, **fields: A
         sets.switch(states, previous)
 
 
-_SOURCE = re.compile(r"L\['(\w+)'\]((?:\['\w+'\]|\[\d+\])*)")
-_INDEX = re.compile(r"\['(\w+)'\]|\[(\d+)\]")
+_LOCAL = re.compile(r"L\['(\w+)'\]")
+_STEP = re.compile(r"\.(\w+)|\['(\w+)'\]|\[(\d+)\]")
 
 
 Getter = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+
+def source_path(source: str) -> tuple[str, list[tuple[bool, str | int]]] | None:
+    """A dynamo source ``L['name']`` followed by ``.attribute``, ``['key']`` and ``[index]`` steps: the local's
+    name and the steps, each ``(True, attribute)`` or ``(False, key or index)``; None for a source of another
+    form."""
+    match = _LOCAL.match(source)
+    if match is None:
+        return None
+    rest = source[match.end():]
+    steps = list(_STEP.finditer(rest))
+    if "".join(s[0] for s in steps) != rest:
+        return None
+    return match[1], [(True, s[1]) if s[1] else (False, s[2] if s[3] is None else int(s[3])) for s in steps]
 
 
 def argument_getter(forward: Callable[..., Any], source: str) -> Getter | None:
@@ -144,16 +158,16 @@ def argument_getter(forward: Callable[..., Any], source: str) -> Getter | None:
     ``forward``'s own signature; where the name is not one of its parameters, dynamo traced the wrapped
     function (it skips a wrapper's frame once a graph broke in it, for every model sharing that decorator)
     and the call is bound to the wrapped signature."""
-    match = _SOURCE.fullmatch(source)
-    if match is None:
+    parsed = source_path(source)
+    if parsed is None or any(attribute for attribute, _ in parsed[1]):
         return None
-    name = match[1]
+    name, steps = parsed
     signature = inspect.signature(forward, follow_wrapped=False)
     if name not in signature.parameters:
         signature = inspect.signature(forward)
         if name not in signature.parameters:
             return None
-    path = [key if key else int(index) for key, index in _INDEX.findall(match[2])]
+    path = [key for _, key in steps]
 
     def get(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
