@@ -3,8 +3,10 @@
 Builds the DiT of ``dit_cpu.py`` (hidden 512, 12 blocks, 256 tokens, batch 1), optimizes it with ``--policy``
 (torch.export route, the torch.compile lowering, Inductor), runs a generation (compiling every branch), then
 profiles the ``--cached`` cached steps after the first with ``torch.profiler`` (under ``no_grad``, as
-generations run) and prints the top operators. First it measures this machine's read bandwidth (the fastest
-of 10 ``sum``s over 120 MiB): a cached step that must read N bytes cannot be faster than N / that.
+generations run) and prints the top operators; ``--computed`` then profiles a computed step after the first
+(what it adds to the model's own work: the predictors' state updates). First it measures this machine's read
+bandwidth (the fastest of 10 ``sum``s over 120 MiB): a cached step that must read N bytes cannot be faster
+than N / that.
 
 With ``--model flux`` the model is the side by side's Flux 4+8 at width 128 (``graphcache.vs_diffusers.flux``);
 ``--uncached`` also profiles one step of the uncached model compiled plainly (the cost of calling a compiled
@@ -14,6 +16,7 @@ compiled for other strides).
 
     python benchmarks/cached_step_profile.py                      # taylorseer (per block, order 4)
     python benchmarks/cached_step_profile.py --policy 'fora{granularity=block}'
+    python benchmarks/cached_step_profile.py --computed --uncached   # taylorseer's computed step vs the model's
     python benchmarks/cached_step_profile.py --model flux --policy 'fbcache{threshold=0.5,per_sample=false}' \
         --cached 1 --uncached
 """
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("dit", "flux"), default="dit")
     parser.add_argument("--cached", type=int, default=2, help="cached steps to profile (after the first)")
     parser.add_argument("--uncached", action="store_true", help="also profile one step of the uncached model")
+    parser.add_argument("--computed", action="store_true", help="also profile a computed step after the first")
     parser.add_argument("--no-size-asserts", action="store_true", help="compile without Inductor's input asserts")
     args = parser.parse_args()
     torch._inductor.config.cpp.enable_kernel_profile = True  # Inductor's kernels by name, apart from its wrapper
@@ -66,6 +70,7 @@ def main() -> None:
     with torch.no_grad():
         for t in steps:  # compile every branch, then stop before a run of cached steps
             fast(**inputs(t))
+        schedule = cached.state.decisions()
         cached.state.reset()
         k = 0
         while cached.state.decisions()[-1:] != ["cached"]:  # up to the first cached step, unprofiled
@@ -78,6 +83,16 @@ def main() -> None:
         if any(d != "cached" for d in ran):
             raise SystemExit(f"the profiled steps were not all cached ({ran}); use a smaller --cached")
         table(prof, len(ran), f"{args.policy}, cached")
+        if args.computed:  # a computed step after the first: what it adds to the model's (predictor updates)
+            j = next(j for j, d in enumerate(schedule) if j > 0 and d == "computed")
+            cached.state.reset()
+            for t in steps[:j]:
+                fast(**inputs(t))
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fast(**inputs(steps[j]))
+            if cached.state.decisions()[-1] != "computed":
+                raise SystemExit(f"step {j} was not computed")
+            table(prof, 1, f"{args.policy}, computed (step {j})")
         if args.uncached:
             base = torch.compile(model, fullgraph=True, dynamic=False,
                                  options={"size_asserts": not args.no_size_asserts})
