@@ -129,7 +129,7 @@ def cache_context(sets: StateSets, states: Sequence[Any], name: str, **fields: A
 
 
 _LOCAL = re.compile(r"L\['(\w+)'\]")
-_STEP = re.compile(r"\.(\w+)|\['(\w+)'\]|\[(\d+)\]")
+_STEP = re.compile(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]")
 
 
 Getter = Callable[[tuple[Any, ...], dict[str, Any]], Any]
