@@ -4,7 +4,9 @@
 Builds the DiT of ``dit_cpu.py`` (hidden 512, 12 blocks, batch 1) and optimizes it with ``--policy`` through
 ``graphcache.optimize`` (Inductor), twice: with the cached steps run by their own graph (the default,
 ``graphcache/cached_step.py``) and with every step through the one graph (``cached_step_graph = False``:
-dynamo's guard check over every weight, Inductor's wrapper of the whole model). Each runs ``--rounds``
+dynamo's guard check over every weight, Inductor's wrapper of the whole model); and once through
+``torch.compile(model, backend="graphcache")``, where dynamo's guards run on every call and the graph it calls
+runs a cached step by the cached-step graph. Each runs ``--rounds``
 generations; printed: the median of the first cached step after each computed one (caches cold from the
 computed step) and of the next one. Then the floor: the same DiT with its blocks as identities (prologue +
 epilogue alone), compiled plainly with ``torch.compile``, timed right after a full uncached step and again.
@@ -31,13 +33,13 @@ def cached_step_times(fast, kwargs: list[dict], rounds: int) -> tuple[float, flo
     """Median ms of the first and of the second cached step after a computed one, over ``rounds`` generations."""
     first, second = [], []
     for _ in range(rounds):
-        fast.reset()
+        graphcache.reset(fast)
         times = []
         for kw in kwargs:
             start = time.perf_counter()
             fast(**kw)
             times.append(1e3 * (time.perf_counter() - start))
-        d = fast.decisions()
+        d = graphcache.decisions(fast)
         first += [t for k, t in enumerate(times) if d[k] == "cached" and d[k - 1] == "computed"]
         second += [t for k, t in enumerate(times) if k > 1 and d[k] == "cached" and d[k - 1] == "cached"
                    and d[k - 2] == "computed"]
@@ -57,6 +59,8 @@ def main() -> None:
     runs = {"cached-step graph": graphcache.optimize(model, args.policy),
             "one graph": graphcache.optimize(model, args.policy)}
     runs["one graph"].cached_step_graph = False
+    runs["torch.compile(backend='graphcache')"] = torch.compile(
+        model, backend="graphcache", fullgraph=True, dynamic=False, options={"policy": args.policy})
     full = torch.compile(model, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
     bare = torch.compile(without_blocks(model), fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
     with torch.no_grad():

@@ -49,7 +49,8 @@ class CachedModule(torch.nn.Module):
     record. See the README's "Generations and streams".
 
     With a static schedule, a call the host finds cached runs a second graph holding only what a cached step
-    reads (:mod:`graphcache.cached_step`); ``cached_step_graph = False`` runs every call through the one graph.
+    reads (:mod:`graphcache.cached_step`); ``cached_step_graph = False``, set before the first call, runs every call
+    through the one graph.
     """
 
     cached_step_graph = True
@@ -81,7 +82,8 @@ class CachedModule(torch.nn.Module):
         backend = make_backend(self.policy, self.backend, self.states, self.self_check,
                                None if fullgraph else self.pieces, self.used,
                                side_timestep=None if fullgraph else self._side_t, root=self._modules["model"],
-                               bucket_graphs=self._buckets, host_reader=self.router.reader)
+                               bucket_graphs=self._buckets, host_reader=self.router.reader,
+                               cached_steps=self.cached_step_graph)
         return torch.compile(self._modules["model"], backend=backend, fullgraph=fullgraph, dynamic=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

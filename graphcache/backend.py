@@ -38,7 +38,8 @@ def make_backend(
     pieces: list[str] | None = None, used: list[CacheState] | None = None, owner: object = None,
     side_timestep: torch.Tensor | None = None, root: torch.nn.Module | None = None,
     bucket_graphs: list[tuple[dict[int, tuple[fx.GraphModule, list[Any]]], str]] | None = None,
-    host_reader: HostTimestep | None = None, route_streams: bool = False, **policy_options: Any,
+    host_reader: HostTimestep | None = None, route_streams: bool = False, cached_steps: bool = True,
+    **policy_options: Any,
 ) -> Callable[[fx.GraphModule, Sequence[Any]], Callable[..., Any]]:
     """A dynamo backend applying ``policy``; created states are appended to ``sink`` when given.
     ``self_check``: compare the rewritten graph's first (computed) step with the captured graph on the real
@@ -59,7 +60,8 @@ def make_backend(
     shared with the caller's stream router so that one call's timestep is read once. ``route_streams``: the
     graph routes its own calls to streams (:class:`graphcache.streams.GraphStreams`), where no module around
     it does (``torch.compile(model, backend="graphcache")``; :class:`graphcache.CachedModule` routes its calls
-    itself)."""
+    itself). ``cached_steps``: a call the host finds cached under a static schedule runs the graph's cached-step
+    graph (:func:`_running_cached_steps`)."""
     if inner not in INNER_BACKENDS:
         raise PolicyConfigError(f"backend={inner!r} is not supported; use one of {INNER_BACKENDS}")
     config = make_policy(policy, **policy_options)
@@ -102,6 +104,8 @@ def make_backend(
                           "blocks)")
         compiled = lower(new, inputs, inner)
         reader = host_reader or HostTimestep()
+        if cached_steps:
+            compiled = _running_cached_steps(compiled, new, state, inner, reader)
         host = analysis(new).host_decision
         if host is not None and host.conds:
             compiled = _writing_host_timestep(compiled, new, reader)
@@ -139,6 +143,48 @@ def _refuse_a_nested_frame(gm: fx.GraphModule, root: torch.nn.Module) -> None:
         f"dynamo is skipping {cls}.forward, as it does after another torch.compile of this class broke the "
         "graph inside a loop (diffusers' compiled cache hooks do). Call torch._dynamo.reset() before "
         "graphcache.optimize, or do not compile the other copy")
+
+
+def _running_cached_steps(compiled: Callable[..., Any], gm: fx.GraphModule, state: CacheState, inner: str,
+                          reader: HostTimestep) -> Callable[..., Any]:
+    """``compiled``, running a call that the host finds cached (a static schedule, :class:`HostSchedule`) by
+    the graph's cached-step graph instead (:mod:`graphcache.cached_step`): only the prologue and the epilogue,
+    with the inputs they read. Dynamo's guards have passed for the call, so nothing else is checked; the
+    cached-step graph asserts that its own clock agrees. It is compiled at the first call (not inside
+    dynamo's compilation of the full graph, whose context would claim it) and kept in
+    ``state.compiled_cached_step`` for ``graphcache.optimize``'s calls around dynamo. Where the host cannot
+    decide, or the graph cannot be made, ``compiled`` as it is."""
+    from graphcache.cached_step import HostSchedule, compile_cached_step
+
+    schedule = HostSchedule(gm)
+    placeholders = [n.name for n in gm.graph.find_nodes(op="placeholder")]
+    timestep = analysis(gm).require(BlockStack).timestep
+    if schedule.why_not is not None or timestep is None or timestep.name not in placeholders:
+        return compiled
+    index = placeholders.index(timestep.name)
+    boxed = getattr(compiled, "_boxed_call", False)
+    tried = False
+
+    def run(*args: Any) -> Any:
+        nonlocal tried
+        one_list = len(args) == 1 and isinstance(args[0], list)  # boxed
+        flat = args[0] if one_list else args
+        if not tried:
+            tried = True
+            try:
+                state.compiled_cached_step = compile_cached_step(gm, inner, lambda kept: [flat[k] for k in kept])
+            except ValueError:
+                pass
+        cached = state.compiled_cached_step
+        if cached is not None and schedule.will_cache(reader.read(flat[index])):
+            taken = [flat[k] for k in cached.kept]
+            if one_list:
+                args[0].clear()  # the boxed convention: the callee frees what it was given
+            return cached(taken)
+        return compiled(*args)
+
+    run._boxed_call = boxed  # type: ignore[attr-defined]
+    return run
 
 
 def _recording(compiled: Callable[..., Any], state: CacheState, used: list[CacheState]) -> Callable[..., Any]:
@@ -234,8 +280,9 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
     policy = options.pop("policy", "auto")
     inner = options.pop("backend", "inductor")
     self_check = options.pop("self_check", True)
+    cached_steps = options.pop("cached_step_graph", True)
     return make_backend(policy, inner, self_check=self_check, owner=_compile_call(), route_streams=True,
-                        **options)(gm, example_inputs)
+                        cached_steps=cached_steps, **options)(gm, example_inputs)
 
 
 def _compile_call() -> object:

@@ -153,20 +153,15 @@ class _Call:
                                      self.out_spec)
 
 
-class CachedStepGraph:
-    """The cached-step graph of one rewritten graph's state, and the checks that stand in for dynamo's
-    guards when it is called directly (module docstring). ``why_not`` says why the route is off (None: on)."""
+class HostSchedule:
+    """A static schedule's decision evaluated on the host, before the call: the rule's own arithmetic
+    (:func:`graphcache.clock.scheduled_step`) on the clock's values read from the state buffers (the host clock
+    where ``host_decision`` moved the decision there), memoized by (timestep, clock). ``why_not`` says why
+    the host cannot decide for this graph (None: it can)."""
 
-    def __init__(self, state: CacheState, model: torch.nn.Module, forward: Callable[..., Any], inner: str) -> None:
-        self.state = state
-        self._model = weakref.ref(model)  # the state outlives no model: graphcache.state keeps states by weight
-        self.inner = inner
+    def __init__(self, gm: fx.GraphModule) -> None:
         self.why_not: str | None = None
-        self.runs = 0  # cached steps run through this graph
-        self.compiled: Callable[..., Any] | None = None
-        self.call: _Call | None = None
         self.memo: dict[tuple[float, ...], bool] = {}
-        gm = state.gm
         found = analysis(gm)
         decision = found.decision
         if decision is None or decision.static_rule is None:
@@ -183,8 +178,73 @@ class CachedStepGraph:
         self.clock = [gm.get_buffer(n) for n in names]
         self.host_t = gm.get_buffer(host.buffer) if on_host and host is not None else None
         self.rule, self.reads_timestep = decision.static_rule, decision.reads_timestep
+
+    def will_cache(self, t: float) -> bool:
+        """Whether the graph's decision for a call at timestep ``t`` (read on the host) is "cached"."""
+        step, last_t, direction = (b.item() for b in self.clock)
+        key = (t, step, last_t, direction)
+        compute = self.memo.get(key)
+        if compute is None:
+            if len(self.memo) >= MEMO_LIMIT:
+                self.memo.clear()
+            value = torch.tensor([t], dtype=torch.float32)
+            clock = [b.detach().to("cpu", copy=True) for b in self.clock]
+            mask = scheduled_step(self.rule, value, clock[1], clock[0], clock[2], self.reads_timestep)[0]
+            compute = self.memo[key] = bool(mask.reshape(-1).any())
+        return not compute
+
+
+@dataclasses.dataclass
+class CompiledCachedStep:
+    """The cached-step graph as compiled by the inner backend, the positions of its inputs among the full
+    graph's, their metadata when compiled, and how many calls it ran (through either route)."""
+
+    fn: Callable[..., Any]
+    kept: list[int]
+    metas: list[tuple[Any, ...]]
+    runs: int = 0
+
+    def __call__(self, inputs: list[Any]) -> Any:
+        self.runs += 1
+        return self.fn(*inputs)  # what lower() returns takes the inputs as arguments (aot_autograd's forward)
+
+
+def compile_cached_step(gm: fx.GraphModule, inner: str, select: Callable[[list[int]], list[Any]]
+                        ) -> CompiledCachedStep:
+    """:func:`cached_step_graph` of ``gm`` compiled by ``inner``, for the inputs ``select(kept)`` returns (kept:
+    the positions of those the graph takes among ``gm``'s), timed in ``gm``'s analysis timings. Raises
+    ValueError where an input is not a tensor."""
+    from graphcache.backend import lower
+
+    start = time.perf_counter()
+    graph, kept = cached_step_graph(gm)
+    taken = select(kept)
+    if not all(isinstance(x, torch.Tensor) for x in taken):
+        raise ValueError("an input of the cached-step graph is not a tensor")
+    compiled = CompiledCachedStep(lower(graph, taken, inner), kept, [_meta(x) for x in taken])
+    analysis(gm).timings.append(("cached-step graph", time.perf_counter() - start, 0.0))
+    return compiled
+
+
+class CachedStepGraph:
+    """The cached-step graph of one rewritten graph's state, and the checks that stand in for dynamo's
+    guards when it is called directly (module docstring). ``why_not`` says why the route is off (None: on)."""
+
+    def __init__(self, state: CacheState, model: torch.nn.Module, forward: Callable[..., Any], inner: str) -> None:
+        self.state = state
+        self._model = weakref.ref(model)  # the state outlives no model: graphcache.state keeps states by weight
+        self.inner = inner
+        self.runs = 0  # cached steps run through this graph
+        self.compiled: CompiledCachedStep | None = state.compiled_cached_step  # the backend's, when it made one
+        self.call: _Call | None = None
+        gm = state.gm
+        found = analysis(gm)
+        self.schedule = HostSchedule(gm)
+        self.why_not: str | None = self.schedule.why_not
+        if self.why_not is not None:
+            return
         try:
-            self.graph, kept = cached_step_graph(gm)
+            kept = self.compiled.kept if self.compiled is not None else cached_step_graph(gm)[1]
         except ValueError as err:
             self.why_not = str(err)
             return
@@ -208,7 +268,6 @@ class CachedStepGraph:
                 self.why_not = f"input {placeholders[k]} comes from {source or 'an unknown source'}"
                 return
         self.n_inputs = len(kept)
-        self.metas: list[tuple[Any, ...]] = []
         self.training = model.training
         self.global_state = torch._C._dynamo.guards.GlobalStateGuard()
 
@@ -254,23 +313,12 @@ class CachedStepGraph:
             self._compile(self._inputs(leaves))
 
     def will_cache(self, t: float) -> bool:
-        """Whether the graph's decision for a call at timestep ``t`` (read on the host) is "cached"."""
-        step, last_t, direction = (b.item() for b in self.clock)
-        key = (t, step, last_t, direction)
-        compute = self.memo.get(key)
-        if compute is None:
-            if len(self.memo) >= MEMO_LIMIT:
-                self.memo.clear()
-            value = torch.tensor([t], dtype=torch.float32)
-            clock = [b.detach().to("cpu", copy=True) for b in self.clock]
-            mask = scheduled_step(self.rule, value, clock[1], clock[0], clock[2], self.reads_timestep)[0]
-            compute = self.memo[key] = bool(mask.reshape(-1).any())
-        return not compute
+        return self.schedule.will_cache(t)
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float) -> Any:
         """The call's output from the cached-step graph, or :data:`NOT_RUN` when it is not one for it."""
         call = self.call
-        if call is None or self.why_not is not None or not self.will_cache(t):
+        if call is None or self.why_not is not None or self.compiled is None or not self.will_cache(t):
             return NOT_RUN
         model = self._model()
         if model is None or model.training != self.training or not self.global_state.check():
@@ -279,12 +327,12 @@ class CachedStepGraph:
         if leaves is None:
             return NOT_RUN
         inputs = self._inputs(leaves)
-        if self.compiled is None or any(not isinstance(x, torch.Tensor) or _meta(x) != m
-                                        for x, m in zip(inputs, self.metas, strict=True)):
+        if any(not isinstance(x, torch.Tensor) or _meta(x) != m for x, m in zip(inputs, self.compiled.metas,
+                                                                               strict=True)):
             return NOT_RUN
-        if self.host_t is not None:
-            self.host_t.fill_(t)
-        outputs = self.compiled(*inputs)
+        if self.schedule.host_t is not None:
+            self.schedule.host_t.fill_(t)
+        outputs = self.compiled(inputs)
         self.runs += 1
         return call.output(outputs)
 
@@ -302,16 +350,8 @@ class CachedStepGraph:
         return inputs
 
     def _compile(self, inputs: list[Any]) -> None:
-        if not all(isinstance(x, torch.Tensor) for x in inputs):
-            self.why_not = "an input of the cached-step graph is not a tensor"
-            return
-        self.metas = [_meta(x) for x in inputs]
-        start = time.perf_counter()
         try:
-            from graphcache.backend import lower
-
-            self.compiled = lower(self.graph, inputs, self.inner)
-            analysis(self.state.gm).timings.append(("cached-step graph", time.perf_counter() - start, 0.0))
+            self.compiled = compile_cached_step(self.state.gm, self.inner, lambda kept: inputs)
         except Exception as err:  # any failure leaves the full graph in charge, said once
             self.why_not = f"compiling the cached-step graph failed ({type(err).__name__}: {first_line(err, 160)})"
             warnings.warn(f"graphcache: {self.why_not}; cached steps run the full graph", stacklevel=4)

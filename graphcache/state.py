@@ -39,6 +39,7 @@ class CacheState:
     streams: Any = None  # a GraphStreams where the graph routes its own calls (the torch.compile backend)
     output_ids: list[int] = dataclasses.field(default_factory=list)  # ids of the last call's graph outputs
     cached_step: Any = None  # graphcache.optimize's CachedStepGraph for this state, once made
+    compiled_cached_step: Any = None  # the backend's CompiledCachedStep for this graph, where it made one
 
     @property
     def spec(self) -> StateSpec:

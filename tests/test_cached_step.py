@@ -10,6 +10,7 @@ import graphcache
 import graphcache.rewrite as rewrite
 from graphcache.cached_step import DYNAMIC, cached_step_graph, module_getter
 from graphcache.passes.host_decision import MoveDecisionToHost
+from graphcache.state import compile_call_of, states_of
 
 from helpers import timesteps
 from models import tiny_dit, tiny_pixart
@@ -61,6 +62,32 @@ def test_cached_steps_through_their_own_graph_equal_the_one_graph(policy, make, 
     assert runner.why_not is None
     cached = graphcache.decisions(fast).count("cached")
     assert cached > 0 and runner.runs == 4 * cached  # two generations, then cond and uncond
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_torch_compile_with_the_graphcache_backend_runs_cached_steps_by_their_own_graph(backend):
+    """``torch.compile(model, backend="graphcache")``: dynamo's guards run on every call, then the graph it
+    calls runs a call the host finds cached by the cached-step graph. Outputs and decisions equal the one
+    graph's (option ``cached_step_graph=False``), over two generations and two models sharing the graph."""
+    first, inputs = tiny_dit(num_layers=3, batch=2, seed=0)
+    second, _ = tiny_dit(num_layers=3, batch=2, seed=1)
+    ts = timesteps(7)
+    calls = [(t, inputs, None) for t in ts] * 2
+
+    def both(options):
+        torch._dynamo.reset()
+        a, b = (torch.compile(m, backend="graphcache", fullgraph=True, options={"backend": backend, **options})
+                for m in (first, second))
+        return [_run(a, calls), _run(b, calls)], a, b
+
+    expected, a, _ = both({"cached_step_graph": False})
+    assert states_of(first, compile_call_of(a))[0].compiled_cached_step is None
+    got, a, b = both({})
+    assert all(torch.equal(x, y) for e, g in zip(expected, got, strict=True) for x, y in zip(e, g, strict=True))
+    cached = graphcache.decisions(a).count("cached")
+    assert graphcache.decisions(a) == graphcache.decisions(b) and cached > 0
+    (state,) = states_of(first, compile_call_of(a))
+    assert state.compiled_cached_step.runs == 2 * 2 * cached  # two generations of two models, one graph
 
 
 def test_the_cached_step_graph_takes_only_what_a_cached_step_reads():
@@ -169,7 +196,7 @@ def test_with_the_decision_on_the_host_the_host_clock_decides(monkeypatch):
     fast = graphcache.optimize(model, "fora", backend="eager")
     got = _run(fast, calls)
     runner = fast.states[0].cached_step
-    assert runner.host_t is not None and runner.runs == 2 * graphcache.decisions(fast).count("cached") > 0
+    assert runner.schedule.host_t is not None and runner.runs == 2 * graphcache.decisions(fast).count("cached") > 0
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 

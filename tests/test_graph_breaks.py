@@ -160,6 +160,8 @@ def test_blocks_after_a_break_read_the_timestep_from_the_call(steps):
     assert decisions == ["computed", "cached", "cached"] * 2 + ["computed"]
     assert [torch.equal(o, r) for o, r in zip(outputs, reference, strict=True)] == [d == "computed" for d in decisions]
     assert all(torch.equal(a, b) for a, b in zip(outputs, again, strict=True))
+    (state,) = fast.states  # the blocks' graph runs its cached steps by its cached-step graph, inside dynamo
+    assert state.compiled_cached_step.runs == 2 * decisions.count("cached")
 
 
 def test_cfg_as_two_calls_after_a_break_keeps_a_stream_each():
