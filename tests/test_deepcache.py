@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from graphcache.capture import capture_export
-from graphcache.errors import UnsupportedGraphError
+from graphcache.errors import PolicyConfigError, UnsupportedGraphError
 from graphcache.exported import optimize_exported
 from graphcache.passes.find_unet_skip import skip_concats
 from graphcache.passes.graph_utils import module_stack
@@ -86,3 +86,65 @@ def test_errors():
     model, inputs = tiny_unet()
     with pytest.raises(UnsupportedGraphError, match=r"skip=4 is out of range: this U-Net has 4 skip connections"):
         optimize_exported(model, inputs(999), "deepcache", skip=4)
+
+
+def _deepcache_reference_power_schedule(total, n, center, pow=1.4):
+    """``sample_from_quad_center`` as DeepCache's Stable Diffusion pipeline writes it (Python's power of a
+    negative base is complex; numpy's int32 cast keeps the real part)."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while pow > 1:
+            x_values = np.linspace((-center) ** (1 / pow), (total - center) ** (1 / pow), n + 1)
+            indices = [0] + [int(x) + center for x in np.unique(np.int32(x_values**pow))[1:-1]]
+            if len(indices) == n:
+                return tuple(indices)
+            pow -= 0.02
+    return None
+
+
+def test_power_schedule_is_deepcaches():
+    from graphcache.policies.deepcache import power_schedule
+
+    for total in range(6, 120, 7):
+        for interval in (2, 3, 5):
+            n = -(-total // interval)
+            for center in (0, 5, 15):
+                want = _deepcache_reference_power_schedule(total, n, center)
+                if want is None or max(want) >= total:
+                    with pytest.raises(PolicyConfigError, match="finds no spacing"):
+                        power_schedule(total, n, center, 1.4)
+                else:
+                    assert power_schedule(total, n, center, 1.4) == want, (total, interval, center)
+
+
+def test_power_schedule_computes_its_steps_exactly():
+    """``schedule=power``: the computed steps are the schedule's (later steps than num_steps are computed), bit
+    exact with the model; the cached ones run the shallow path."""
+    from graphcache.policies.deepcache import power_schedule
+
+    model, inputs = tiny_unet()
+    ts = timesteps(12)
+    cached = optimize_exported(model, inputs(ts[0]), "deepcache", schedule="power", num_steps=10, interval=3,
+                               center=4)
+    outputs, reference = generation(cached, inputs, ts), generation(model, inputs, ts)
+    decisions = cached.state.decisions()
+    steps = power_schedule(10, 4, 4, 1.4)
+    assert len(steps) == 4 and steps != (0, 3, 6, 9)  # not the uniform one
+    assert [k for k, d in enumerate(decisions) if d == "computed"] == [*steps, 10, 11]
+    assert_exact_iff_computed(outputs, reference, [decisions] * 2)
+
+
+def test_power_schedule_needs_num_steps():
+    import graphcache
+
+    with pytest.raises(PolicyConfigError, match=r"deepcache.schedule='power' is invalid: needs num_steps"):
+        graphcache.make_policy("deepcache", schedule="power")
+    with pytest.raises(PolicyConfigError, match=r"deepcache.schedule='power' finds no spacing of 5 computed steps "
+                                                r"out of 10 around center=5"):
+        graphcache.make_policy("deepcache", schedule="power", num_steps=10, interval=2, center=5)
+    every = graphcache.make_policy("deepcache", schedule="power", num_steps=6, interval=1)
+    assert every.computed_steps() == tuple(range(6))  # DeepCache's pipeline: interval 1 computes every step
