@@ -8,6 +8,7 @@ registered through the ``torch_dynamo_backends`` entry point, so no import is ne
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from graphcache.errors import (
     NoStackError,
     PolicyConfigError,
     UnsupportedGraphError,
+    first_line,
 )
 from graphcache.host_timestep import HostTimestep
 from graphcache.passes.base import analysis
@@ -173,8 +175,9 @@ def _running_cached_steps(compiled: Callable[..., Any], gm: fx.GraphModule, stat
             tried = True
             try:
                 state.compiled_cached_step = compile_cached_step(gm, inner, lambda kept: [flat[k] for k in kept])
-            except ValueError:
-                pass
+            except Exception as err:  # any failure leaves the full graph in charge, said once
+                warnings.warn(f"graphcache: compiling the cached-step graph failed ({type(err).__name__}: "
+                              f"{first_line(err, 160)}); cached steps run the full graph", stacklevel=2)
         cached = state.compiled_cached_step
         if cached is not None and schedule.will_cache(reader.read(flat[index])):
             taken = [flat[k] for k in cached.kept]

@@ -90,6 +90,28 @@ def test_torch_compile_with_the_graphcache_backend_runs_cached_steps_by_their_ow
     assert state.compiled_cached_step.runs == 2 * 2 * cached  # two generations of two models, one graph
 
 
+def test_a_cached_step_graph_that_fails_to_compile_leaves_the_full_graph_in_charge(monkeypatch):
+    """A failure compiling the cached-step graph is said once, and every step runs the full graph."""
+    import graphcache.cached_step as cached_step
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    model, inputs = tiny_dit(num_layers=2, batch=2)
+    ts = timesteps(5)
+    torch._dynamo.reset()
+    plain = torch.compile(model, backend="graphcache", options={"backend": "eager", "cached_step_graph": False})
+    expected = _run(plain, [(t, inputs, None) for t in ts])
+    monkeypatch.setattr(cached_step, "compile_cached_step", fail)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="graphcache", options={"backend": "eager"})
+    with pytest.warns(UserWarning, match=r"compiling the cached-step graph failed \(RuntimeError: boom\); cached "
+                                         r"steps run the full graph"):
+        got = _run(compiled, [(t, inputs, None) for t in ts])
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert graphcache.decisions(compiled) == ["computed", "cached", "cached", "computed", "cached"]
+
+
 def test_the_cached_step_graph_takes_only_what_a_cached_step_reads():
     """FORA's cached step reads the prologue's and epilogue's inputs and the cache, not the blocks' weights;
     the blocks' conds are gone and the clock's writes stay."""
