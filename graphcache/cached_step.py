@@ -76,6 +76,7 @@ def cached_step_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[int]]:
             cached, "graphcache: the host found this step cached and the graph's clock did not"))
     for cond in conds:
         inline_branch(new, cond, getattr(new, str(cond.args[2].target)))  # type: ignore[union-attr]
+    _drop_unchanged_writes(graph)
     graph.eliminate_dead_code()  # torch.fx's: writes (mutable ops) and asserts stay
     placeholders = list(graph.find_nodes(op="placeholder"))
     kept = [k for k, node in enumerate(placeholders) if node.users]
@@ -85,6 +86,39 @@ def cached_step_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[int]]:
     graph.lint()
     new.recompile()
     return new, kept
+
+
+def _drop_unchanged_writes(graph: fx.Graph) -> None:
+    """Erase ``copy_(buffer, clone(buffer))`` where nothing else in the graph writes that buffer (through any
+    view of it): the cached branch handed the cache back unchanged (state kept out of the branch because a
+    compute step shifts it along a ring: FoCa, AB-Cache), and writing it back would move twice its bytes for
+    nothing."""
+    def base(node: object) -> str | None:
+        """The buffer ``node`` is, or is a view of (None: something else)."""
+        while isinstance(node, fx.Node) and node.op == "call_function":
+            schema = getattr(node.target, "_schema", None)
+            if schema is None or not any(r.alias_info is not None for r in schema.returns) or not node.args:
+                return None
+            node = node.args[0]
+        return str(node.target) if isinstance(node, fx.Node) and node.op == "get_attr" else None
+
+    writes: dict[str | None, list[fx.Node]] = {}
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        mutates = (node.op == "call_function" and schema is not None and schema.is_mutable) or (
+            node.op == "call_method" and str(node.target).endswith("_"))
+        if mutates and node.args:
+            writes.setdefault(base(node.args[0]), []).append(node)
+    for name, nodes in writes.items():
+        write, *others = nodes
+        if name is None or others or write.target is not torch.ops.aten.copy_.default or write.users:
+            continue
+        dst, source = write.args[0], write.args[1]
+        if not isinstance(source, fx.Node) or source.target is not torch.ops.aten.clone.default:
+            continue
+        read = source.args[0]
+        if all(isinstance(x, fx.Node) and x.op == "get_attr" and str(x.target) == name for x in (dst, read)):
+            graph.erase_node(write)
 
 
 def module_getter(source: str) -> Callable[[torch.nn.Module], Any] | None:

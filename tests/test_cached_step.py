@@ -8,7 +8,9 @@ import torch
 
 import graphcache
 import graphcache.rewrite as rewrite
+from graphcache.analyses import StateSpec
 from graphcache.cached_step import DYNAMIC, cached_step_graph, module_getter
+from graphcache.passes.base import analysis
 from graphcache.passes.host_decision import MoveDecisionToHost
 from graphcache.state import compile_call_of, states_of
 
@@ -49,6 +51,8 @@ def _both(model, policy, calls, backend="eager"):
     ("fora{granularity=block}", tiny_dit, "eager"),
     ("deltadit", tiny_dit, "eager"),  # a cond nested in the cached branch (the stage)
     ("pab{window_low=0,window_high=1000}", tiny_pixart, "eager"),  # two conds on the decision
+    ("foca", tiny_dit, "aot_eager"),  # state kept out of the branch (a ring): no write-back on cached steps
+    ("abcache{order=2}", tiny_dit, "eager"),
 ])
 def test_cached_steps_through_their_own_graph_equal_the_one_graph(policy, make, backend):
     """Two generations (the second without reset) and guidance as two calls in contexts: every cached step
@@ -128,6 +132,24 @@ def test_the_cached_step_graph_takes_only_what_a_cached_step_reads():
     assert not list(graph.graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond))
     writes = {n.args[0].target for n in graph.graph.find_nodes(op="call_function", target=torch.ops.aten.copy_.default)}
     assert {"_gc_step", "_gc_last_t", "_gc_log"} <= writes
+
+
+@pytest.mark.parametrize("policy", ["foca", "abcache{order=2}"])
+def test_a_cached_step_writes_back_no_unchanged_cache(policy):
+    """FoCa's and AB-Cache's state stays out of the cond (a compute step shifts it along a ring), so the one
+    graph copies it back after every step; the cached-step graph writes only the clock."""
+    model, inputs = tiny_dit(num_layers=2, batch=2)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, policy, backend="eager")
+    _run(fast, [(t, inputs, None) for t in timesteps(3)])
+    gm = fast.states[0].gm
+    caches = {str(n.target) for n in analysis(gm).require(StateSpec).cache_nodes()}
+
+    def written(graph):
+        return {str(n.args[0].target) for n in graph.nodes if n.target is torch.ops.aten.copy_.default}
+
+    assert written(gm.graph) & caches  # the one graph writes the caches back
+    assert not written(cached_step_graph(gm)[0].graph) & caches
 
 
 def test_a_host_that_disagrees_with_the_graph_raises():
