@@ -52,6 +52,9 @@ class DeepCache(PolicyConfig):
     paper = "https://arxiv.org/abs/2312.00858"
 
     interval: int = option(3, "compute 1 step in `interval` (uniform: when step % interval == 0)", minimum=1)
+    skip: int = option(1, "skip connection whose deep side is cached, 0 = outermost (1: DeepCache's branch 0)",
+                       minimum=0)
+    warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     schedule: str = option("uniform", "'uniform': every interval-th step; 'power': DeepCache's non-uniform "
                            "spacing, ceil(num_steps / interval) computed steps densest around `center` "
                            "(needs num_steps)", choices=SCHEDULES)
@@ -60,9 +63,6 @@ class DeepCache(PolicyConfig):
     center: int = option(15, "schedule='power': the step the computed steps crowd around", minimum=0)
     power: float = option(1.4, "schedule='power': the spacing's exponent (lowered by 0.02 until the steps are "
                           "distinct, as DeepCache does)", minimum=1.0)
-    skip: int = option(1, "skip connection whose deep side is cached, 0 = outermost (1: DeepCache's branch 0)",
-                       minimum=0)
-    warmup: int = option(0, "the first `warmup` steps are always computed", minimum=0)
     forecast: str = forecast_option()
     forecast_from: int = forecast_from_option()
 
