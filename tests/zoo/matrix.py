@@ -1,7 +1,8 @@
 """Run the zoo under graphcache's policies: each (model, policy) is supported with exact computed steps, or
 refused with a named reason. Anything else (a wrong computed step, a stale second generation, a cache that
-never caches, an exception that is not a GraphcacheError, a recompile, a static schedule's cached step on one
-graph that did not run by the cached-step graph) is a failure.
+never caches, an exception that is not a GraphcacheError, a recompile, a static schedule's cached step that did
+not run by the cached-step graph, on one graph or in the cached region of a model split by graph breaks) is a
+failure.
 
 ``python -m tests.zoo.matrix [--steps 7] [--only Name,Name] [--markdown docs/support_matrix.md]`` from the
 repository root prints one line per case and the counts; the test suite runs the same cases (tests/test_zoo.py).
@@ -26,7 +27,7 @@ import torch.utils._pytree as pytree
 import graphcache
 from graphcache import calibration
 from graphcache.backend import make_backend
-from graphcache.cached_step import DYNAMIC
+from graphcache.cached_step import DYNAMIC, HostSchedule
 from graphcache.errors import GraphcacheError, PassError
 from graphcache.passes.cost import graph_flops
 
@@ -196,11 +197,17 @@ def _run(entry: ZooModel, spec: str, ref: Sequence[torch.Tensor], ts: Sequence[t
         if not _equal(a, b):
             case.status, case.detail = "stale", f"second generation differs from the first at step {k}"
             return
-    runner = fast.states[0].cached_step
+    state = fast.states[0]
+    runner = state.cached_step
     cached = 2 * case.decisions.count(".")  # a static schedule's cached steps, both generations: by their own graph
     if runner is not None and runner.why_not != DYNAMIC and not fast.pieces and runner.runs != cached:
         case.status = "full-graph"
         case.detail = f"{runner.runs} of {cached} cached steps by their own graph ({runner.why_not})"
+    elif fast.pieces and HostSchedule(state.gm).why_not is None:  # split by graph breaks: the cached region's
+        ran = getattr(state.compiled_cached_step, "runs", 0)  # graph runs them inside dynamo's call
+        if ran != cached:
+            case.status = "full-graph"
+            case.detail = f"{ran} of {cached} cached steps of the cached region by its cached-step graph"
 
 
 @dataclasses.dataclass
