@@ -23,6 +23,11 @@ place are the ones used), the module's training flag, and torch's global state (
 A call that differs in any of these goes through dynamo as before. Changing what a module's ``forward`` does
 without changing those (a new attention processor set between two steps of one generation) is not seen until
 the next computed step.
+
+``torch.compile(model, backend="graphcache")`` has no module around the call: there the callable the backend
+hands to dynamo asks :class:`HostSchedule` and runs the same compiled graph after dynamo's guards
+(``graphcache.backend._running_cached_steps``), as it does for the cached region of a model split by graph
+breaks. A cache the cached branch hands back unchanged is not written back (:func:`_drop_unchanged_writes`).
 """
 
 from __future__ import annotations
