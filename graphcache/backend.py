@@ -159,11 +159,10 @@ def _running_cached_steps(compiled: Callable[..., Any], gm: fx.GraphModule, stat
     from graphcache.cached_step import HostSchedule, compile_cached_step
 
     schedule = HostSchedule(gm)
-    placeholders = [n.name for n in gm.graph.find_nodes(op="placeholder")]
     timestep = analysis(gm).require(BlockStack).timestep
-    if schedule.why_not is not None or timestep is None or timestep.name not in placeholders:
+    if schedule.why_not is not None or timestep is None or timestep.op != "placeholder":
         return compiled
-    index = placeholders.index(timestep.name)
+    index = _input_position(gm, timestep.name)
     boxed = getattr(compiled, "_boxed_call", False)
     tried = False
 
@@ -190,6 +189,11 @@ def _running_cached_steps(compiled: Callable[..., Any], gm: fx.GraphModule, stat
     return run
 
 
+def _input_position(gm: fx.GraphModule, name: str) -> int:
+    """Where the placeholder ``name`` sits among ``gm``'s inputs (ValueError if it is not one)."""
+    return [n.name for n in gm.graph.find_nodes(op="placeholder")].index(name)
+
+
 def _recording(compiled: Callable[..., Any], state: CacheState, used: list[CacheState]) -> Callable[..., Any]:
     """``compiled``, noting ``state`` as the one in use at each call (dynamo's boxed convention kept)."""
     boxed = getattr(compiled, "_boxed_call", False)
@@ -211,7 +215,7 @@ def _writing_host_timestep(compiled: Callable[..., Any], gm: fx.GraphModule, rea
     with the inputs as arguments; they are read before the call may free them)."""
     found = analysis(gm).host_decision
     assert found is not None
-    index = [n.name for n in gm.graph.find_nodes(op="placeholder")].index(found.timestep)
+    index = _input_position(gm, found.timestep)
     buffer = gm.get_buffer(found.buffer)
     boxed = getattr(compiled, "_boxed_call", False)
 
@@ -231,7 +235,7 @@ def _routing(compiled: Callable[..., Any], gm: fx.GraphModule, state: CacheState
     so a model seen for the first time is registered for ``graphcache.decisions`` too. Called boxed (one
     list) or with the inputs as arguments."""
     timestep = analysis(gm).require(BlockStack).timestep
-    index = [n.name for n in gm.graph.find_nodes(op="placeholder")].index(timestep.name)
+    index = _input_position(gm, timestep.name)
     params = [k for k, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
     if not params:
         raise UnsupportedGraphError("the captured graph takes no parameters as inputs, so the models sharing it "
