@@ -248,15 +248,15 @@ class CompiledCachedStep:
         return self.fn(*inputs)  # what lower() returns takes the inputs as arguments (aot_autograd's forward)
 
 
-def compile_cached_step(gm: fx.GraphModule, inner: str, select: Callable[[list[int]], list[Any]]
-                        ) -> CompiledCachedStep:
-    """:func:`cached_step_graph` of ``gm`` compiled by ``inner``, for the inputs ``select(kept)`` returns (kept:
-    the positions of those the graph takes among ``gm``'s), timed in ``gm``'s analysis timings. Raises
-    ValueError where an input is not a tensor."""
+def compile_cached_step(gm: fx.GraphModule, inner: str, select: Callable[[list[int]], list[Any]],
+                        made: tuple[fx.GraphModule, list[int]] | None = None) -> CompiledCachedStep:
+    """:func:`cached_step_graph` of ``gm`` (``made``: already made) compiled by ``inner``, for the inputs
+    ``select(kept)`` returns (kept: the positions of those the graph takes among ``gm``'s), timed in ``gm``'s
+    analysis timings. Raises ValueError where an input is not a tensor."""
     from graphcache.backend import lower
 
     start = time.perf_counter()
-    graph, kept = cached_step_graph(gm)
+    graph, kept = made or cached_step_graph(gm)
     taken = select(kept)
     if not all(isinstance(x, torch.Tensor) for x in taken):
         raise ValueError("an input of the cached-step graph is not a tensor")
@@ -282,8 +282,13 @@ class CachedStepGraph:
         self.why_not: str | None = self.schedule.why_not
         if self.why_not is not None:
             return
+        self._made: tuple[fx.GraphModule, list[int]] | None = None  # made here when the backend made none
         try:
-            kept = self.compiled.kept if self.compiled is not None else cached_step_graph(gm)[1]
+            if self.compiled is not None:
+                kept = self.compiled.kept
+            else:
+                self._made = cached_step_graph(gm)
+                kept = self._made[1]
         except ValueError as err:
             self.why_not = str(err)
             return
@@ -390,7 +395,9 @@ class CachedStepGraph:
 
     def _compile(self, inputs: list[Any]) -> None:
         try:
-            self.compiled = compile_cached_step(self.state.gm, self.inner, lambda kept: inputs)
+            self.compiled = compile_cached_step(self.state.gm, self.inner, lambda kept: inputs, self._made)
+        except ValueError as err:  # an input that is not a tensor: the route is off, as a note says
+            self.why_not = str(err)
         except Exception as err:  # any failure leaves the full graph in charge, said once
             self.why_not = f"compiling the cached-step graph failed ({type(err).__name__}: {first_line(err, 160)})"
             warnings.warn(f"graphcache: {self.why_not}; cached steps run the full graph", stacklevel=4)
