@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from graphcache.cli_options import policy_options
 from graphcache.errors import GraphcacheError, PolicyConfigError
 from graphcache.vs_diffusers import METHODS as VS_METHODS
 from graphcache.vs_diffusers import MODELS as VS_MODELS
@@ -98,11 +99,7 @@ def policies(markdown: bool) -> None:
 
 @main.command()
 @click.argument("model_file", type=click.Path(path_type=Path))
-@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: auto, FORA "
-              "on a stack of blocks, DeepCache on a U-Net)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="a tuned config written by `graphcache tune` instead of --policy")
+@policy_options
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(min=2),
               help="denoising steps of the generation (>= 2: step 0 always computes)")
 @click.option("--backend", type=click.Choice(["eager", "inductor"]), default="eager", show_default=True,

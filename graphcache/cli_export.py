@@ -6,14 +6,12 @@ from pathlib import Path
 
 import click
 
+from graphcache.cli_options import policy_options
+
 
 @click.command()
 @click.argument("model_file", type=click.Path(path_type=Path))
-@click.option("--policy", default=None, help="policy name or spec, e.g. 'fora{interval=4}' (default: auto, FORA "
-              "on a stack of blocks, DeepCache on a U-Net)")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="policy option, repeatable")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="a tuned config written by `graphcache tune` instead of --policy")
+@policy_options
 @click.option("--format", "fmt", type=click.Choice(["onnx", "aoti", "tensorrt"]), default="onnx", show_default=True)
 @click.option("--form", type=click.Choice(["in-graph", "unrolled"]), default=None,
               help="in-graph: one graph deciding inside (If / torch.cond); unrolled: full + cached graphs and a "
