@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from graphcache.backend_model import check_calibration
 from graphcache.blockstack import BlockStack
 from graphcache.capture import add_side_timestep, has_timestep, prepare_dynamo_graph, refuse_if_it_fails_plainly
 from graphcache.errors import (
@@ -288,7 +289,9 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
     inner = options.pop("backend", "inductor")
     self_check = options.pop("self_check", True)
     cached_steps = options.pop("cached_step_graph", True)
-    return make_backend(policy, inner, self_check=self_check, owner=_compile_call(), route_streams=True,
+    owner = _compile_call()
+    check_calibration(make_policy(policy, **options), owner)
+    return make_backend(policy, inner, self_check=self_check, owner=owner, route_streams=True,
                         cached_steps=cached_steps, **options)(gm, example_inputs)
 
 

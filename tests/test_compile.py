@@ -144,3 +144,34 @@ def test_a_skipped_forward_is_refused_by_name():
     torch._dynamo.reset()
     fast = graphcache.optimize(model, "fora", backend="eager")
     assert torch.equal(fast(**inputs(999)).sample, model(**inputs(999)).sample)  # after a reset: one graph again
+
+
+def test_backend_checks_a_calibration_against_the_compiled_model(tmp_path):
+    """``torch.compile(model, backend="graphcache")`` reads the model from the frame dynamo compiles, so a
+    calibration made for another model is refused there as ``graphcache.optimize`` refuses it, whether the
+    module or its ``forward`` is compiled; the model's own calibration compiles. Around a function the module
+    cannot be read: a warning says the file was not checked. (Dynamo wraps what a backend raises.)"""
+    from graphcache import calibration
+    from graphcache.errors import PolicyConfigError
+
+    model, inputs = tiny_dit(num_layers=2)
+    other, _ = tiny_dit(num_layers=3)
+    flat = {"timesteps": [-1.0e6, 1.0e6], "ratios": [0.99, 1.01], "steps": 7}
+    theirs = str(calibration.save(tmp_path / "other.json", other, 7, magcache=flat))
+    ours = str(calibration.save(tmp_path / "ours.json", model, 7, magcache=flat))
+
+    def compiled(target, path):
+        torch._dynamo.reset()
+        return torch.compile(target, backend="graphcache",
+                             options={"policy": "magcache", "calibration": path, "backend": "eager"})
+
+    with torch.no_grad():
+        for target in (model, model.forward):
+            with pytest.raises(torch._dynamo.exc.BackendCompilerFailed,
+                               match=r"other.json was calibrated for another model") as raised:
+                compiled(target, theirs)(**inputs(999.0))
+            assert isinstance(raised.value.inner_exception, PolicyConfigError)  # dynamo wraps a backend's error
+        assert torch.equal(compiled(model, ours)(**inputs(999.0)).sample, model(**inputs(999.0)).sample)
+        with pytest.warns(UserWarning, match=r"the calibration .*other.json was not checked"):
+            compiled(lambda **kw: model(**kw).sample, theirs)(**inputs(999.0))
+    torch._dynamo.reset()
