@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from graphcache.backend import make_backend
-from graphcache.cached_step import DYNAMIC, NOT_RUN, CachedStepGraph
+from graphcache.cached_step import DYNAMIC, NOT_RUN, OFF, CachedStepGraph
 from graphcache.errors import GraphcacheError, PolicyConfigError, UnsupportedGraphError, first_line
 from graphcache.pipelines import denoiser_names, optimize_pipeline, reset_pipeline
 from graphcache.policies import PolicyConfig, make_policy
@@ -50,10 +50,12 @@ class CachedModule(torch.nn.Module):
 
     With a static schedule, a call the host finds cached runs a second graph holding only what a cached step
     reads (:mod:`graphcache.cached_step`); ``cached_step_graph = False``, set before the first call, runs every call
-    through the one graph.
+    through the one graph. After a generation's first call, which goes through dynamo, the others call the
+    compiled graph directly after the same checks (``direct_calls = False``: every call through dynamo).
     """
 
     cached_step_graph = True
+    direct_calls = True
 
     def __init__(self, model: torch.nn.Module, policy: PolicyConfig, backend: str = "inductor",
                  self_check: bool = True) -> None:
@@ -126,34 +128,38 @@ class CachedModule(torch.nn.Module):
         return out
 
     def _cached_step(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """A call the host finds cached, run by the cached-step graph of the state the last call used
-        (:mod:`graphcache.cached_step`); :data:`NOT_RUN` when the call is not one for it."""
+        """A call the host finds cached, run by the cached-step graph of the state the last call used, or any
+        other call after a generation's first, run by the full graph without dynamo
+        (:mod:`graphcache.cached_step`); :data:`NOT_RUN` when the call must go through dynamo."""
         if not self.used or self.pieces or self._side_t is not None or self.router.get is None:
             return NOT_RUN
         runner = getattr(self.used[0], "cached_step", None)
-        if runner is None or runner.call is None or not self.cached_step_graph:
+        if runner is None or runner.call is None or not (self.cached_step_graph or self.direct_calls):
             return NOT_RUN
         t = self.router.get(args, kwargs)
         if not isinstance(t, torch.Tensor | int | float):
             return NOT_RUN
-        return runner.run(args, kwargs, self.router.reader.read(t))
+        value = self.router.reader.read(t)
+        out = runner.run(args, kwargs, value) if self.cached_step_graph else NOT_RUN
+        return out if out is not NOT_RUN or not self.direct_calls else runner.run_direct(args, kwargs, value)
 
     def _record_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """After a call through dynamo: the call its state's cached-step graph is checked against (none where
         the timestep cannot be read from a call: the host could not decide, and a note says so already)."""
-        if (not self.cached_step_graph or not self.used or self.pieces or self._side_t is not None
-                or self.router.get is None):
+        if (not (self.cached_step_graph or self.direct_calls) or not self.used or self.pieces
+                or self._side_t is not None or self.router.get is None):
             return
         state = self.used[0]
         if not isinstance(state, CacheState):
             return
         if state.cached_step is None:
-            state.cached_step = CachedStepGraph(state, self.model, self.model.forward, self.backend)
+            state.cached_step = CachedStepGraph(state, self.model, self.model.forward, self.backend,
+                                                cached_steps=self.cached_step_graph)
         runner = state.cached_step
         runner.record(args, kwargs, out)
         if runner.why_not is not None and runner.why_not not in self._cached_step_notes:
             self._cached_step_notes.add(runner.why_not)
-            if runner.why_not != DYNAMIC:
+            if runner.why_not not in (DYNAMIC, OFF):
                 self.notes.append(f"cached steps run the full graph: {runner.why_not}")
 
     def _capture_buckets(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

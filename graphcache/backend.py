@@ -116,7 +116,10 @@ def make_backend(
             compiled = _routing(compiled, new, state, reader, example_inputs, owner)
         if len(inputs) > len(example_inputs):
             compiled = _appending(compiled, inputs[len(example_inputs):])
-        return compiled if used is None else _recording(compiled, state, used)
+        if used is not None:
+            compiled = _recording(compiled, state, used)
+        state.compiled_call, state.dynamo_inputs = compiled, len(example_inputs)
+        return compiled
 
     return graphcache_backend
 

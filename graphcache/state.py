@@ -40,6 +40,8 @@ class CacheState:
     output_ids: list[int] = dataclasses.field(default_factory=list)  # ids of the last call's graph outputs
     cached_step: Any = None  # graphcache.optimize's CachedStepGraph for this state, once made
     compiled_cached_step: Any = None  # the backend's CompiledCachedStep for this graph, where it made one
+    compiled_call: Any = None  # what the backend handed dynamo for this graph (called with dynamo's inputs)
+    dynamo_inputs: int = 0  # how many inputs dynamo passes it
 
     @property
     def spec(self) -> StateSpec:

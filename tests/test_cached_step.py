@@ -9,7 +9,8 @@ import torch
 import graphcache
 import graphcache.rewrite as rewrite
 from graphcache.analyses import StateSpec
-from graphcache.cached_step import DYNAMIC, cached_step_graph, module_getter
+from graphcache.cached_step import DYNAMIC, cached_step_graph
+from graphcache.call_checks import module_getter
 from graphcache.passes.base import analysis
 from graphcache.passes.host_decision import MoveDecisionToHost
 from graphcache.state import compile_call_of, states_of
@@ -306,3 +307,83 @@ def test_the_cached_step_graph_keeps_no_model_alive():
     torch._dynamo.reset()
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.parametrize(("policy", "backend"), [
+    ("fbcache{threshold=0.2}", "eager"),  # decides per sample from the first block
+    ("teacache{threshold=0.2,coefficients=[1.0,0.0]}", "inductor"),
+    ("fora{interval=3}", "aot_eager"),  # a static schedule: its computed steps
+])
+def test_after_a_generations_first_call_the_full_graph_runs_without_dynamo(policy, backend):
+    """Every call but a generation's first (which goes through dynamo: after ``reset()``, a timestep that does
+    not decrease, each context's first) calls the compiled graph directly after the cached-step checks. Two
+    generations, then guidance as two calls in contexts: outputs and decisions equal every call through
+    dynamo, bit for bit."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(7)
+    calls = [(t, inputs, None) for t in ts] * 2 + [(t, inputs, c) for t in ts for c in ("cond", "uncond")]
+    torch._dynamo.reset()
+    one = graphcache.optimize(model, policy, backend=backend)
+    one.cached_step_graph = one.direct_calls = False
+    expected = _run(one, calls)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, policy, backend=backend)
+    got = _run(fast, calls)
+    assert graphcache.decisions(fast) == graphcache.decisions(one)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    runner = fast.states[0].cached_step
+    assert runner.direct_why_not is None and runner.direct_runs + runner.runs == len(calls) - 4
+    assert "cached" in graphcache.decisions(fast) and "computed" in graphcache.decisions(fast)[1:]
+
+
+def test_direct_calls_fetch_the_weights_and_check_the_call():
+    """The full graph called without dynamo takes the weights the module holds at each call (one replaced by
+    a new Parameter between two computed steps), and a call unlike the recorded one (another dtype of an
+    argument, training mode, grad mode) goes through dynamo instead."""
+    model, inputs = tiny_dit(num_layers=3, batch=2)
+    ts = timesteps(5)
+    torch._dynamo.reset()
+    fast = graphcache.optimize(model, "fbcache{threshold=0.0}", backend="eager")  # computes every step
+    runner = None
+    with torch.no_grad():
+        for k, t in enumerate(ts[:3]):
+            if k == 2:
+                model.proj_out_2.weight = torch.nn.Parameter(model.proj_out_2.weight * 0.5)
+            assert torch.equal(fast(**inputs(t))[0], model(**inputs(t))[0])
+            runner = fast.states[0].cached_step
+        assert runner.direct_runs == 2
+        int32 = {**inputs(ts[3]), "class_labels": inputs(ts[3])["class_labels"].to(torch.int32)}
+        assert runner.run_direct((), int32, float(int(ts[3]))) is graphcache.cached_step.NOT_RUN
+        model.train()
+        try:
+            assert runner.run_direct((), inputs(ts[3]), float(int(ts[3]))) is graphcache.cached_step.NOT_RUN
+        finally:
+            model.eval()
+    assert runner.run_direct((), inputs(ts[3]), float(int(ts[3]))) is graphcache.cached_step.NOT_RUN  # grad mode
+    assert runner.direct_runs == 2
+
+
+def test_path_fetcher_and_tensor_check(monkeypatch):
+    """Paths sharing a prefix are walked once per call and give what each path names; the tensor check refuses
+    another dtype, shape, stride or requires_grad, by dynamo's C++ check or (without it) in Python."""
+    from graphcache.call_checks import PathFetcher, TensorCheck, module_path
+
+    model, _ = tiny_dit(num_layers=2, batch=1)
+    sources = ["L['self'].__dict__['_modules']['transformer_blocks']._modules['0']._parameters['weight']",
+               "L['self'].transformer_blocks[1].norm1.emb.timestep_embedder.linear_1.weight",
+               "L['self'].transformer_blocks[1].norm1.emb.timestep_embedder.linear_1.bias"]
+    sources[0] = "L['self'].transformer_blocks[0].ff.net[2].weight"
+    fetch = PathFetcher([module_path(s) for s in sources])
+    linear = model.transformer_blocks[1].norm1.emb.timestep_embedder.linear_1
+    assert fetch(model) == [model.transformer_blocks[0].ff.net[2].weight, linear.weight, linear.bias]
+    assert len(fetch.ops) < sum(len(module_path(s)) for s in sources)  # the shared prefix once
+    x = torch.randn(4, 3)
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(torch._C._dynamo.guards, "TensorGuards", None)
+        check = TensorCheck([x, x[:, :2]])
+        assert (check._native is not None) == native
+        assert check([x.clone(), torch.randn(4, 3)[:, :2]])
+        for other in (x.double(), torch.randn(3, 4), torch.randn(3, 4).t(), x.clone().requires_grad_()):
+            assert not check([other, x[:, :2]])
+        assert not check([x]) and not check([x, 1.0])
