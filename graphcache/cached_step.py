@@ -328,14 +328,21 @@ class CachedStepGraph:
                     f"an argument is a {type(leaf).__name__}, which this route cannot compare"
                 return
         where: dict[int, int] = {}
-        for plan in (self.cached, self.full if self.direct_why_not is None else None):
+        for route, plan in (("cached", self.cached if self.why_not is None else None),
+                            ("direct", self.full if self.direct_why_not is None else None)):
             for _, k, get in plan.user if plan is not None else ():
                 value = get(args, kwargs)
                 found = next((n for n, leaf in enumerate(leaves) if leaf is value), None)
-                if not isinstance(value, torch.Tensor) or found is None:
-                    self.why_not = self.direct_why_not = "an input of the graph is not one of the call's tensors"
-                    return
+                if not isinstance(value, torch.Tensor) or found is None:  # that route is off, the other stays
+                    why = "an input of the graph is not one of the call's tensors"
+                    if route == "cached":
+                        self.why_not = why
+                    else:
+                        self.direct_why_not = why
+                    break
                 where[k] = found
+        if self.why_not is not None and self.direct_why_not is not None:
+            return
         ids = self.state.output_ids
         out_leaves, out_spec = pytree.tree_flatten(out)
         built: list[Any] = []
