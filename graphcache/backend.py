@@ -293,9 +293,10 @@ def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], options: dict[str
     self_check = options.pop("self_check", True)
     cached_steps = options.pop("cached_step_graph", True)
     owner = _compile_call()
-    check_calibration(make_policy(policy, **options), owner)
-    return make_backend(policy, inner, self_check=self_check, owner=owner, route_streams=True,
-                        cached_steps=cached_steps, **options)(gm, example_inputs)
+    config = make_policy(policy, **options)
+    check_calibration(config, owner)
+    return make_backend(config, inner, self_check=self_check, owner=owner, route_streams=True,
+                        cached_steps=cached_steps)(gm, example_inputs)
 
 
 def _compile_call() -> object:

@@ -242,6 +242,7 @@ class CachedStepGraph:
         self.training = model.training
         self.global_state = torch._C._dynamo.guards.GlobalStateGuard()
         self._getters: dict[int, tuple[str, Any] | str] = {}  # input k -> (kind, path or getter) or why not
+        self._placeholders = [n.name for n in state.gm.graph.find_nodes(op="placeholder")]
         self.schedule = HostSchedule(state.gm)
         self.direct_why_not = self._direct_route(forward)
         self.why_not: str | None = self.schedule.why_not if cached_steps else OFF
@@ -285,9 +286,8 @@ class CachedStepGraph:
         return found
 
     def _find(self, k: int, forward: Callable[..., Any]) -> tuple[str, Any] | str:
-        gm = self.state.gm
+        gm, placeholders = self.state.gm, self._placeholders
         analyses = analysis(gm)
-        placeholders = [n.name for n in gm.graph.find_nodes(op="placeholder")]
         in_spec = getattr(gm, "_in_spec", None) if analyses.capture == "export" else None
         if in_spec is not None:  # torch.export's module: its inputs are the call's flattened leaves
             return "user", exported_getter(in_spec, k)

@@ -26,20 +26,10 @@ def module_path(source: str) -> Path | None:
     return parsed[1] if parsed is not None and parsed[0] == "self" else None
 
 
-def module_getter(source: str) -> Callable[[torch.nn.Module], Any] | None:
-    """A function of the traced module returning what dynamo names ``source``; None for a source of another
-    form."""
-    path = module_path(source)
-    if path is None:
-        return None
-    fetch = PathFetcher([path])
-    return lambda module: fetch(module)[0]
-
-
 class PathFetcher:
     """The values at several paths from one module, fetched on every call (weights replaced or reassigned are
-    the ones returned), each step the paths share taken once: the parameters of a 12-block DiT take about
-    1,600 attribute and key steps one path at a time, about half that as a tree."""
+    the ones returned), each step the paths share taken once: the 235 parameters of the 12-block DiT of
+    ``benchmarks/dit_cpu.py`` take 2,979 attribute and key steps one path at a time, 728 as a tree."""
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.ops: list[tuple[int, bool, str | int]] = []  # (slot of the parent value, attribute?, key)

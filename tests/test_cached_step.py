@@ -10,7 +10,7 @@ import graphcache
 import graphcache.rewrite as rewrite
 from graphcache.analyses import StateSpec
 from graphcache.cached_step import DYNAMIC, cached_step_graph
-from graphcache.call_checks import module_getter
+from graphcache.call_checks import PathFetcher, module_path
 from graphcache.passes.base import analysis
 from graphcache.passes.host_decision import MoveDecisionToHost
 from graphcache.state import compile_call_of, states_of
@@ -256,14 +256,14 @@ def test_a_decision_from_the_features_has_no_cached_step_graph():
     assert not any("cached steps" in n for n in fast.notes)
 
 
-def test_module_getter_reads_dynamo_sources():
+def test_module_paths_read_dynamo_sources():
     model, _ = tiny_dit(num_layers=1, batch=1)
-    get = module_getter("L['self'].__dict__['_modules']['proj_out_2']._parameters['weight']")
-    assert get is not None and get(model) is model.proj_out_2.weight
-    blocks = module_getter("L['self'].transformer_blocks[0].norm1")
-    assert blocks is not None and blocks(model) is model.transformer_blocks[0].norm1
-    assert module_getter("L['timestep']") is None
-    assert module_getter("L['self'].f(x)") is None
+    weight = module_path("L['self'].__dict__['_modules']['proj_out_2']._parameters['weight']")
+    blocks = module_path("L['self'].transformer_blocks[0].norm1")
+    assert weight is not None and blocks is not None
+    assert PathFetcher([weight, blocks])(model) == [model.proj_out_2.weight, model.transformer_blocks[0].norm1]
+    assert module_path("L['timestep']") is None
+    assert module_path("L['self'].f(x)") is None
 
 
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
@@ -366,7 +366,7 @@ def test_direct_calls_fetch_the_weights_and_check_the_call():
 def test_path_fetcher_and_tensor_check(monkeypatch):
     """Paths sharing a prefix are walked once per call and give what each path names; the tensor check refuses
     another dtype, shape, stride or requires_grad, by dynamo's C++ check or (without it) in Python."""
-    from graphcache.call_checks import PathFetcher, TensorCheck, module_path
+    from graphcache.call_checks import TensorCheck
 
     model, _ = tiny_dit(num_layers=2, batch=1)
     sources = ["L['self'].__dict__['_modules']['transformer_blocks']._modules['0']._parameters['weight']",
