@@ -223,6 +223,18 @@ def compile_cached_step(gm: fx.GraphModule, inner: str, select: Callable[[list[i
     return compiled
 
 
+def _from_source(source: str, name: str, forward: Callable[..., Any]) -> tuple[str, Any] | str:
+    """How the graph input dynamo names ``source`` is found for a call: ("param", its path from the module)
+    or ("user", a getter of (args, kwargs)); else why not."""
+    path = module_path(source)
+    if path is not None:
+        return "param", path
+    argument = argument_getter(forward, source)
+    if argument is not None:
+        return "user", argument
+    return f"input {name} comes from {source or 'an unknown source'}"
+
+
 class CachedStepGraph:
     """The cached-step graph of one rewritten graph's state, the full graph called directly, and the checks
     that stand in for dynamo's guards when either is called without dynamo (module docstring). ``why_not``
@@ -267,7 +279,8 @@ class CachedStepGraph:
         if self.state.spec.device.type != "cpu":
             return "the clock is on the device"  # reading it would wait for the device
         try:
-            self.full: GraphInputs = self._plan(list(range(self.state.dynamo_inputs)), forward)
+            self.full: GraphInputs = self._plan(list(range(self.state.dynamo_inputs)), forward,
+                                                self.state.dynamo_sources)
         except ValueError as err:
             return str(err)
         gm = self.state.gm
@@ -291,23 +304,26 @@ class CachedStepGraph:
         in_spec = getattr(gm, "_in_spec", None) if analyses.capture == "export" else None
         if in_spec is not None:  # torch.export's module: its inputs are the call's flattened leaves
             return "user", exported_getter(in_spec, k)
-        source = (analyses.input_sources or {}).get(placeholders[k], "")
-        path = module_path(source)
-        if path is not None:
-            return "param", path
-        argument = argument_getter(forward, source)
-        if argument is not None:
-            return "user", argument
-        return f"input {placeholders[k]} comes from {source or 'an unknown source'}"
+        return _from_source((analyses.input_sources or {}).get(placeholders[k], ""), placeholders[k], forward)
 
-    def _plan(self, positions: list[int], forward: Callable[..., Any]) -> GraphInputs:
+    def _plan(self, positions: list[int], forward: Callable[..., Any], sources: list[str] | None = None
+              ) -> GraphInputs:
+        """How to build the inputs at ``positions`` of this state's graph for a call, or (``sources``) of the
+        graph dynamo made of it, each named by its dynamo source. Raises ValueError where one cannot be found."""
         params, user = [], []
         for position, k in enumerate(positions):
-            kind, found = self._getter(k, forward)
-            if kind == "param":
-                params.append((position, found))
+            if sources is None:
+                kind, getter = self._getter(k, forward)
             else:
-                user.append((position, k, found))
+                found = _from_source(sources[k], f"input {k}", forward)
+                if isinstance(found, str):
+                    raise ValueError(found)
+                kind, getter = found
+                k = -1 - k  # the recorded call's ``where`` keeps this graph's inputs apart from this state's
+            if kind == "param":
+                params.append((position, getter))
+            else:
+                user.append((position, k, getter))
         return GraphInputs(positions, params, user)
 
     def record(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:

@@ -106,7 +106,8 @@ class RecordedCall:
     spec: pytree.TreeSpec
     tensors: list[tuple[int, tuple[Any, ...]]]  # (leaf position, metadata) of each tensor leaf
     values: list[tuple[int, Any]]  # (leaf position, value) of each other leaf
-    where: dict[int, int]  # for each user input of the full graph (its position), its leaf position
+    where: dict[int, int]  # for each user input of the full graph (its position; -1 - k: input k of the graph
+    # dynamo made of it, where that is another graph), its leaf position
     out_spec: pytree.TreeSpec
     out_leaves: list[Any]  # a GraphOutput for a tensor, else the constant
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -70,38 +70,97 @@ def optimize_exported(
 
 class CompiledExport:
     """An :class:`ExportedCache`'s module compiled with ``torch.compile`` (``backend``: ``"inductor"``,
-    ``"aot_eager"``, or ``"eager"``: run as it is), called like the model (``fast(**inputs)``). A static
-    schedule's cached steps run by their own graph (:mod:`graphcache.cached_step`), as in
-    ``graphcache.optimize``; ``cached_step_graph = False`` runs every call through the one graph."""
+    ``"aot_eager"``, or ``"eager"``: run as it is), called like the model (``fast(**inputs)``). As in
+    ``graphcache.optimize`` (:mod:`graphcache.cached_step`), a static schedule's cached steps run by their own
+    graph (``cached_step_graph = False``: through the one graph) and every other call after a generation's
+    first runs the graph dynamo compiled without dynamo's guard check (``direct_calls = False``: every call
+    through dynamo)."""
 
     cached_step_graph = True
+    direct_calls = True
 
     def __init__(self, cached: ExportedCache, backend: str = "inductor") -> None:
-        from graphcache.cached_step import CachedStepGraph
         from graphcache.host_timestep import HostTimestep
-        from graphcache.rewrite import INDUCTOR_OPTIONS
 
         self.cached = cached
+        self.backend = backend
         module = cached.module
         self.full: Any = module if backend == "eager" else torch.compile(
-            module, backend=backend, fullgraph=True, dynamic=False,
-            options=INDUCTOR_OPTIONS if backend == "inductor" else None)
-        self.steps = CachedStepGraph(cached.state, module, module.forward, backend)
+            module, backend=self._compile, fullgraph=True, dynamic=False)
+        self.steps: Any = None  # the CachedStepGraph, made at the first call (after dynamo compiled the graph)
+        self.compiles = 0
+        self._last_outputs: list[int] = []  # ids of the compiled graph's outputs at its last call
         self.reader = HostTimestep()
         timestep = analysis(module).block_stack.timestep if analysis(module).block_stack is not None else None
         self.timestep = timestep.name if timestep is not None and timestep.op == "placeholder" else None
+
+    def _compile(self, gm: fx.GraphModule, example_inputs: list[Any]) -> Any:
+        """The dynamo backend: ``backend``'s compilation, noting its outputs at each call. The graph dynamo made
+        of the module takes the module's parameters and buffers too, each named by its source; a second
+        compilation (another input signature) turns the direct route off."""
+        from graphcache.backend import lower
+        from graphcache.capture import input_sources
+
+        compiled = lower(gm, example_inputs, self.backend)
+        self.compiles += 1
+        state = self.cached.state
+        if self.compiles == 1:
+            sources = input_sources(gm)
+            state.dynamo_sources = [sources.get(n.name, "") for n in gm.graph.find_nodes(op="placeholder")]
+            state.dynamo_inputs = len(example_inputs)
+        state.compiled_call = None  # set once the first call's outputs are matched to the module's
+        if self.steps is not None and self.compiles > 1:
+            self.steps.direct_why_not = "the module was compiled again (another input signature)"
+
+        def run(*args: Any) -> Any:
+            outputs = compiled(*args)
+            self._last_outputs = [id(x) for x in outputs]
+            return outputs
+
+        run._boxed_call = getattr(compiled, "_boxed_call", False)  # type: ignore[attr-defined]
+        self._compiled = compiled
+        return run
 
     def __call__(self, **kwargs: Any) -> Any:
         from graphcache.cached_step import NOT_RUN
 
         with torch.no_grad():
-            t = kwargs.get(self.timestep) if self.timestep is not None and self.cached_step_graph else None
-            if t is not None and self.steps.call is not None:
-                out = self.steps.run((), kwargs, self.reader.read(t))
+            t = kwargs.get(self.timestep) if self.timestep is not None else None
+            steps = self.steps
+            if t is not None and steps is not None and steps.call is not None:
+                value = self.reader.read(t)
+                out = steps.run((), kwargs, value)
+                if out is NOT_RUN and self.direct_calls:
+                    out = steps.run_direct((), kwargs, value)
                 if out is not NOT_RUN:
                     return out
             out = self.full(**kwargs)
-            if self.cached_step_graph:
-                self.cached.state.output_ids = [id(x) for x in torch.utils._pytree.tree_leaves(out)]
-                self.steps.record((), kwargs, out)
+            if t is not None and (self.cached_step_graph or self.direct_calls):
+                self._record(kwargs, out)
             return out
+
+    def _record(self, kwargs: dict[str, Any], out: Any) -> None:
+        """After a call through dynamo: the model's output leaves are the graph's outputs in order (the
+        cached-step graph's too); the first time, the graph dynamo compiled becomes callable directly with its
+        outputs in that order (where each leaf is one of them), then the CachedStepGraph is made."""
+        from graphcache.cached_step import CachedStepGraph
+
+        state = self.cached.state
+        leaves = torch.utils._pytree.tree_leaves(out)
+        state.output_ids = [id(x) for x in leaves]
+        if self.steps is None:
+            if self.compiles == 1 and all(id(x) in self._last_outputs for x in leaves):
+                state.compiled_call = _reordered(self._compiled, [self._last_outputs.index(id(x)) for x in leaves])
+            module = self.cached.module
+            self.steps = CachedStepGraph(state, module, module.forward, self.backend,
+                                         cached_steps=self.cached_step_graph)
+        self.steps.record((), kwargs, out)
+
+
+def _reordered(compiled: Callable[..., Any], order: list[int]) -> Callable[..., list[Any]]:
+    """``compiled`` returning its outputs at ``order``."""
+    def call(*inputs: Any) -> list[Any]:
+        outputs = compiled(*inputs)
+        return [outputs[k] for k in order]
+
+    return call

@@ -42,6 +42,7 @@ class CacheState:
     compiled_cached_step: Any = None  # the backend's CompiledCachedStep for this graph, where it made one
     compiled_call: Any = None  # what the backend handed dynamo for this graph (called with dynamo's inputs)
     dynamo_inputs: int = 0  # how many inputs dynamo passes it
+    dynamo_sources: list[str] | None = None  # each of them named by dynamo, where its graph is not ``gm``
 
     @property
     def spec(self) -> StateSpec:

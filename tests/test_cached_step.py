@@ -266,11 +266,13 @@ def test_module_paths_read_dynamo_sources():
     assert module_path("L['self'].f(x)") is None
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
-def test_the_export_route_runs_cached_steps_by_their_own_graph(backend):
-    """``graphcache bench`` / ``optimize`` time the torch.export route through :class:`CompiledExport`: its
-    cached steps run the cached-step graph too (inputs: the call's flattened leaves), with the one graph's
-    outputs and decisions."""
+@pytest.mark.parametrize(("policy", "backend"), [("fora", "eager"), ("fora", "inductor"),
+                                                  ("teacache{threshold=0.2,coefficients=[1.0,0.0]}", "inductor")])
+def test_the_export_route_runs_steps_around_dynamo(policy, backend):
+    """``graphcache optimize`` times the torch.export route through :class:`CompiledExport`: a static
+    schedule's cached steps run the cached-step graph (inputs: the call's flattened leaves) and every other call
+    after a generation's first the graph dynamo compiled (inputs: the module's parameters and buffers too),
+    with the outputs and decisions of every call through dynamo, bit for bit."""
     from graphcache.exported import CompiledExport, optimize_exported
     from graphcache.rewrite import compile_lowering
 
@@ -278,16 +280,22 @@ def test_the_export_route_runs_cached_steps_by_their_own_graph(backend):
     ts = timesteps(7)
 
     def run(on):
-        cached = optimize_exported(model, inputs(ts[0]), "fora", compile_lowering(backend))
+        torch._dynamo.reset()
+        cached = optimize_exported(model, inputs(ts[0]), policy, compile_lowering(backend))
         fast = CompiledExport(cached, backend)
-        fast.cached_step_graph = on
-        outs = [fast(**inputs(t))[0].clone() for t in ts * 2]
-        return outs, cached.state.decisions(), fast.steps.runs
+        fast.cached_step_graph = fast.direct_calls = on
+        outs = []
+        for _ in range(2):
+            cached.state.reset()
+            outs += [fast(**inputs(t))[0].clone() for t in ts]
+        return outs, cached.state.decisions(), fast.steps
 
     expected, decisions, none = run(False)
-    got, same, runs = run(True)
-    assert same == decisions and none == 0
-    assert runs == 2 * decisions.count("cached") > 0
+    got, same, steps = run(True)
+    assert same == decisions and none is None  # both routes off: no CachedStepGraph made
+    cached_steps = 2 * decisions.count("cached") if policy == "fora" else 0
+    assert 0 < decisions.count("cached") < len(ts) and steps.runs == cached_steps
+    assert steps.direct_runs == (2 * len(ts) - 2 - cached_steps if backend != "eager" else 0)  # eager: no dynamo
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
