@@ -84,7 +84,7 @@ def own_graph(fast: graphcache.CachedModule) -> str:
     """How many cached steps ran by the cached-step graph, and the cache bytes that graph writes (the one
     graph's cached branch is what ``describe_lowering`` reports)."""
     from graphcache.analyses import StateSpec
-    from graphcache.cached_step import cached_step_graph
+    from graphcache.cached_step_graph import cached_step_graph
     from graphcache.passes.base import analysis
 
     state = fast.states[0]

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from graphcache.backend import make_backend
-from graphcache.cached_step import DYNAMIC, NOT_RUN, OFF, CachedStepGraph
+from graphcache.cached_step import NOT_RUN, OFF, CachedStepGraph
 from graphcache.errors import GraphcacheError, PolicyConfigError, UnsupportedGraphError, first_line
+from graphcache.host_schedule import DYNAMIC
 from graphcache.pipelines import denoiser_names, optimize_pipeline, reset_pipeline
 from graphcache.policies import PolicyConfig, make_policy
 from graphcache.state import CacheState, compile_call_of, states_of

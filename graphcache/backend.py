@@ -160,7 +160,8 @@ def _running_cached_steps(compiled: Callable[..., Any], gm: fx.GraphModule, stat
     dynamo's compilation of the full graph, whose context would claim it) and kept in
     ``state.compiled_cached_step`` for ``graphcache.optimize``'s calls around dynamo. Where the host cannot
     decide, or the graph cannot be made, ``compiled`` as it is."""
-    from graphcache.cached_step import HostSchedule, compile_cached_step
+    from graphcache.cached_step_graph import compile_cached_step
+    from graphcache.host_schedule import HostSchedule
 
     schedule = HostSchedule(gm)
     timestep = analysis(gm).require(BlockStack).timestep

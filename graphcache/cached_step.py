@@ -7,13 +7,13 @@ On the 512-wide 12-block DiT a FORA cached step took 2.0 ms that way against 0.4
 prologue and epilogue compiled alone (``python benchmarks/cached_step_call_cost.py``).
 
 Where the schedule is static (``Decision.static_rule``), the host knows before a call whether the graph will
-compute: the rule's own arithmetic (:func:`graphcache.clock.scheduled_step`) on the clock's values, read from
-the state buffers. A call the host finds cached runs a second graph derived from the first
-(:func:`cached_step_graph`): each cond on the decision replaced by its cached branch, an in-graph assert that
-the device decision is "cached" (a host that disagreed raises; it never returns a wrong step), the clock and
-every state write kept, and only the inputs that still feed something (the prologue's and epilogue's weights,
-the cache). Both graphs read and write the same state buffers, so streams, contexts and ``reset()`` act on
-both.
+compute: the rule's own arithmetic on the clock's values, read from the state buffers
+(:mod:`graphcache.host_schedule`). A call the host finds cached runs a second graph derived from the first
+(:mod:`graphcache.cached_step_graph`): each cond on the decision replaced by its cached branch, an in-graph
+assert that the device decision is "cached" (a host that disagreed raises; it never returns a wrong step), the
+clock and every state write kept, and only the inputs that still feed something (the prologue's and
+epilogue's weights, the cache). Both graphs read and write the same state buffers, so streams, contexts and
+``reset()`` act on both.
 
 The call goes around dynamo, so :class:`CachedStepGraph` checks instead what dynamo's guards would decide for
 this graph, against the last computed call that ran the full graph (dynamo checked that one): the same
@@ -38,17 +38,14 @@ ms. A TeaCache cached step there went from 2.09 to 1.17 ms, an FBCache one (whic
 9.9 to 8.6 ms. ``CachedModule.direct_calls = False`` sends every call through dynamo.
 
 ``torch.compile(model, backend="graphcache")`` has no module around the call: there the callable the backend
-hands to dynamo asks :class:`HostSchedule` and runs the same compiled graph after dynamo's guards
+hands to dynamo asks the host schedule and runs the same compiled graph after dynamo's guards
 (``graphcache.backend._running_cached_steps``), as it does for the cached region of a model split by graph
-breaks. A cache the cached branch hands back unchanged is not written back (:func:`_drop_unchanged_writes`).
+breaks. A cache the cached branch hands back unchanged is not written back.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -58,7 +55,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
-from graphcache.analyses import Decision, StateSpec
+from graphcache.cached_step_graph import CompiledCachedStep, cached_step_graph, compile_cached_step
 from graphcache.call_checks import (
     SIMPLE,
     GraphInputs,
@@ -69,158 +66,14 @@ from graphcache.call_checks import (
     meta,
     module_path,
 )
-from graphcache.clock import scheduled_step
 from graphcache.errors import first_line
+from graphcache.host_schedule import HostSchedule
 from graphcache.passes.base import analysis
-from graphcache.passes.graph_utils import inline_branch
 from graphcache.state import CacheState
 from graphcache.streams import argument_getter
 
 NOT_RUN = object()  # the call is not one for the cached-step graph: run it through dynamo
-DYNAMIC = "the decision reads values computed in the graph"  # why_not of a dynamic policy (not a note)
 OFF = "turned off (cached_step_graph = False)"  # why_not where the caller turned the route off (not a note)
-MEMO_LIMIT = 4096  # host decisions remembered by (timestep, clock): generations repeat their schedule
-
-
-def cached_step_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[int]]:
-    """``gm``'s cached step as a graph of its own (sharing ``gm``'s state buffers and branch modules): every
-    cond on the decision replaced by its cached branch, an assert that the device decision is "cached", then
-    only the nodes that feed an output or write (the clock, the log, the state a cached step changes).
-    Returns the graph and the positions, among ``gm``'s inputs, of those it still takes."""
-    found = analysis(gm)
-    decision = found.require(Decision)
-    preds = {decision.pred.name}
-    if found.host_decision is not None and found.host_decision.pred:
-        preds.add(found.host_decision.pred)
-    new = fx.GraphModule(gm, copy.deepcopy(gm.graph))
-    graph = new.graph
-    conds = [n for n in graph.find_nodes(op="call_function", target=torch.ops.higher_order.cond)
-             if isinstance(n.args[0], fx.Node) and n.args[0].name in preds]
-    if not conds:
-        raise ValueError("no cond reads the decision")
-    device_pred = next(n for n in graph.nodes if n.name == decision.pred.name)
-    with graph.inserting_before(conds[0]):
-        cached = graph.call_function(torch.ops.aten.logical_not.default, (device_pred,))
-        graph.call_function(torch.ops.aten._assert_async.msg, (
-            cached, "graphcache: the host found this step cached and the graph's clock did not"))
-    for cond in conds:
-        inline_branch(new, cond, getattr(new, str(cond.args[2].target)))  # type: ignore[union-attr]
-    _drop_unchanged_writes(graph)
-    graph.eliminate_dead_code()  # torch.fx's: writes (mutable ops) and asserts stay
-    placeholders = list(graph.find_nodes(op="placeholder"))
-    kept = [k for k, node in enumerate(placeholders) if node.users]
-    for node in placeholders:
-        if not node.users:
-            graph.erase_node(node)
-    graph.lint()
-    new.recompile()
-    return new, kept
-
-
-def _drop_unchanged_writes(graph: fx.Graph) -> None:
-    """Erase ``copy_(buffer, clone(buffer))`` where nothing else in the graph writes that buffer (through any
-    view of it): the cached branch handed the cache back unchanged (state kept out of the branch because a
-    compute step shifts it along a ring: FoCa, AB-Cache), and writing it back would move twice its bytes for
-    nothing."""
-    def base(node: object) -> str | None:
-        """The buffer ``node`` is, or is a view of (None: something else)."""
-        while isinstance(node, fx.Node) and node.op == "call_function":
-            schema = getattr(node.target, "_schema", None)
-            if schema is None or not any(r.alias_info is not None for r in schema.returns) or not node.args:
-                return None
-            node = node.args[0]
-        return str(node.target) if isinstance(node, fx.Node) and node.op == "get_attr" else None
-
-    writes: dict[str | None, list[fx.Node]] = {}
-    for node in graph.nodes:
-        schema = getattr(node.target, "_schema", None)
-        mutates = (node.op == "call_function" and schema is not None and schema.is_mutable) or (
-            node.op == "call_method" and str(node.target).endswith("_"))
-        if mutates and node.args:
-            writes.setdefault(base(node.args[0]), []).append(node)
-    for name, nodes in writes.items():
-        write, *others = nodes
-        if name is None or others or write.target is not torch.ops.aten.copy_.default or write.users:
-            continue
-        dst, source = write.args[0], write.args[1]
-        if not isinstance(source, fx.Node) or source.target is not torch.ops.aten.clone.default:
-            continue
-        read = source.args[0]
-        if all(isinstance(x, fx.Node) and x.op == "get_attr" and str(x.target) == name for x in (dst, read)):
-            graph.erase_node(write)
-
-
-class HostSchedule:
-    """A static schedule's decision evaluated on the host, before the call: the rule's own arithmetic
-    (:func:`graphcache.clock.scheduled_step`) on the clock's values read from the state buffers (the host clock
-    where ``host_decision`` moved the decision there), memoized by (timestep, clock). ``why_not`` says why
-    the host cannot decide for this graph (None: it can)."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.why_not: str | None = None
-        self.memo: dict[tuple[float, ...], bool] = {}
-        found = analysis(gm)
-        decision = found.decision
-        if decision is None or decision.static_rule is None:
-            self.why_not = DYNAMIC
-            return
-        host = found.host_decision
-        on_host = host is not None and host.conds > 0
-        spec = found.require(StateSpec)
-        if not on_host and spec.device.type != "cpu":
-            self.why_not = "the clock is on the device and the decision is not moved to the host"
-            return
-        names = ("_gc_host_step", "_gc_host_last_t", "_gc_host_direction") if on_host else (
-            str(spec.step.target), str(spec.last_t.target), "_gc_direction")
-        self.clock = [gm.get_buffer(n) for n in names]
-        self.host_t = gm.get_buffer(host.buffer) if on_host and host is not None else None
-        self.rule, self.reads_timestep = decision.static_rule, decision.reads_timestep
-
-    def will_cache(self, t: float) -> bool:
-        """Whether the graph's decision for a call at timestep ``t`` (read on the host) is "cached"."""
-        step, last_t, direction = (b.item() for b in self.clock)
-        key = (t, step, last_t, direction)
-        compute = self.memo.get(key)
-        if compute is None:
-            if len(self.memo) >= MEMO_LIMIT:
-                self.memo.clear()
-            value = torch.tensor([t], dtype=torch.float32)
-            clock = [b.detach().to("cpu", copy=True) for b in self.clock]
-            mask = scheduled_step(self.rule, value, clock[1], clock[0], clock[2], self.reads_timestep)[0]
-            compute = self.memo[key] = bool(mask.reshape(-1).any())
-        return not compute
-
-
-@dataclasses.dataclass
-class CompiledCachedStep:
-    """The cached-step graph as compiled by the inner backend, the positions of its inputs among the full
-    graph's, their metadata when compiled, and how many calls it ran (through either route)."""
-
-    fn: Callable[..., Any]
-    kept: list[int]
-    metas: list[tuple[Any, ...]]
-    runs: int = 0
-
-    def __call__(self, inputs: list[Any]) -> Any:
-        self.runs += 1
-        return self.fn(*inputs)  # what lower() returns takes the inputs as arguments (aot_autograd's forward)
-
-
-def compile_cached_step(gm: fx.GraphModule, inner: str, select: Callable[[list[int]], list[Any]],
-                        made: tuple[fx.GraphModule, list[int]] | None = None) -> CompiledCachedStep:
-    """:func:`cached_step_graph` of ``gm`` (``made``: already made) compiled by ``inner``, for the inputs
-    ``select(kept)`` returns (kept: the positions of those the graph takes among ``gm``'s), timed in ``gm``'s
-    analysis timings. Raises ValueError where an input is not a tensor."""
-    from graphcache.backend import lower
-
-    start = time.perf_counter()
-    graph, kept = made or cached_step_graph(gm)
-    taken = select(kept)
-    if not all(isinstance(x, torch.Tensor) for x in taken):
-        raise ValueError("an input of the cached-step graph is not a tensor")
-    compiled = CompiledCachedStep(lower(graph, taken, inner), kept, [meta(x) for x in taken])
-    analysis(gm).timings.append(("cached-step graph", time.perf_counter() - start, 0.0))
-    return compiled
 
 
 def _from_source(source: str, name: str, forward: Callable[..., Any]) -> tuple[str, Any] | str:

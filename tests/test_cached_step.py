@@ -9,8 +9,9 @@ import torch
 import graphcache
 import graphcache.rewrite as rewrite
 from graphcache.analyses import StateSpec
-from graphcache.cached_step import DYNAMIC, cached_step_graph
+from graphcache.cached_step_graph import cached_step_graph
 from graphcache.call_checks import PathFetcher, module_path
+from graphcache.host_schedule import DYNAMIC
 from graphcache.passes.base import analysis
 from graphcache.passes.host_decision import MoveDecisionToHost
 from graphcache.state import compile_call_of, states_of
@@ -97,7 +98,7 @@ def test_torch_compile_with_the_graphcache_backend_runs_cached_steps_by_their_ow
 
 def test_a_cached_step_graph_that_fails_to_compile_leaves_the_full_graph_in_charge(monkeypatch):
     """A failure compiling the cached-step graph is said once, and every step runs the full graph."""
-    import graphcache.cached_step as cached_step
+    import graphcache.cached_step_graph as cached_step_graph
 
     def fail(*args, **kwargs):
         raise RuntimeError("boom")
@@ -107,7 +108,7 @@ def test_a_cached_step_graph_that_fails_to_compile_leaves_the_full_graph_in_char
     torch._dynamo.reset()
     plain = torch.compile(model, backend="graphcache", options={"backend": "eager", "cached_step_graph": False})
     expected = _run(plain, [(t, inputs, None) for t in ts])
-    monkeypatch.setattr(cached_step, "compile_cached_step", fail)
+    monkeypatch.setattr(cached_step_graph, "compile_cached_step", fail)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="graphcache", options={"backend": "eager"})
     with pytest.warns(UserWarning, match=r"compiling the cached-step graph failed \(RuntimeError: boom\); cached "

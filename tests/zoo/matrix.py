@@ -27,8 +27,8 @@ import torch.utils._pytree as pytree
 import graphcache
 from graphcache import calibration
 from graphcache.backend import make_backend
-from graphcache.cached_step import DYNAMIC, HostSchedule
 from graphcache.errors import GraphcacheError, PassError
+from graphcache.host_schedule import DYNAMIC, HostSchedule
 from graphcache.passes.cost import graph_flops
 
 from .registry import ZOO, ZooModel, output_tensor
