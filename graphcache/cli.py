@@ -302,6 +302,8 @@ def build_report(result: Any) -> dict[str, Any]:
         "cache_bytes": result.cached.state.cache_bytes(),
         "state_bytes": result.cached.state.state_bytes(),
         "compile_seconds": {name: round(seconds, 4) for name, seconds in result.timings},
+        "calls": result.cached_run.routes,
+        "calls_not_around_dynamo": result.routes_off,
         **lowering_fields(result.cached.module),
         **bucket_fields,
     }
@@ -322,6 +324,16 @@ def _compile_text(seconds: dict[str, float]) -> str:
             f"{slowest}), self-check {seconds.get('self-check', 0):.2f} s, first call "
             f"{seconds.get('first call, graphcache (compilation)', 0):.2f} s (uncached "
             f"{seconds.get('first call, uncached (compilation)', 0):.2f} s)")
+
+
+def _calls_text(r: dict[str, Any]) -> str:
+    """How the timed generation's calls ran, and why a way around dynamo was not taken."""
+    calls, off, eager = r["calls"], r["calls_not_around_dynamo"], r["backend"] == "eager"
+    parts = [f"{calls['full_graph']} {'op by op' if eager else 'through dynamo'}"]
+    routes = (("cached_step_graph", "by the cached-step graph"), ("direct", "by the compiled graph without dynamo"))
+    for route, words in routes[:1] if eager else routes:  # op by op there is no dynamo to go around
+        parts.append(f"{calls[route]} {words}" + (f" (off: {off[route]})" if route in off else ""))
+    return ", ".join(parts)
 
 
 def _speedup_text(r: dict[str, Any]) -> str:
@@ -363,6 +375,8 @@ def print_report(r: dict[str, Any]) -> None:
     cached_step = describe_lowering(r)
     if cached_step is not None:
         rows.append(("cached step", cached_step))
+    if r.get("calls"):
+        rows.append(("calls (timed run)", _calls_text(r)))
     if "sample_buckets" in r:
         rows.append(("sample buckets", f"the blocks run for the needing samples only, in buckets of "
                      f"{', '.join(map(str, r['sample_buckets']))} or the whole batch" if r["sample_buckets"] else

@@ -89,6 +89,7 @@ class CompiledExport:
             module, backend=self._compile, fullgraph=True, dynamic=False)
         self.steps: Any = None  # the CachedStepGraph, made at the first call (after dynamo compiled the graph)
         self.compiles = 0
+        self.full_calls = 0  # calls through dynamo (backend "eager": the module op by op)
         self._last_outputs: list[int] = []  # ids of the compiled graph's outputs at its last call
         self.reader = HostTimestep()
         timestep = analysis(module).block_stack.timestep if analysis(module).block_stack is not None else None
@@ -135,9 +136,30 @@ class CompiledExport:
                 if out is not NOT_RUN:
                     return out
             out = self.full(**kwargs)
+            self.full_calls += 1
             if t is not None and (self.cached_step_graph or self.direct_calls):
                 self._record(kwargs, out)
             return out
+
+    def routes(self) -> dict[str, int]:
+        """How many calls ran each way so far: through dynamo (``full_graph``), by the cached-step graph, by the
+        compiled graph without dynamo (``direct``)."""
+        steps = self.steps
+        return {"full_graph": self.full_calls, "cached_step_graph": steps.runs if steps is not None else 0,
+                "direct": steps.direct_runs if steps is not None else 0}
+
+    def routes_off(self) -> dict[str, str]:
+        """Why a way around dynamo is not taken, by route (absent: taken where it applies)."""
+        steps = self.steps
+        if self.timestep is None:
+            return {"cached_step_graph": "no timestep input to read", "direct": "no timestep input to read"}
+        if steps is None:
+            return {"cached_step_graph": "not made yet (no call recorded)", "direct": "not made yet (no call recorded)"}
+        direct = steps.direct_why_not if self.direct_calls else "turned off (direct_calls = False)"
+        off = {"cached_step_graph": steps.why_not, "direct": direct}
+        if self.backend == "eager":
+            off["direct"] = "the module runs op by op (backend eager)"
+        return {route: why for route, why in off.items() if why is not None}
 
     def _record(self, kwargs: dict[str, Any], out: Any) -> None:
         """After a call through dynamo: the model's output leaves are the graph's outputs in order (the

@@ -41,6 +41,7 @@ def first_tensor(out: Any) -> torch.Tensor:
 class Generation:
     outputs: list[torch.Tensor]
     step_seconds: list[float]
+    routes: dict[str, int] = dataclasses.field(default_factory=dict)  # calls each way (CompiledExport.routes)
 
     @property
     def seconds(self) -> float:
@@ -51,6 +52,7 @@ def run_generation(fn: Callable[..., Any], inputs: Callable[[float], dict[str, A
                    progress: Callable[[Iterable[float]], Iterable[float]] | None = None) -> Generation:
     outputs, times = [], []
     steps: Iterable[float] = progress(timesteps) if progress else timesteps
+    before = fn.routes() if isinstance(fn, CompiledExport) else {}
     with torch.no_grad():
         for t in steps:
             kwargs = inputs(t)
@@ -58,7 +60,8 @@ def run_generation(fn: Callable[..., Any], inputs: Callable[[float], dict[str, A
             out = first_tensor(fn(**kwargs))
             times.append(time.perf_counter() - start)
             outputs.append(out.detach().clone())
-    return Generation(outputs, times)
+    after = fn.routes() if isinstance(fn, CompiledExport) else {}
+    return Generation(outputs, times, {route: n - before[route] for route, n in after.items()})
 
 
 @dataclasses.dataclass
@@ -72,6 +75,7 @@ class Comparison:
     cached_runs: list[Generation]
     decisions: list[str]
     timings: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # capture, passes, compilation
+    routes_off: dict[str, str] = dataclasses.field(default_factory=dict)  # why a way around dynamo is not taken
 
     @property
     def _pair_ratios(self) -> list[float]:
@@ -171,4 +175,5 @@ def compare(model: torch.nn.Module, inputs: Callable[[float], dict[str, Any]], p
     timings.append(("shape propagation (in the passes)", sum(p for _, _, p in recorded)))
     timings += [("first call, graphcache (compilation)", warm_fast.step_seconds[0]),
                 ("first call, uncached (compilation)", warm_base.step_seconds[0])]
-    return Comparison(policy, backend, cached, uncached_runs, cached_runs, cached.state.decisions(), timings)
+    return Comparison(policy, backend, cached, uncached_runs, cached_runs, cached.state.decisions(), timings,
+                      fast.routes_off())

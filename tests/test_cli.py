@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from graphcache.cli import main
+from graphcache.host_schedule import DYNAMIC
 
 
 def test_policies_lists_fields():
@@ -42,6 +43,10 @@ def test_optimize_example_dit(root, tmp_path):
     capture = [k for k in compile_seconds if k.startswith("capture (torch.export")]  # ", cached": the suite's cache
     assert len(capture) == 1 and compile_seconds[capture[0]] > 0 and compile_seconds["find_block_stack"] > 0
     assert {"insert_cache_branch", "self-check", "first call, graphcache (compilation)"} <= set(compile_seconds)
+    # the timed generation: computed steps op by op (--backend eager), cached steps by the cached-step graph
+    assert report["calls"] == {"full_graph": 3, "cached_step_graph": 4, "direct": 0}
+    assert report["calls_not_around_dynamo"] == {"direct": "the module runs op by op (backend eager)"}
+    assert "calls (timed run)" in result.output
     assert "\n\n" not in result.output.strip()  # not a terminal: no progress bars, no blank lines left by them
 
 
@@ -59,6 +64,8 @@ def test_optimize_reports_per_sample_steps_and_buckets(root, tmp_path):
     batch_share = report["computed_steps"] / report["steps"]
     assert 0 < report["sample_steps_computed"] < batch_share  # the two samples do not always agree
     assert f"per sample: {100 * report['sample_steps_computed']:.0f}% of (sample, step) pairs" in result.output
+    assert report["calls"] == {"full_graph": 12, "cached_step_graph": 0, "direct": 0}  # a dynamic decision
+    assert report["calls_not_around_dynamo"]["cached_step_graph"] == DYNAMIC
 
 
 def test_optimize_example_flux_block_granularity(root, tmp_path):
