@@ -154,7 +154,8 @@ class CompiledExport:
         if self.timestep is None:
             return {"cached_step_graph": "no timestep input to read", "direct": "no timestep input to read"}
         if steps is None:
-            return {"cached_step_graph": "not made yet (no call recorded)", "direct": "not made yet (no call recorded)"}
+            why = "no call recorded yet" if self.cached_step_graph or self.direct_calls else "turned off"
+            return {"cached_step_graph": why, "direct": why}
         direct = steps.direct_why_not if self.direct_calls else "turned off (direct_calls = False)"
         off = {"cached_step_graph": steps.why_not, "direct": direct}
         if self.backend == "eager":
