@@ -141,8 +141,7 @@ class CachedModule(torch.nn.Module):
         if not isinstance(t, torch.Tensor | int | float):
             return NOT_RUN
         value = self.router.reader.read(t)
-        out = runner.run(args, kwargs, value) if self.cached_step_graph else NOT_RUN
-        return out if out is not NOT_RUN or not self.direct_calls else runner.run_direct(args, kwargs, value)
+        return runner.run_around_dynamo(args, kwargs, value, self.cached_step_graph, self.direct_calls)
 
     def _record_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """After a call through dynamo: the call its state's cached-step graph is checked against (none where

@@ -276,6 +276,13 @@ class CachedStepGraph:
         assert self.call is not None
         return self.call.output(outputs)
 
+    def run_around_dynamo(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float, cached: bool = True,
+                          direct: bool = True) -> Any:
+        """The call's output by the cached-step graph (``cached``), else by the full graph without dynamo
+        (``direct``), or :data:`NOT_RUN` where it must go through dynamo."""
+        out = self.run(args, kwargs, t) if cached else NOT_RUN
+        return self.run_direct(args, kwargs, t) if out is NOT_RUN and direct else out
+
     def run_direct(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float) -> Any:
         """The call's output from the full graph called without dynamo, or :data:`NOT_RUN` where the call must
         go through dynamo: the first call of a generation (the clock says one starts: after ``reset()``, a

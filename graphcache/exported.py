@@ -129,10 +129,7 @@ class CompiledExport:
             t = kwargs.get(self.timestep) if self.timestep is not None else None
             steps = self.steps
             if t is not None and steps is not None and steps.call is not None:
-                value = self.reader.read(t)
-                out = steps.run((), kwargs, value)
-                if out is NOT_RUN and self.direct_calls:
-                    out = steps.run_direct((), kwargs, value)
+                out = steps.run_around_dynamo((), kwargs, self.reader.read(t), direct=self.direct_calls)
                 if out is not NOT_RUN:
                     return out
             out = self.full(**kwargs)
