@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--no-size-asserts", action="store_true", help="compile without Inductor's input asserts")
     args = parser.parse_args()
     torch._inductor.config.cpp.enable_kernel_profile = True  # Inductor's kernels by name, apart from its wrapper
-    print(f"read bandwidth: {read_bandwidth():.1f} GiB/s (fastest sum over 120 MiB)")
+    print(f"read bandwidth: {read_bandwidth():.1f} GiB/s warm, {read_bandwidth(cold=True):.1f} GiB/s cold "
+          "(fastest sum over 120 MiB; cold: each right after reading 1 GiB of other data)")
     model, inputs = model_and_inputs(args.model)
     options = {**INDUCTOR_OPTIONS, "size_asserts": not args.no_size_asserts}
     steps = torch.linspace(999, 0, 50).tolist()

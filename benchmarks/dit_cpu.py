@@ -8,14 +8,16 @@ machine's speed drifts by 10-20% over minutes; a pair shares the drift). Printed
 schedule's limit (calls / computed calls), the percentage of it reached, the same percentage from the
 generation's own step times (computed steps x the median computed step over the time its steps took: free of
 drift between runs), the median computed and cached step times (of its fastest generation), the bytes a cached
-step reads and what reading them takes at this machine's read bandwidth (measured in the run), the % of the
-limit a cached step of exactly prologue + epilogue + that read time would reach ("at the read bound": what
-the method's own reads allow on this machine), the final-step error vs uncached, and what the lowering
-changed in the cached step (state written in place, linears narrowed, few-row linears as reductions); and
-once, the time of prologue + epilogue alone (the same DiT with its blocks replaced by identities, compiled the
-same way): no cached step can be cheaper. A cached step of attention reuse
-(PAB) still runs everything but the attention, so its limit is Amdahl's with the measured step of the DiT
-without self-attention: steps / (computed + cached x that step / the uncached step).
+step reads and what reading them takes at this machine's read bandwidth (measured in the run, warm and cold:
+right after reading 1 GiB of other data, as a cached step finds its bytes after a computed step), the % of
+the limit a cached step of exactly prologue + epilogue + that read time would reach ("at the read bound": what
+the method's own reads allow on this machine; the cold figure is what a cached step after a computed one
+meets), the final-step error vs uncached, and what the lowering changed in the cached step (state written in
+place, linears narrowed, few-row linears as reductions); and once, the time of prologue + epilogue alone (the
+same DiT with its blocks replaced by identities, compiled the same way): no cached step can be cheaper. A
+cached step of attention reuse (PAB) still runs everything but the attention, so its limit is Amdahl's with
+the measured step of the DiT without self-attention: steps / (computed + cached x that step / the uncached
+step).
 
     python benchmarks/dit_cpu.py                                   # hidden 512, 12 blocks, 256 tokens, 50 steps
     python benchmarks/dit_cpu.py --policy fora --policy 'fora{granularity=block}' --policy taylorseer
@@ -51,12 +53,17 @@ def build(hidden: int, layers: int, batch: int) -> tuple[torch.nn.Module, torch.
     return model, latent, labels
 
 
-def read_bandwidth(mib: int = 120) -> float:
+def read_bandwidth(mib: int = 120, cold: bool = False) -> float:
     """GiB/s of the fastest of 10 ``sum``s over ``mib`` MiB of float32: a step that must read N bytes cannot be
-    faster than N / that."""
+    faster than N / that. ``cold``: each ``sum`` right after reading 1 GiB of other data, as a cached step finds
+    its bytes after a computed step has streamed the model's weights through the caches (on this project's
+    CPU about half the warm figure: the shared last-level cache does not keep them)."""
     x = torch.randn(mib * 1024 * 1024 // 4)
+    other = torch.randn(2**28) if cold else None
     best = float("inf")
     for _ in range(10):
+        if other is not None:
+            other.sum()
         start = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - start)
@@ -96,6 +103,21 @@ def own_graph(fast: graphcache.CachedModule) -> str:
     written = sum(state.gm.get_buffer(str(n.args[0].target)).nbytes for n in graph.graph.nodes
                   if n.target is torch.ops.aten.copy_.default and str(n.args[0].target) in caches)
     return f"; by its own graph ({runner.runs} cached steps) it writes {written:,} bytes of cache"
+
+
+def by_position(steps: list[float], decisions: list[str]) -> str:
+    """The median cached step by its place in a run of cached steps (1: right after a computed step, whose
+    work has pushed the cached step's bytes out of the caches)."""
+    places: dict[int, list[float]] = {}
+    run = 0
+    for seconds, decision in zip(steps, decisions, strict=True):
+        run = run + 1 if decision == "cached" else 0
+        if run:
+            places.setdefault(run, []).append(seconds)
+    if not places:
+        return ""
+    times = ", ".join(f"{1e3 * statistics.median(places[k]):.2f}" for k in sorted(places))
+    return f"; cached step by its place after a computed one (ms): {times}"
 
 
 def generate(fn, latent, labels, steps: int) -> tuple[float, list[float], torch.Tensor]:
@@ -170,10 +192,11 @@ def main() -> None:
     print(f"uncached {base.seconds:.3f} s/generation ({1e3 * base.seconds / args.steps:.2f} ms/step); "
           f"prologue+epilogue alone {1e3 * statistics.median(bare.steps):.2f} ms/step; without self-attention "
           f"{1e3 * no_attention.seconds / args.steps:.2f} ms/step (attention {100 * attention_share:.0f}% of a step)")
-    bandwidth = read_bandwidth()
-    print(f"read bandwidth {bandwidth:.1f} GiB/s (fastest sum over 120 MiB)")
+    warm, cold = read_bandwidth(), read_bandwidth(cold=True)
+    print(f"read bandwidth {warm:.1f} GiB/s warm, {cold:.1f} GiB/s cold (fastest sum over 120 MiB; cold: each "
+          "after reading 1 GiB of other data)")
     print("| policy | speedup | computed | limit | % of limit | % of limit, own steps | % at the read bound "
-          "| step: computed / cached (ms) | cached step reads (MiB, ms at that bandwidth) | final-step err |")
+          "(warm / cold) | step: computed / cached (ms) | cached step reads (MiB, ms warm / cold) | final-step err |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for spec in specs:
@@ -193,16 +216,17 @@ def main() -> None:
         error = float((run.out - base.out).abs().max())
         fields = lowering_fields(runs[spec].states[0].gm)
         reads = fields.get("cached_step_read_bytes", 0) / 2**30
-        # the best a cached step could do: prologue + epilogue, then reading its bytes at the fastest bandwidth
-        # measured; computed steps at the uncached step's time (attention reuse: Amdahl's yardstick, not this)
-        floor = statistics.median(bare.steps) + reads / bandwidth
+        # the best a cached step could do: prologue + epilogue, then reading its bytes at the bandwidth measured
+        # warm and cold; computed steps at the uncached step's time (attention reuse: Amdahl's yardstick)
         t_base = statistics.median(base.steps)
-        bound = "-" if cached_share else \
+        bound = "-" if cached_share else " / ".join(
             f"{100 * computed * t_base / (computed * t_base + len(cached) * floor):.1f}%"
+            for floor in (statistics.median(bare.steps) + reads / bandwidth for bandwidth in (warm, cold)))
         print(f"| {spec} | {speedup:.2f}x | {computed}/{len(decisions)} | {limit:.2f}x | {100 * speedup / limit:.1f}% "
               f"| {100 * own:.1f}% | {bound} | {1e3 * t_full:.1f} / {cached_ms} "
-              f"| {1024 * reads:.1f}, {1e3 * reads / bandwidth:.2f} | {error:.2e} |")
-        notes.append(f"{spec}: cached step {describe_lowering(fields)}{own_graph(runs[spec])}")
+              f"| {1024 * reads:.1f}, {1e3 * reads / warm:.2f} / {1e3 * reads / cold:.2f} | {error:.2e} |")
+        notes.append(f"{spec}: cached step {describe_lowering(fields)}{own_graph(runs[spec])}"
+                     f"{by_position(run.steps, decisions)}")
     print("\n".join(notes))
 
 

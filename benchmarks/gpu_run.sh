@@ -14,6 +14,7 @@ FLUX=${FLUX:-4,8,4096,12,128}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 GRAPHCACHE_TIMING_LOCK=/tmp/graphcache-timing.lock
 PY=${PYTHON:-python3}
+[ -x "$PY" ] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # a relative path works from /tmp below
 cd "$(dirname "$0")/.."
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; command -v g++ gcc cc; "$PY" -c \
   'import torch, triton, diffusers; print(torch.__version__, torch.version.cuda, triton.__version__, diffusers.__version__)'

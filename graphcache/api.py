@@ -78,6 +78,7 @@ class CachedModule(torch.nn.Module):
         self._buckets: list[Any] = []  # the policy's bucket captures for the call being compiled (graphcache.buckets)
         self._bucket_shapes: set[Any] = set()  # input signatures whose bucket captures were made
         self._cached_step_notes: set[str] = set()  # why a state's cached-step graph is off, each said once
+        self.full_calls = 0  # calls through dynamo (the others: routes())
         compiled = None if getattr(policy, "wraps_model", False) else self._compile(fullgraph=True)
         self.__dict__["_compiled"] = compiled  # not a submodule: parameters stay listed once
 
@@ -120,6 +121,7 @@ class CachedModule(torch.nn.Module):
                 out = _unwrapped(self.__dict__["_compiled"], args, kwargs)
             finally:
                 self._buckets.clear()
+        self.full_calls += 1
         self.contexts.note_call()
         if not self._learned and self.states:
             self._learned = True
@@ -353,6 +355,23 @@ class CachedModule(torch.nn.Module):
 
     def cache_bytes(self) -> int:
         return sum(s.cache_bytes() for s in self.states)
+
+    def routes(self) -> dict[str, int]:
+        """How many calls ran each way so far: through dynamo (``full_graph``), by a cached-step graph, by the
+        compiled graph without dynamo (``direct``); every input signature's graph counted."""
+        runners = [s.cached_step for s in self.states if getattr(s, "cached_step", None) is not None]
+        return {"full_graph": self.full_calls, "cached_step_graph": sum(r.runs for r in runners),
+                "direct": sum(r.direct_runs for r in runners)}
+
+    def routes_off(self) -> dict[str, str]:
+        """Why a way around dynamo is not taken by the graph the last call ran, by route (absent: taken)."""
+        runner = getattr(self.used[0] if self.used else None, "cached_step", None)
+        unrecorded = "no call recorded (the timestep cannot be read, graph breaks, or a policy around the call)"
+        off = {"cached_step_graph": OFF if not self.cached_step_graph else
+               unrecorded if runner is None else runner.why_not,
+               "direct": "turned off (direct_calls = False)" if not self.direct_calls else
+               unrecorded if runner is None else runner.direct_why_not}
+        return {route: why for route, why in off.items() if why is not None}
 
 
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

@@ -38,6 +38,9 @@ class RunResult:
     seconds_runs: list[float] = dataclasses.field(default_factory=list)  # every timed run (``seconds``: fastest)
     sample_steps: float = 1.0  # share of (sample, step) pairs on which the blocks ran for that sample
     warmup_seconds: float = 0.0  # the untimed 4-step warm-up generation: compilation (capture, passes, Inductor)
+    calls: dict[str, int] = dataclasses.field(default_factory=dict)  # the first timed run's denoiser calls by
+    # route (CachedModule.routes: through dynamo, by the cached-step graph, directly); empty when uncached
+    calls_off: dict[str, str] = dataclasses.field(default_factory=dict)  # why a route was not taken
 
     @property
     def spread(self) -> float:
@@ -57,6 +60,7 @@ class RunResult:
             "psnr_db": round(self.psnr, 2), "ssim": round(self.ssim, 4), "cache_bytes": self.cache_bytes,
             "seconds_runs": [round(x, 3) for x in self.seconds_runs], "timing_spread": round(self.spread, 4),
             "sample_steps_computed": round(self.sample_steps, 4), "warmup_seconds": round(self.warmup_seconds, 1),
+            "calls": self.calls, "calls_not_around_dynamo": self.calls_off,
         }
 
 
@@ -121,7 +125,9 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
         _generate(pipe, labels, min(steps, 4), guidance, seed)
         warmup = time.perf_counter() - warmup
         status(f"{label} {settings}: timed run of {samples} samples x {steps} steps")
+        before = _routes(pipe.transformer)
         seconds, images, trajectory = _generate(pipe, labels, steps, guidance, seed, progress)
+        calls = {route: n - before[route] for route, n in _routes(pipe.transformer).items()}
         times = [seconds]
         for k in range(1, repeats):
             status(f"{label} {settings}: timed run {k + 1}/{repeats}")
@@ -133,13 +139,18 @@ def run_bench(policies: list[PolicyConfig], samples: int = 100, steps: int = 50,
             continue
         run = RunResult(label, settings, min(times), images, trajectory,
                         decisions(pipe) if policy is not None else ["computed"] * steps, seconds_runs=times,
-                        warmup_seconds=warmup)
+                        warmup_seconds=warmup, calls=calls)
         if isinstance(pipe.transformer, CachedModule):
             run.cache_bytes = pipe.transformer.cache_bytes()
+            run.calls_off = pipe.transformer.routes_off()
             run.sample_steps = _sample_steps(pipe.transformer, run.computed / steps)
         results.append(run)
     _score(results, judge, real_features, torch.tensor(labels))
     return results
+
+
+def _routes(denoiser: Any) -> dict[str, int]:
+    return denoiser.routes() if isinstance(denoiser, CachedModule) else {}
 
 
 def _sample_steps(denoiser: CachedModule, pooled: float) -> float:

@@ -209,6 +209,10 @@ def bench(policies_: tuple[str, ...], samples: int, steps: int, guidance: float,
                       f"{100 * r.accuracy:.1f}%", f"{r.frechet:.2f}", "-" if i == 0 else f"{r.psnr:.1f}",
                       "-" if i == 0 else f"{r.ssim:.3f}", f"{r.warmup_seconds:.0f}")
     console.print(table)
+    for r in results[1:]:  # how each policy's denoiser calls ran in its first timed run
+        if r.calls:
+            text = _calls_text(r.calls, r.calls_off, eager=False)  # graphcache.optimize: dynamo on every backend
+            console.print(f"{escape(r.label)} {escape(r.settings)}: calls {escape(text)}", highlight=False)
     console.print(f"report: {out}/report.md and plots in {out}/")
 
 
@@ -326,9 +330,9 @@ def _compile_text(seconds: dict[str, float]) -> str:
             f"{seconds.get('first call, uncached (compilation)', 0):.2f} s)")
 
 
-def _calls_text(r: dict[str, Any]) -> str:
-    """How the timed generation's calls ran, and why a way around dynamo was not taken."""
-    calls, off, eager = r["calls"], r["calls_not_around_dynamo"], r["backend"] == "eager"
+def _calls_text(calls: dict[str, int], off: dict[str, str], eager: bool) -> str:
+    """How the timed generation's calls ran, and why a way around dynamo was not taken (``eager``: the module
+    runs op by op, with no dynamo to go around)."""
     parts = [f"{calls['full_graph']} {'op by op' if eager else 'through dynamo'}"]
     routes = (("cached_step_graph", "by the cached-step graph"), ("direct", "by the compiled graph without dynamo"))
     for route, words in routes[:1] if eager else routes:  # op by op there is no dynamo to go around
@@ -376,7 +380,8 @@ def print_report(r: dict[str, Any]) -> None:
     if cached_step is not None:
         rows.append(("cached step", cached_step))
     if r.get("calls"):
-        rows.append(("calls (timed run)", _calls_text(r)))
+        rows.append(("calls (timed run)", _calls_text(r["calls"], r["calls_not_around_dynamo"],
+                                                      r["backend"] == "eager")))
     if "sample_buckets" in r:
         rows.append(("sample buckets", f"the blocks run for the needing samples only, in buckets of "
                      f"{', '.join(map(str, r['sample_buckets']))} or the whole batch" if r["sample_buckets"] else

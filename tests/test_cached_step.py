@@ -9,6 +9,7 @@ import torch
 import graphcache
 import graphcache.rewrite as rewrite
 from graphcache.analyses import StateSpec
+from graphcache.cached_step import OFF
 from graphcache.cached_step_graph import cached_step_graph
 from graphcache.call_checks import PathFetcher, module_path
 from graphcache.host_schedule import DYNAMIC
@@ -343,6 +344,10 @@ def test_after_a_generations_first_call_the_full_graph_runs_without_dynamo(polic
     runner = fast.states[0].cached_step
     assert runner.direct_why_not is None and runner.direct_runs + runner.runs == len(calls) - 4
     assert "cached" in graphcache.decisions(fast) and "computed" in graphcache.decisions(fast)[1:]
+    assert fast.routes() == {"full_graph": 4, "cached_step_graph": runner.runs, "direct": runner.direct_runs}
+    assert one.routes() == {"full_graph": len(calls), "cached_step_graph": 0, "direct": 0}
+    assert fast.routes_off() == ({} if policy.startswith("fora") else {"cached_step_graph": DYNAMIC})
+    assert one.routes_off() == {"cached_step_graph": OFF, "direct": "turned off (direct_calls = False)"}
 
 
 def test_direct_calls_fetch_the_weights_and_check_the_call():

@@ -62,6 +62,14 @@ def test_bench_small_run_writes_report(tmp_path):
     assert runs[("fora", "defaults")]["computed_steps"] == 2
     assert runs[("fora", "interval=2")]["computed_steps"] == 3
     assert 0 < runs[("fora", "defaults")]["psnr_db"] < 100
+    # the first timed run's calls: the generation's first through dynamo, the other computed steps directly,
+    # the cached ones by the cached-step graph
+    assert runs[("fora", "defaults")]["calls"] == {"full_graph": 1, "cached_step_graph": 4, "direct": 1}
+    assert runs[("fora", "interval=2")]["calls"] == {"full_graph": 1, "cached_step_graph": 3, "direct": 2}
+    assert runs[("fora", "defaults")]["calls_not_around_dynamo"] == {}
+    assert runs[("uncached", "-")]["calls"] == {}
+    assert "fora interval=2: calls 1 through dynamo, 3 by the cached-step graph, 2 by the compiled graph" \
+        in result.output
     assert len(runs[("fora", "defaults")]["seconds_runs"]) == 2  # --repeats 2 (the default)
     assert len(runs[("uncached", "-")]["seconds_runs"]) == 4  # before and after the policies
     assert "timing spread" in result.output
