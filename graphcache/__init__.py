@@ -6,7 +6,8 @@ stack of repeated blocks, DeepCache on a U-Net): the stack of repeated blocks is
 compiles to one graph (0 breaks, 0 recompiles).
 """
 
-from graphcache.api import CachedModule, cache_bytes, decisions, optimize, reset
+from graphcache.api import cache_bytes, decisions, optimize, reset
+from graphcache.cached_module import CachedModule
 from graphcache.errors import (
     ExportError,
     GraphcacheError,

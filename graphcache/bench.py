@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from graphcache.api import CachedModule, decisions
+from graphcache.api import decisions
+from graphcache.cached_module import CachedModule
 from graphcache.policies import PolicyConfig
 from graphcache.quality import class_accuracy, frechet_distance, psnr, ssim
 
