@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from graphcache.backend import make_backend
-from graphcache.cached_step import NOT_RUN, OFF, CachedStepGraph
+from graphcache.cached_step import NOT_RUN, OFF, CachedStepGraph, route_counts, routes_not_taken
 from graphcache.errors import GraphcacheError, UnsupportedGraphError, first_line
 from graphcache.host_schedule import DYNAMIC
 from graphcache.policies import PolicyConfig
@@ -353,19 +353,14 @@ class CachedModule(torch.nn.Module):
     def routes(self) -> dict[str, int]:
         """How many calls ran each way so far: through dynamo (``full_graph``), by a cached-step graph, by the
         compiled graph without dynamo (``direct``); every input signature's graph counted."""
-        runners = [s.cached_step for s in self.states if getattr(s, "cached_step", None) is not None]
-        return {"full_graph": self.full_calls, "cached_step_graph": sum(r.runs for r in runners),
-                "direct": sum(r.direct_runs for r in runners)}
+        return route_counts(self.full_calls, (s.cached_step for s in self.states
+                                              if getattr(s, "cached_step", None) is not None))
 
     def routes_off(self) -> dict[str, str]:
         """Why a way around dynamo is not taken by the graph the last call ran, by route (absent: taken)."""
-        runner = getattr(self.used[0] if self.used else None, "cached_step", None)
-        unrecorded = "no call recorded (the timestep cannot be read, graph breaks, or a policy around the call)"
-        off = {"cached_step_graph": OFF if not self.cached_step_graph else
-               unrecorded if runner is None else runner.why_not,
-               "direct": "turned off (direct_calls = False)" if not self.direct_calls else
-               unrecorded if runner is None else runner.direct_why_not}
-        return {route: why for route, why in off.items() if why is not None}
+        return routes_not_taken(getattr(self.used[0] if self.used else None, "cached_step", None),
+                                self.cached_step_graph, self.direct_calls, "no call recorded (the timestep cannot "
+                                "be read, graph breaks, or a policy around the call)")
 
 
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -74,6 +74,7 @@ from graphcache.streams import argument_getter
 
 NOT_RUN = object()  # the call is not one for the cached-step graph: run it through dynamo
 OFF = "turned off (cached_step_graph = False)"  # why_not where the caller turned the route off (not a note)
+DIRECT_OFF = "turned off (direct_calls = False)"
 
 
 def _from_source(source: str, name: str, forward: Callable[..., Any]) -> tuple[str, Any] | str:
@@ -314,3 +315,21 @@ class CachedStepGraph:
         except Exception as err:  # any failure leaves the full graph in charge, said once
             self.why_not = f"compiling the cached-step graph failed ({type(err).__name__}: {first_line(err, 160)})"
             warnings.warn(f"graphcache: {self.why_not}; cached steps run the full graph", stacklevel=4)
+
+
+def route_counts(full_calls: int, runners: Iterable[CachedStepGraph]) -> dict[str, int]:
+    """Calls each way: through dynamo (``full_graph``), by the cached-step graph, by the compiled graph
+    without dynamo (``direct``)."""
+    runners = list(runners)
+    return {"full_graph": full_calls, "cached_step_graph": sum(r.runs for r in runners),
+            "direct": sum(r.direct_runs for r in runners)}
+
+
+def routes_not_taken(runner: CachedStepGraph | None, cached_steps: bool, direct: bool, unrecorded: str
+                     ) -> dict[str, str]:
+    """Why each way around dynamo is not taken (absent: taken where it applies): turned off by the caller's
+    ``cached_step_graph`` / ``direct_calls``, ``unrecorded`` before a call was recorded, else ``runner``'s
+    reason."""
+    off = {"cached_step_graph": OFF if not cached_steps else unrecorded if runner is None else runner.why_not,
+           "direct": DIRECT_OFF if not direct else unrecorded if runner is None else runner.direct_why_not}
+    return {route: why for route, why in off.items() if why is not None}

@@ -141,23 +141,20 @@ class CompiledExport:
     def routes(self) -> dict[str, int]:
         """How many calls ran each way so far: through dynamo (``full_graph``), by the cached-step graph, by the
         compiled graph without dynamo (``direct``)."""
-        steps = self.steps
-        return {"full_graph": self.full_calls, "cached_step_graph": steps.runs if steps is not None else 0,
-                "direct": steps.direct_runs if steps is not None else 0}
+        from graphcache.cached_step import route_counts
+
+        return route_counts(self.full_calls, [self.steps] if self.steps is not None else [])
 
     def routes_off(self) -> dict[str, str]:
         """Why a way around dynamo is not taken, by route (absent: taken where it applies)."""
-        steps = self.steps
+        from graphcache.cached_step import routes_not_taken
+
         if self.timestep is None:
             return {"cached_step_graph": "no timestep input to read", "direct": "no timestep input to read"}
-        if steps is None:
-            why = "no call recorded yet" if self.cached_step_graph or self.direct_calls else "turned off"
-            return {"cached_step_graph": why, "direct": why}
-        direct = steps.direct_why_not if self.direct_calls else "turned off (direct_calls = False)"
-        off = {"cached_step_graph": steps.why_not, "direct": direct}
+        off = routes_not_taken(self.steps, self.cached_step_graph, self.direct_calls, "no call recorded yet")
         if self.backend == "eager":
             off["direct"] = "the module runs op by op (backend eager)"
-        return {route: why for route, why in off.items() if why is not None}
+        return off
 
     def _record(self, kwargs: dict[str, Any], out: Any) -> None:
         """After a call through dynamo: the model's output leaves are the graph's outputs in order (the
